@@ -1,0 +1,70 @@
+"""The drafter contract: what a drafter is given, what it returns, and what it learns from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from adaspec.tree import DraftTree
+
+
+@dataclass(frozen=True, eq=False)
+class StepFeedback:
+    """What the model said during one verification step.
+
+    Attributes:
+        tree: the tree that was verified.
+        accepted: ``[k]`` int64, node indices of the accepted path, root first (k >= 1).
+        next_token: the model's token after the accepted path (the new pending token).
+        topk_ids: ``[n, K]`` int64, the verifier's top-K token ids at every tree node, best first
+            (K = the drafter's ``feedback_top_k``; K = 0 gives an ``[n, 0]`` array).
+        topk_probs: ``[n, K]`` float32, their probabilities under the model (temperature 1).
+    """
+
+    tree: DraftTree
+    accepted: np.ndarray
+    next_token: int
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+
+    @property
+    def accepted_tokens(self) -> np.ndarray:
+        """``[k]`` int64, the tokens on the accepted path, root first."""
+        return self.tree.tokens[self.accepted]
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Pure token-id logic that guesses what the model will say next.
+
+    A drafter never sees the model or its KV cache. Its state lives on the instance and may
+    persist across requests.
+
+    Attributes:
+        name: the registry name (``"lookup"``...).
+        feedback_top_k: how many top candidates per tree node the drafter wants in
+            ``StepFeedback`` (0 when it does not learn from them).
+    """
+
+    name: str
+    feedback_top_k: int
+
+    def begin(self, prompt: np.ndarray) -> None:
+        """Start a new request. ``prompt``: ``[p]`` int64 prompt token ids."""
+        ...
+
+    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+        """Guess a tree of at most ``budget`` nodes.
+
+        Args:
+            context: ``[L]`` int64, every token so far (prompt and output); ``context[-1]`` is
+                the pending token and must be the tree's root.
+            budget: the most nodes the tree may have, root included (>= 1).
+        """
+        ...
+
+    def observe(self, step: StepFeedback) -> None:
+        """Learn from one verification step."""
+        ...

