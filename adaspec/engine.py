@@ -123,7 +123,7 @@ class Generator:
         else:
             ids = [int(i) for i in prompt]
             if ids and (min(ids) < 0 or max(ids) >= self.model.vocab_size):
-                raise AdaspecError(f"prompt token ids must lie in [0, {self.model.vocab_size})")
+                raise AdaspecError(f"prompt token ids must lie in the vocabulary [0, {self.model.vocab_size})")
         if not ids:
             raise AdaspecError("the prompt is empty")
         return np.asarray(ids, dtype=np.int64)

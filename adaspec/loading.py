@@ -13,11 +13,14 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from adaspec.errors import AdaspecError
 
@@ -52,6 +55,18 @@ class LoadedModel:
     def device(self) -> torch.device:
         """The device the model runs on."""
         return self.model.device
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hides transformers' progress bars for a sub-second step, then restores the setting."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def cache_root() -> Path:
@@ -208,10 +223,11 @@ def load(
         if not (directory / "config.json").is_file():
             raise AdaspecError(f"{directory} has no config.json; it is not a Hugging Face model directory")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        network = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
-        )
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            network = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
+            )
     except Exception as exc:  # corrupt weights, unknown architecture, missing files...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdaspecError(f"cannot load model from {directory}: {first_line}") from None

