@@ -120,3 +120,26 @@ def test_recycling_state_round_trips(tmp_path) -> None:
 def test_unknown_drafter_name_is_a_clear_error() -> None:
     with pytest.raises(AdaspecError, match="unknown drafter 'magic'"):
         make_drafter("magic", vocab_size=10)
+
+
+def test_hybrid_puts_the_context_match_first_and_fills_with_recycled_branches() -> None:
+    from adaspec.drafters import HybridDrafter
+
+    recycling = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(top_k=2))
+    recycling.candidates[9] = [3, 4]
+    lookup = PromptLookupDrafter(LookupConfig(max_matches=1, max_depth=3))
+    hybrid = HybridDrafter([lookup, recycling], shares=[0.5, 1.0])
+    context = np.array([9, 3, 5, 7, 1, 9])  # "9" was followed by "3 5 7"
+    tree = hybrid.propose(context, budget=5)
+    assert tree.tokens.tolist() == [9, 3, 5, 4]  # lookup's 2 of 4 draft slots; recycling adds 4 (3 is shared)
+    assert tree.parents.tolist() == [-1, 0, 1, 0]
+    assert hybrid.feedback_top_k == 2
+
+
+@settings(max_examples=30)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=40), st.integers(1, 16))
+def test_hybrid_trees_are_valid(context, budget) -> None:
+    drafter = make_drafter("hybrid", vocab_size=10)
+    drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.top_k]
+    tree = drafter.propose(np.array(context), budget)
+    assert tree.size <= budget and tree.tokens[0] == context[-1] and no_duplicate_siblings(tree)

@@ -20,7 +20,7 @@ def test_eos_ends_generation_where_plain_decoding_does(model) -> None:
     assert "<|im_end|>" not in out.text
 
 
-@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling"])
+@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "hybrid"])
 def test_stop_string_cuts_exactly_where_plain_decoding_stops(model, drafter) -> None:
     generator = Generator(model, drafter=drafter)
     prompt = generator.encode("Count from 1 to 30, separated by commas.", chat=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from adaspec.drafters.base import Drafter, StepFeedback
+from adaspec.drafters.hybrid import HybridDrafter
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter
 from adaspec.drafters.plain import PlainDrafter
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter
@@ -15,6 +16,10 @@ DRAFTER_FACTORIES: dict[str, Callable[[int], Drafter]] = {
     "none": lambda vocab_size: PlainDrafter(),
     "lookup": lambda vocab_size: PromptLookupDrafter(),
     "recycling": lambda vocab_size: TokenRecyclingDrafter(vocab_size),
+    # a context match takes up to half the budget, recycled candidates fill the rest
+    "hybrid": lambda vocab_size: HybridDrafter(
+        [PromptLookupDrafter(), TokenRecyclingDrafter(vocab_size)], shares=[0.5, 1.0]
+    ),
 }
 
 
@@ -46,6 +51,7 @@ __all__ = [
     "Drafter",
     "StepFeedback",
     "PlainDrafter",
+    "HybridDrafter",
     "PromptLookupDrafter",
     "LookupConfig",
     "TokenRecyclingDrafter",

@@ -1,0 +1,80 @@
+"""The ``hybrid`` drafter: one tree merged from several drafters under one budget.
+
+Drafters are asked in priority order; each one's tree is grafted onto the merged trie in
+its own node order (best first), shared prefixes are counted once, and each drafter may
+use at most its share of the budget, with what it leaves passed on to the next. Every
+drafter sees the same feedback, so each keeps learning.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from adaspec.drafters.base import Drafter, StepFeedback
+from adaspec.tree import DraftTree, TreeBuilder
+
+
+def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:
+    """Adds ``tree``'s nodes in index order under the builder's root until ``limit`` nodes exist.
+
+    Args:
+        builder: the merged tree so far (same root token as ``tree``).
+        tree: the tree to add.
+        limit: the builder's node count at which to stop.
+    """
+    placed = np.zeros(tree.size, dtype=np.int64)  # [n] node index in the builder; root -> 0
+    for node in range(1, tree.size):
+        if len(builder.tokens) >= limit:
+            return
+        child = builder.add_child(int(placed[tree.parents[node]]), int(tree.tokens[node]))
+        if child is None:
+            return
+        placed[node] = child
+
+
+class HybridDrafter:
+    """Merges the trees of several drafters: a context match first, then learned branches.
+
+    Args:
+        parts: the drafters, highest priority first.
+        shares: per drafter, the largest fraction of the budget it may fill (the last
+            drafter usually takes 1.0, i.e. whatever is left).
+    """
+
+    name = "hybrid"
+
+    def __init__(self, parts: Sequence[Drafter], shares: Sequence[float]) -> None:
+        if len(parts) != len(shares) or not parts:
+            raise ValueError(f"need one share per drafter, got {len(parts)} drafters and {len(shares)} shares")
+        self.parts = list(parts)
+        self.shares = list(shares)
+        self.feedback_top_k = max(p.feedback_top_k for p in self.parts)
+
+    def begin(self, prompt: np.ndarray) -> None:
+        """Starts a request in every part."""
+        for part in self.parts:
+            part.begin(prompt)
+
+    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+        """The parts' trees merged in priority order.
+
+        Args:
+            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
+            budget: the most nodes, root included.
+        """
+        builder = TreeBuilder(int(context[-1]), budget)
+        for part, share in zip(self.parts, self.shares):
+            if builder.full:
+                break
+            used = len(builder.tokens)
+            limit = min(budget, used + max(1, round(share * (budget - 1))))
+            graft(builder, part.propose(context, limit - used + 1), limit)
+        return builder.build()
+
+    def observe(self, step: StepFeedback) -> None:
+        """Every part learns from the same step (each reads only the top-K it asked for)."""
+        for part in self.parts:
+            k = part.feedback_top_k
+            part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k]))
