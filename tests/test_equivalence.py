@@ -98,10 +98,9 @@ def test_greedy_output_equals_plain_generate(model, references, drafter) -> None
 
 @pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "hybrid"])
 def test_long_prompt_stops_cleanly_at_the_context_limit(model, drafter) -> None:
-    generator = Generator(model, drafter=drafter)
-    prompt = generator.encode(SOURCE[:2500], chat=False)
+    prompt = Generator(model, drafter="none").encode(SOURCE[:2500], chat=False)
     room = 24
-    generator.max_context = prompt.size + room  # a context limit just past the prompt
+    generator = Generator(model, drafter=drafter, max_context=prompt.size + room)  # a limit just past the prompt
     out = generator.generate(prompt, max_new_tokens=1000)
     expected = plain_generate(model, prompt.tolist(), room)
     assert out.token_ids == expected
