@@ -69,6 +69,12 @@ def quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def first_line(error: Exception) -> str:
+    """An exception's message cut to its first line (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def cache_root() -> Path:
     """Where converted models are kept: ``$ADASPEC_CACHE`` or ``~/.cache/adaspec``."""
     return Path(os.environ.get("ADASPEC_CACHE") or Path.home() / ".cache" / "adaspec")
@@ -162,8 +168,7 @@ def convert_gguf(path: Path) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         except Exception as exc:  # transformers raises many types for unreadable files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AdaspecError(f"cannot read model file {path}: {first_line}") from None
+            raise AdaspecError(f"cannot read model file {path}: {first_line(exc)}") from None
         # A GGUF-loaded model is flagged as quantised and refuses save_pretrained; rebuild a plain
         # float32 model from the same config and copy the dequantised weights over.
         config_dict = quantised.config.to_dict()
@@ -229,8 +234,7 @@ def load(
                 directory, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
             )
     except Exception as exc:  # corrupt weights, unknown architecture, missing files...
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdaspecError(f"cannot load model from {directory}: {first_line}") from None
+        raise AdaspecError(f"cannot load model from {directory}: {first_line(exc)}") from None
     network = network.to(torch_device).eval()
     return LoadedModel(
         model=network,
