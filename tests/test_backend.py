@@ -79,3 +79,22 @@ def test_prefill_in_chunks_matches_one_pass(model) -> None:
     whole = HFBackend(model.model).prefill(prompt)
     chunked = HFBackend(model.model, prefill_chunk=5).prefill(prompt)
     assert torch.allclose(whole, chunked, atol=LOGIT_TOLERANCE, rtol=0)
+
+
+def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(model) -> None:
+    from adaspec.backends.hf import output_head_weight
+
+    fast = HFBackend(model.model)
+    assert fast.head_weight is not None  # SmolLM2 has a plain bias-free linear head
+    plain = HFBackend(model.model)
+    plain.head_weight = None  # the model's own forward
+    prompt = prompt_ids(model)
+    assert torch.allclose(fast.prefill(prompt[:-1]), plain.prefill(prompt[:-1]), atol=LOGIT_TOLERANCE, rtol=0)
+    tree = DraftTree(np.concatenate([[prompt[-1]], sample_tree().tokens[1:]]), sample_tree().parents)
+    assert torch.allclose(fast.forward_tree(tree), plain.forward_tree(tree), atol=LOGIT_TOLERANCE, rtol=0)
+
+    model.model.config.logit_scale = 0.5  # a logit transform the head shortcut would miss
+    try:
+        assert output_head_weight(model.model) is None
+    finally:
+        del model.model.config.logit_scale

@@ -30,6 +30,7 @@ class HFBackend:
         self.prefill_chunk = prefill_chunk
         self.cache: DynamicCache | None = None
         self._mask_fill = torch.finfo(self.dtype).min  # additive "cannot attend" value
+        self.head_weight = output_head_weight(model)  # [V, H] or None: use the model's own forward
 
     @property
     def cache_len(self) -> int:
@@ -55,9 +56,8 @@ class HFBackend:
         logits = None
         for begin in range(0, ids.shape[1], self.prefill_chunk):
             chunk = ids[:, begin : begin + self.prefill_chunk]  # [1, c]
-            out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[0, -1]  # [V]
-        return logits.float()
+            logits = self._logits(last_only=True, input_ids=chunk, past_key_values=self.cache, use_cache=True)
+        return logits[-1]  # [V]
 
     @torch.inference_mode()
     def forward_tree(self, tree: DraftTree) -> torch.Tensor:
@@ -78,14 +78,26 @@ class HFBackend:
         mask[0, 0, :, start:] = torch.where(ancestors, 0.0, self._mask_fill)
         positions = torch.from_numpy(tree.depth + start).to(self.device)[None]  # [1, n]
         tokens = torch.from_numpy(tree.tokens).to(self.device)[None]  # [1, n]
-        out = self.model(
+        return self._logits(
+            last_only=False,
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
-        )
-        return out.logits[0].float()  # [n, V]
+        )  # [n, V]
+
+    def _logits(self, last_only: bool, **inputs) -> torch.Tensor:
+        """Float32 logits ``[n, V]`` (``[1, V]`` with ``last_only``) for one batch-1 forward."""
+        if self.head_weight is None:
+            out = self.model(**inputs, logits_to_keep=1 if last_only else 0)
+            return out.logits[0].float()
+        hidden = self.model.base_model(**inputs).last_hidden_state[0]  # [n, H]
+        if last_only:
+            hidden = hidden[-1:]  # [1, H]
+        # W @ h^T rather than h @ W^T: same products, but for a few rows MKL then packs the
+        # small activation instead of the [V, H] weight, 2-3x faster on CPU (README)
+        return torch.mm(self.head_weight, hidden.t()).t().contiguous().float()  # [n, V]
 
     @torch.inference_mode()
     def commit(self, start: int, accepted: np.ndarray) -> None:
@@ -97,3 +109,32 @@ class HFBackend:
         """
         keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
         compact(self.cache, start, keep)
+
+
+# config fields that make a model's logits more than ``lm_head(hidden)``
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@torch.inference_mode()
+def output_head_weight(model: PreTrainedModel) -> torch.Tensor | None:
+    """The output layer's weight when logits are exactly ``hidden @ W^T``, else None.
+
+    Checked twice: structurally (a bias-free ``nn.Linear`` head, no logit transform in the
+    config) and numerically (a short input through both paths must agree).
+
+    Returns:
+        ``[V, H]`` weight, or None to use the model's own forward.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    if any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    probe = torch.arange(1, 5, device=model.device)[None] % head.weight.shape[0]  # [1, 4]
+    full = model(input_ids=probe).logits[0].float()  # [4, V]
+    hidden = model.base_model(input_ids=probe).last_hidden_state[0]  # [4, H]
+    mine = torch.mm(head.weight, hidden.t()).t().float()  # [4, V]
+    scale = full.abs().max().clamp(min=1.0)
+    if not torch.allclose(mine, full, atol=1e-3 * float(scale), rtol=0):
+        return None
+    return head.weight
