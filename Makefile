@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/adaspec generate "$(PROMPT)" --drafter recycling --max-new-tokens 256 --compare
+	$(VENV)/bin/adaspec generate "$(PROMPT)" --drafter hybrid --max-new-tokens 256 --compare
 
 test: setup
 	$(PY) -m pytest -q

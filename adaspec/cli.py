@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
     gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
     gen.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded SmolLM2-135M-Instruct)")
-    gen.add_argument("--drafter", default="recycling", help=f"one of: {', '.join(drafter_names())} (default: recycling)")
+    gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())} (default: hybrid)")
     gen.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step, root included (default: {DEFAULT_BUDGET})")
     gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
