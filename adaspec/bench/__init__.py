@@ -1,0 +1,1 @@
+"""Benchmark harness: prompt sets by category and the metric arithmetic (issue 3, in progress)."""
