@@ -8,8 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from adaspec.bench.metrics import summarise
+from adaspec.bench.prompts import CATEGORIES, load_prompts
+from adaspec.bench.report import write_report
+from adaspec.bench.runner import build_methods, check_method_names, method_names, run_benchmark
+from adaspec.bench.system import machine_description, versions
 from adaspec.drafters import drafter_names
 from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
@@ -42,7 +48,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
+
+    bench = commands.add_parser("bench", help="benchmark drafters against plain decoding and transformers' methods")
+    bench.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded model)")
+    bench.add_argument("--categories", default=None, help=f"comma-separated, from: {', '.join(CATEGORIES)} (default: all)")
+    bench.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(method_names())}; NAME@N sets a budget (default: all)")
+    bench.add_argument("--limit", type=int, default=None, help="the most prompts per category")
+    bench.add_argument("--new-tokens", type=int, default=256, help="the most tokens per generation (default: 256)")
+    bench.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step (default: {DEFAULT_BUDGET})")
+    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (default: bench-out)")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default="float32")
     return parser
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None stays None)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Runs ``adaspec bench``; returns the exit code."""
+    if args.new_tokens < 1:
+        raise AdaspecError(f"--new-tokens must be at least 1, got {args.new_tokens}")
+    if args.budget < 1:
+        raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
+    prompts = load_prompts(split_list(args.categories), args.limit)  # validates categories and limit
+    names = split_list(args.methods) or method_names()
+    check_method_names(names)
+    model = load(args.model, device=args.device, dtype=args.dtype)
+    methods = build_methods(model, names, args.budget)
+    records = run_benchmark(model, prompts, methods, args.new_tokens)
+    figures = summarise(records, baseline=methods[0].name)
+    meta = {
+        "command": " ".join(["adaspec"] + sys.argv[1:]),
+        "model": model.name,
+        "config": {"new_tokens": args.new_tokens, "budget": args.budget, "dtype": args.dtype, "device": args.device,
+                   "categories": sorted({p.category for p in prompts}), "methods": [m.name for m in methods],
+                   "prompts": len(prompts), "generations": sum(len(p.turns) for p in prompts)},
+        "machine": machine_description(),
+        "versions": versions(),
+    }
+    written = write_report(args.out, records, figures, meta)
+    print((args.out / "results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
 
 
 def read_prompt(prompt: str) -> str:
@@ -82,13 +132,13 @@ def run_generate(args: argparse.Namespace) -> int:
     assert result is not None
 
     if args.json:
-        print(json.dumps(summary(args.drafter, result, baseline)))
+        print(json.dumps(json_summary(args.drafter, result, baseline)))
     else:
         print(stats_line(args.drafter, result, baseline), file=sys.stderr)
     return 0
 
 
-def summary(drafter: str, result: Generation, baseline: Generation | None) -> dict:
+def json_summary(drafter: str, result: Generation, baseline: Generation | None) -> dict:
     """The JSON object ``generate --json`` prints."""
     stats = result.stats
     out = {
@@ -141,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "bench":
+            return run_bench(args)
         raise AdaspecError(f"unknown command {args.command!r}")
     except AdaspecError as error:
         print(f"adaspec: error: {error}", file=sys.stderr)

@@ -61,3 +61,45 @@ def test_summary_speedup_per_category_and_overall() -> None:
     assert summary["none"]["overall"]["speedup"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="baseline"):
         summarise(runs + [record("fast", "p3")])
+
+
+def test_tiny_end_to_end_run_writes_a_report_that_holds_what_it_claims(tmp_path, capsys) -> None:
+    import json
+
+    from adaspec.cli import main
+
+    out = tmp_path / "report"
+    code = main(["bench", "--categories", "math", "--limit", "2", "--new-tokens", "16",
+                 "--methods", "recycling@2,recycling@8,hf-generate", "--out", str(out)])
+    assert code == 0
+    names = {"results.json", "results.md", "speedup_by_category.png", "acceptance_and_step_time.png", "mat_by_budget.png"}
+    assert names <= {p.name for p in out.iterdir()}
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["methods"] == ["none", "recycling@2", "recycling@8", "hf-generate"]
+    assert len(data["runs"]) == 2 * 4
+    for method, figures in data["summary"].items():
+        assert figures["overall"]["differing_from_baseline"] == {}  # every greedy method is lossless
+        assert figures["overall"]["runs"] == 2
+        mine = [r for r in data["runs"] if r["method"] == method]
+        assert figures["overall"]["tokens_per_s"] == pytest.approx(
+            sum(r["new_tokens"] for r in mine) / sum(r["seconds"] for r in mine))
+    table = (out / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in data["config"]["methods"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--categories", "poetry"], "unknown category"),
+    (["--methods", "oracle"], "unknown method"),
+    (["--methods", "recycling@x"], "positive integer"),
+    (["--limit", "0"], "limit"),
+    (["--new-tokens", "0"], "new-tokens"),
+    (["--model", "/no/model.gguf", "--limit", "1"], "model not found"),
+])
+def test_bad_bench_options_are_one_line_errors(capsys, args, message) -> None:
+    from adaspec.cli import main
+
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

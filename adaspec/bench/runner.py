@@ -1,0 +1,164 @@
+"""Running methods over prompts: every method on every turn, interleaved, in one process.
+
+Methods run prompt turn by prompt turn, their order rotating each time, so machine noise
+hits all alike; one warm-up generation per method is excluded. A later chat turn is asked
+after the baseline's own answer to the earlier one (greedy lossless methods give the same
+answer, so every method sees the same conversation).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adaspec.bench.metrics import RunRecord
+from adaspec.bench.prompts import BenchPrompt
+from adaspec.drafters import drafter_names
+from adaspec.engine import DEFAULT_BUDGET, Generator
+from adaspec.errors import AdaspecError
+from adaspec.loading import LoadedModel
+
+BASELINE = "none"
+HF_METHODS = ("hf-generate", "hf-prompt-lookup")
+
+
+class Method(Protocol):
+    """Something that generates greedily from prompt ids and reports what it cost."""
+
+    name: str
+
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+        """Generates up to ``new_tokens`` after ``prompt_ids``; ``label`` is (prompt id, category, turn)."""
+        ...
+
+
+class AdaspecMethod:
+    """An adaspec drafter at a budget; its learned state persists across prompts, as in a session."""
+
+    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int) -> None:
+        self.name = name
+        self.generator = Generator(model, drafter=drafter, budget=budget)
+
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+        out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens)
+        return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
+
+
+class HFMethod:
+    """transformers' own ``generate()``: plain greedy, or with its prompt lookup."""
+
+    def __init__(self, model: LoadedModel, name: str, prompt_lookup_tokens: int | None) -> None:
+        self.name = name
+        self.model = model
+        self.extra = {"prompt_lookup_num_tokens": prompt_lookup_tokens} if prompt_lookup_tokens else {}
+
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+        ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.model.device)[None]  # [1, p]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                pad_token_id=self.model.tokenizer.eos_token_id, **self.extra,
+            )
+        seconds = time.perf_counter() - started
+        tokens = out[0, ids.shape[1]:].tolist()
+        return RunRecord(label[0], label[1], self.name, label[2], len(tokens), seconds, tokens)
+
+
+def method_names() -> list[str]:
+    """Every method ``build_methods`` knows: adaspec's drafters (``NAME`` or ``NAME@BUDGET``) and transformers' peers."""
+    return drafter_names() + list(HF_METHODS)
+
+
+def check_method_names(names: Sequence[str]) -> None:
+    """Raises AdaspecError for an unknown method or a malformed ``NAME@BUDGET``."""
+    for name in names:
+        drafter, at, size = name.partition("@")
+        if drafter not in method_names() or (at and drafter in HF_METHODS):
+            raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
+        if at and not (size.isdigit() and int(size) >= 1):
+            raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer")
+
+
+def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAULT_BUDGET) -> list[Method]:
+    """Methods by name; ``recycling@16`` runs a drafter at budget 16. The baseline always comes first.
+
+    Raises:
+        AdaspecError: for an unknown method or a malformed budget.
+    """
+    check_method_names(names)
+    methods: list[Method] = []
+    for name in dict.fromkeys([BASELINE, *names]):
+        drafter, _, size = name.partition("@")
+        if name == "hf-generate":
+            methods.append(HFMethod(model, name, None))
+        elif name == "hf-prompt-lookup":
+            methods.append(HFMethod(model, name, 10))
+        else:
+            chosen = 1 if drafter == BASELINE else int(size) if size else budget
+            methods.append(AdaspecMethod(model, name, drafter, chosen))
+    return methods
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(
+    model: LoadedModel,
+    prompts: Sequence[BenchPrompt],
+    methods: Sequence[Method],
+    new_tokens: int,
+    progress: bool = True,
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Runs every method on every turn of every prompt.
+
+    Args:
+        model: the loaded model (shared by all methods).
+        prompts: what to run.
+        methods: what to compare; the first is the baseline whose answers continue chats.
+        new_tokens: the most tokens per generation.
+        progress: show a progress bar.
+        on_record: called with each record as it is made.
+
+    Returns:
+        One record per method, prompt and turn.
+    """
+    encoder = Generator(model, drafter=BASELINE)
+    warm_ids = encoder.encode("Say hello.", chat=None)
+    for method in methods:  # warm-up, excluded
+        method.run(warm_ids, 8, ("warm-up", "warm-up", 0))
+    total = len(methods) * sum(len(p.turns) for p in prompts)
+    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
+    records: list[RunRecord] = []
+    rotation = 0
+    for prompt in prompts:
+        history: list[dict[str, str]] = []
+        for turn, text in enumerate(prompt.turns):
+            if prompt.chat:
+                history.append({"role": "user", "content": text})
+                ids = encoder.encode(history)
+            else:
+                ids = encoder.encode(text, chat=False)
+            order = list(methods[rotation % len(methods):]) + list(methods[: rotation % len(methods)])
+            rotation += 1
+            answer = None
+            for method in order:
+                record = method.run(ids, new_tokens, (prompt.id, prompt.category, turn))
+                records.append(record)
+                if on_record:
+                    on_record(record)
+                if method is methods[0]:
+                    answer = model.tokenizer.decode(record.token_ids, skip_special_tokens=True)
+                bar.set_postfix_str(f"{prompt.category} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
+                bar.update()
+            history.append({"role": "assistant", "content": answer or ""})
+    bar.close()
+    return records

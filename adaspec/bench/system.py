@@ -1,0 +1,40 @@
+"""What a benchmark ran on: machine and library versions, for the report."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+
+from adaspec.bench.runner import peak_rss_mb
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` says."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_description() -> dict:
+    """Platform, CPU, threads, accelerator and this process's peak memory."""
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def versions() -> dict:
+    """Versions of Python, torch, transformers and adaspec."""
+    from adaspec import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "adaspec": __version__}
