@@ -47,6 +47,7 @@ def markdown(summary: dict, meta: dict) -> str:
 def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
     """PNG plots: speedup by category, acceptance by depth, time per step, MAT against budget."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,6 +76,8 @@ def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
     for method in drafted:
         rates = summary[method]["overall"]["acceptance_by_depth"]
         left.plot(range(1, len(rates) + 1), rates, marker="o", label=method)
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    left.set_ylim(bottom=0)
     left.set_xlabel("tree depth")
     left.set_ylabel("share of steps accepting a token there")
     left.set_title("Acceptance by depth")
