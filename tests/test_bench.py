@@ -39,6 +39,20 @@ def test_mat_and_acceptance_are_token_weighted() -> None:
     assert mean_accepted_tokens([record("hf")]) is None
 
 
+def test_the_same_prompt_id_in_two_categories_pairs_with_its_own_baseline() -> None:
+    runs = [
+        record("none", "HumanEval/0", "humaneval", tokens=10, seconds=1.0, steps=10, ids=[1] * 10),
+        record("none", "HumanEval/0", "humaneval-chat", tokens=10, seconds=2.0, steps=10, ids=[2] * 10),
+        record("fast", "HumanEval/0", "humaneval", tokens=10, seconds=0.5, steps=5, ids=[1] * 10),
+        record("fast", "HumanEval/0", "humaneval-chat", tokens=10, seconds=1.0, steps=5, ids=[2] * 10),
+    ]
+    summary = summarise(runs)
+    for category in ("humaneval", "humaneval-chat", "overall"):
+        assert summary["none"][category]["speedup"] == pytest.approx(1.0)
+        assert summary["fast"][category]["speedup"] == pytest.approx(2.0)
+        assert summary["fast"][category]["differing_from_baseline"] == {}
+
+
 def test_first_difference() -> None:
     assert first_difference([1, 2, 3], [1, 2, 3]) is None
     assert first_difference([1, 2, 3], [1, 5, 3]) == 1
@@ -56,7 +70,7 @@ def test_summary_speedup_per_category_and_overall() -> None:
     assert summary["fast"]["math"]["speedup"] == pytest.approx(2.0)
     assert summary["fast"]["overall"]["speedup"] == pytest.approx((30 / 1.5) / (30 / 3.0))
     assert summary["fast"]["overall"]["mat"] == pytest.approx(1 + 16 / 14)
-    assert summary["fast"]["qa"]["differing_from_baseline"] == {"p2#0": 1}
+    assert summary["fast"]["qa"]["differing_from_baseline"] == {"qa/p2#0": 1}
     assert summary["fast"]["math"]["differing_from_baseline"] == {}
     assert summary["none"]["overall"]["speedup"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="baseline"):

@@ -87,14 +87,17 @@ def summarise(records: Sequence[RunRecord], baseline: str = "none") -> dict:
     Returns:
         ``{method: {category or "overall": {...figures...}}}``.
 
+    Runs pair with the baseline's run of the same (category, prompt id, turn): one id may
+    appear in several categories (HumanEval as completion and as chat).
+
     Raises:
-        ValueError: if the baseline did not run every (prompt, turn) another method ran.
+        ValueError: if the baseline did not run every (category, prompt, turn) another method ran.
     """
-    base = {(r.prompt_id, r.turn): r for r in records if r.method == baseline}
+    base = {(r.category, r.prompt_id, r.turn): r for r in records if r.method == baseline}
     out: dict = {}
     for method in dict.fromkeys(r.method for r in records):
         mine = [r for r in records if r.method == method]
-        missing = [(r.prompt_id, r.turn) for r in mine if (r.prompt_id, r.turn) not in base]
+        missing = [(r.category, r.prompt_id, r.turn) for r in mine if (r.category, r.prompt_id, r.turn) not in base]
         if missing:
             raise ValueError(f"baseline {baseline!r} has no run for {missing[0]}")
         groups = {"overall": mine}
@@ -102,9 +105,9 @@ def summarise(records: Sequence[RunRecord], baseline: str = "none") -> dict:
             groups.setdefault(r.category, []).append(r)
         out[method] = {}
         for group, runs in groups.items():
-            paired = [base[(r.prompt_id, r.turn)] for r in runs]
+            paired = [base[(r.category, r.prompt_id, r.turn)] for r in runs]
             differences = {
-                f"{r.prompt_id}#{r.turn}": first_difference(b.token_ids, r.token_ids) for r, b in zip(runs, paired)
+                f"{r.category}/{r.prompt_id}#{r.turn}": first_difference(b.token_ids, r.token_ids) for r, b in zip(runs, paired)
             }
             differences = {k: v for k, v in differences.items() if v is not None}
             steps = sum(r.steps or 0 for r in runs)
@@ -116,6 +119,6 @@ def summarise(records: Sequence[RunRecord], baseline: str = "none") -> dict:
                 "acceptance_by_depth": acceptance_by_depth(runs),
                 "draft_ms_per_step": 1000 * sum(r.draft_s or 0 for r in runs) / steps if steps else None,
                 "verify_ms_per_step": 1000 * sum(r.verify_s or 0 for r in runs) / steps if steps else None,
-                "differing_from_baseline": differences,  # prompt#turn -> first differing position
+                "differing_from_baseline": differences,  # category/prompt#turn -> first differing position
             }
     return out
