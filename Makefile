@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench speed clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~12 min here)
 bench: setup
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
+
+# the headline table: 12 prompts x 256 tokens (~15 min here)
+speed: setup
 	$(PY) benchmarks/speed.py --out benchmarks/results
 
 clean:
