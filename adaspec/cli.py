@@ -15,7 +15,7 @@ from adaspec.bench.metrics import summarise
 from adaspec.bench.prompts import CATEGORIES, load_prompts
 from adaspec.bench.report import write_report
 from adaspec.bench.runner import build_methods, check_method_names, method_names, run_benchmark
-from adaspec.bench.system import machine_description, versions
+from adaspec.bench.system import report_meta
 from adaspec.drafters import drafter_names
 from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
@@ -80,15 +80,8 @@ def run_bench(args: argparse.Namespace) -> int:
     methods = build_methods(model, names, args.budget)
     records = run_benchmark(model, prompts, methods, args.new_tokens)
     figures = summarise(records, baseline=methods[0].name)
-    meta = {
-        "command": " ".join(["adaspec"] + sys.argv[1:]),
-        "model": model.name,
-        "config": {"new_tokens": args.new_tokens, "budget": args.budget, "dtype": args.dtype, "device": args.device,
-                   "categories": sorted({p.category for p in prompts}), "methods": [m.name for m in methods],
-                   "prompts": len(prompts), "generations": sum(len(p.turns) for p in prompts)},
-        "machine": machine_description(),
-        "versions": versions(),
-    }
+    meta = report_meta(" ".join(["adaspec"] + sys.argv[1:]), model.name, prompts, [m.name for m in methods],
+                       args.new_tokens, args.budget, args.dtype, args.device)
     written = write_report(args.out, records, figures, meta)
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

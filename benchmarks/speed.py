@@ -21,7 +21,7 @@ from adaspec.bench.metrics import RunRecord, summarise
 from adaspec.bench.prompts import BenchPrompt, humaneval_problems
 from adaspec.bench.report import write_report
 from adaspec.bench.runner import build_methods, method_names, run_benchmark
-from adaspec.bench.system import machine_description, versions
+from adaspec.bench.system import report_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_PROMPTS = [
@@ -92,14 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = build_methods(model, method_names(), args.budget)
     records = run_benchmark(model, prompts, methods, args.new_tokens)
     summary = summarise(records)
-    meta = {
-        "command": " ".join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
-        "model": model.name,
-        "config": {"new_tokens": args.new_tokens, "budget": args.budget, "dtype": args.dtype, "device": args.device,
-                   "methods": [m.name for m in methods], "prompts": len(prompts), "generations": len(prompts)},
-        "machine": machine_description(),
-        "versions": versions(),
-    }
+    command = " ".join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])])
+    meta = report_meta(command, model.name, prompts, [m.name for m in methods],
+                       args.new_tokens, args.budget, args.dtype, args.device)
     write_report(args.out, records, summary, meta)
     plot_speed(args.out, records, summary, f"{model.name} · {args.dtype} · {meta['machine']['cpu_threads']} CPU threads")
     print((args.out / "results.md").read_text())

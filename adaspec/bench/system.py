@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import transformers
 
+from adaspec.bench.prompts import BenchPrompt
 from adaspec.bench.runner import peak_rss_mb
 
 
@@ -38,3 +40,17 @@ def versions() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "adaspec": __version__}
+
+
+def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], method_names: Sequence[str],
+                new_tokens: int, budget: int, dtype: str, device: str) -> dict:
+    """Everything a report records besides the runs: command, model, config, machine, versions."""
+    return {
+        "command": command,
+        "model": model_name,
+        "config": {"new_tokens": new_tokens, "budget": budget, "dtype": dtype, "device": device,
+                   "categories": sorted({p.category for p in prompts}), "methods": list(method_names),
+                   "prompts": len(prompts), "generations": sum(len(p.turns) for p in prompts)},
+        "machine": machine_description(),
+        "versions": versions(),
+    }
