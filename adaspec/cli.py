@@ -11,15 +11,18 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from adaspec.bench.metrics import summarise
 from adaspec.bench.prompts import CATEGORIES, load_prompts
 from adaspec.bench.report import write_report
 from adaspec.bench.runner import build_methods, check_method_names, method_names, run_benchmark
 from adaspec.bench.system import report_meta
-from adaspec.drafters import drafter_names
+from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
 from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import DTYPES, load
+from adaspec.prior import build_prior, read_texts, write_prior
 
 EXIT_BAD_INPUT = 2
 
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
     gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
     gen.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded SmolLM2-135M-Instruct)")
-    gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())} (default: hybrid)")
+    gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
+        "as NAME:key=value,... (default: hybrid)")
     gen.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step, root included (default: {DEFAULT_BUDGET})")
     gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
@@ -59,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (default: bench-out)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32")
+
+    prior = commands.add_parser("prior", help="build a tri-gram prior for the aded drafter")
+    prior_commands = prior.add_subparsers(dest="prior_command", required=True, parser_class=OneLineParser)
+    build = prior_commands.add_parser("build", help="count tri-grams of text files, tokenised by the model's tokenizer")
+    build.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+    build.add_argument("--model", default=None, help="whose tokenizer and vocabulary (default: embedded model)")
+    build.add_argument("-o", "--out", type=Path, required=True, help="the .npz file to write (use as aded:prior_path=FILE)")
+    build.add_argument("--capacity", type=int, default=AdedConfig.capacity, help=f"the most contexts kept (default: {AdedConfig.capacity})")
     return parser
 
 
@@ -88,6 +100,24 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_prior_build(args: argparse.Namespace) -> int:
+    """Runs ``adaspec prior build``; returns the exit code."""
+    if args.capacity < 1:
+        raise AdaspecError(f"--capacity must be at least 1, got {args.capacity}")
+    if not args.out.resolve().parent.is_dir():
+        raise AdaspecError(f"cannot write {args.out}: folder {args.out.resolve().parent} does not exist")
+    texts = read_texts(args.files)
+    model = load(args.model)
+    sequences = [np.asarray(model.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64) for text in texts]
+    tokens = sum(s.size for s in sequences)
+    if tokens < 3:
+        raise AdaspecError("the files hold fewer than 3 tokens; nothing to count")
+    table = build_prior(sequences, model.vocab_size, capacity=args.capacity, slots=AdedConfig.slots)
+    write_prior(table, args.out)
+    print(f"wrote {args.out}: {len(table)} contexts from {tokens} tokens in {len(texts)} files", file=sys.stderr)
+    return 0
+
+
 def read_prompt(prompt: str) -> str:
     """The prompt argument, or stdin when it is ``-``."""
     return sys.stdin.read() if prompt == "-" else prompt
@@ -95,8 +125,7 @@ def read_prompt(prompt: str) -> str:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Runs ``adaspec generate``; returns the exit code."""
-    if args.drafter not in drafter_names():
-        raise AdaspecError(f"unknown drafter {args.drafter!r}; choose one of: {', '.join(drafter_names())}")
+    parse_drafter_spec(args.drafter)  # a bad drafter fails before the model loads
     if args.max_new_tokens < 1:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.budget < 1:
@@ -186,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "bench":
             return run_bench(args)
+        if args.command == "prior":
+            return run_prior_build(args)
         raise AdaspecError(f"unknown command {args.command!r}")
     except AdaspecError as error:
         print(f"adaspec: error: {error}", file=sys.stderr)

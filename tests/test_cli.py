@@ -37,6 +37,7 @@ def test_generate_streams_text_then_one_stats_line(capsys) -> None:
         (["generate", ""], "prompt is empty"),
         (["generate", "hi", "--max-new-tokens", "0"], "max-new-tokens"),
         (["generate", "hi", "--drafter", "oracle"], "unknown drafter"),
+        (["generate", "hi", "--drafter", "aded:color=red"], "expected key=value"),
         (["generate", "hi", "--model", "/no/such/model.gguf"], "model not found"),
         (["generate", "hi", "--dtype", "float16"], "float16 is not supported on cpu"),
         (["generate", "hi", "--dtype", "float8"], "unknown dtype"),

@@ -78,7 +78,7 @@ def explain_mismatch(model, prompt: list[int], expected: list[int], got: list[in
     return gap < TIE_TOLERANCE, what
 
 
-@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "hybrid"])
+@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "aded", "aded:builder=mcts", "hybrid"])
 def test_greedy_output_equals_plain_generate(model, references, drafter) -> None:
     generator = Generator(model, drafter=drafter)  # one generator: recycling keeps learning across prompts
     failures, ties, accepted_drafts = [], [], 0
@@ -96,7 +96,7 @@ def test_greedy_output_equals_plain_generate(model, references, drafter) -> None
         assert accepted_drafts > 0
 
 
-@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "hybrid"])
+@pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "aded", "aded:builder=mcts", "hybrid"])
 def test_long_prompt_stops_cleanly_at_the_context_limit(model, drafter) -> None:
     prompt = Generator(model, drafter="none").encode(SOURCE[:2500], chat=False)
     room = 24

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from adaspec.bench.metrics import RunRecord
 from adaspec.bench.prompts import BenchPrompt
-from adaspec.drafters import drafter_names
+from adaspec.drafters import drafter_names, parse_drafter_spec
 from adaspec.engine import DEFAULT_BUDGET, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
@@ -71,16 +71,20 @@ class HFMethod:
 
 
 def method_names() -> list[str]:
-    """Every method ``build_methods`` knows: adaspec's drafters (``NAME`` or ``NAME@BUDGET``) and transformers' peers."""
+    """Every method ``build_methods`` knows: adaspec's drafter specs (``NAME[:key=value,...][@BUDGET]``)
+    and transformers' peers."""
     return drafter_names() + list(HF_METHODS)
 
 
 def check_method_names(names: Sequence[str]) -> None:
-    """Raises AdaspecError for an unknown method or a malformed ``NAME@BUDGET``."""
+    """Raises AdaspecError for an unknown method, a bad drafter option or a malformed ``@BUDGET``."""
     for name in names:
-        drafter, at, size = name.partition("@")
-        if drafter not in method_names() or (at and drafter in HF_METHODS):
+        drafter, at, size = name.rpartition("@") if "@" in name else (name, "", "")
+        if drafter in HF_METHODS and not at:
+            continue
+        if drafter.partition(":")[0] not in drafter_names():
             raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
+        parse_drafter_spec(drafter)
         if at and not (size.isdigit() and int(size) >= 1):
             raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer")
 
@@ -94,7 +98,7 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
     check_method_names(names)
     methods: list[Method] = []
     for name in dict.fromkeys([BASELINE, *names]):
-        drafter, _, size = name.partition("@")
+        drafter, _, size = name.rpartition("@") if "@" in name else (name, "", "")
         if name == "hf-generate":
             methods.append(HFMethod(model, name, None))
         elif name == "hf-prompt-lookup":

@@ -1,9 +1,15 @@
-"""Drafters: pure token-id logic that guesses the model's next tokens as a tree."""
+"""Drafters: pure token-id logic that guesses the model's next tokens as a tree.
+
+A drafter is chosen by a *spec*: a registry name, optionally followed by ``:`` and
+comma-separated overrides of its config, e.g. ``aded:builder=mcts,topk_rate=0``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
+from adaspec.drafters.aded import AdedConfig, AdedDrafter
 from adaspec.drafters.base import Drafter, StepFeedback
 from adaspec.drafters.hybrid import HybridDrafter
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter
@@ -11,52 +17,111 @@ from adaspec.drafters.plain import PlainDrafter
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter
 from adaspec.errors import AdaspecError
 
-# name -> factory taking the model's vocabulary size
-DRAFTER_FACTORIES: dict[str, Callable[[int], Drafter]] = {
-    "none": lambda vocab_size: PlainDrafter(),
-    "lookup": lambda vocab_size: PromptLookupDrafter(),
-    "recycling": lambda vocab_size: TokenRecyclingDrafter(vocab_size),
+# name -> factory taking the model's vocabulary size and a config (None for drafters without one)
+DRAFTER_FACTORIES: dict[str, Callable[[int, Any], Drafter]] = {
+    "none": lambda vocab_size, config: PlainDrafter(),
+    "lookup": lambda vocab_size, config: PromptLookupDrafter(config),
+    "recycling": lambda vocab_size, config: TokenRecyclingDrafter(vocab_size, config),
+    "aded": lambda vocab_size, config: AdedDrafter(vocab_size, config),
     # a context match of 2+ tokens takes what it finds, recycled candidates fill the rest
     # (measured better than a half/half split or 1-token matches; README, Benchmark)
-    "hybrid": lambda vocab_size: HybridDrafter(
+    "hybrid": lambda vocab_size, config: HybridDrafter(
         [PromptLookupDrafter(LookupConfig(min_ngram=2)), TokenRecyclingDrafter(vocab_size)], shares=[1.0, 1.0]
     ),
 }
+# the drafters whose tunables can be overridden in a spec
+DRAFTER_CONFIGS: dict[str, type] = {"lookup": LookupConfig, "recycling": RecyclingConfig, "aded": AdedConfig}
 
 
 def drafter_names() -> list[str]:
-    """The names ``make_drafter`` accepts."""
+    """The registry names ``make_drafter`` accepts (each may carry ``:key=value`` overrides)."""
     return list(DRAFTER_FACTORIES)
 
 
-def make_drafter(name: str, vocab_size: int) -> Drafter:
-    """Builds a drafter by registry name with its default settings.
+def _convert(name: str, key: str, text: str, default: Any) -> Any:
+    """Parses one override value to the type of the field's default."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise AdaspecError(f"drafter {name!r}: {key} must be true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise AdaspecError(f"drafter {name!r}: {key} must be a {type(default).__name__}, got {text!r}") from None
+    if default is None or isinstance(default, str):
+        return text
+    raise AdaspecError(f"drafter {name!r}: {key} cannot be set from a spec")
+
+
+def parse_drafter_spec(spec: str) -> tuple[str, Any]:
+    """Splits ``NAME[:key=value,...]`` into the name and its config.
 
     Args:
-        name: one of ``drafter_names()``.
+        spec: the drafter spec.
+
+    Returns:
+        The registry name and its config object (None for the name's defaults or a
+        drafter without a config).
+
+    Raises:
+        AdaspecError: for an unknown name, an unknown key, or a bad value.
+    """
+    name, _, options = spec.partition(":")
+    if name not in DRAFTER_FACTORIES:
+        raise AdaspecError(f"unknown drafter {name!r}; choose one of: {', '.join(DRAFTER_FACTORIES)}")
+    if not options:
+        return name, None
+    config_type = DRAFTER_CONFIGS.get(name)
+    if config_type is None:
+        raise AdaspecError(f"drafter {name!r} takes no options")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_type)}
+    overrides: dict[str, Any] = {}
+    for item in options.split(","):
+        key, eq, text = item.partition("=")
+        if key not in defaults or not eq:
+            raise AdaspecError(f"drafter {name!r}: expected key=value with a key from {', '.join(defaults)}, got {item!r}")
+        overrides[key] = _convert(name, key, text, defaults[key])
+    try:
+        return name, config_type(**overrides)
+    except ValueError as error:
+        raise AdaspecError(f"drafter {name!r}: {error}") from None
+
+
+def make_drafter(spec: str, vocab_size: int) -> Drafter:
+    """Builds a drafter from a spec (``aded``, ``aded:builder=mcts``...).
+
+    Args:
+        spec: a name from ``drafter_names()``, optionally with ``:key=value,...`` overrides.
         vocab_size: the model's vocabulary size.
 
     Returns:
         A fresh drafter.
 
     Raises:
-        AdaspecError: for an unknown name.
+        AdaspecError: for an unknown name or a bad override (including an unreadable prior file).
     """
-    factory = DRAFTER_FACTORIES.get(name)
-    if factory is None:
-        raise AdaspecError(f"unknown drafter {name!r}; choose one of: {', '.join(DRAFTER_FACTORIES)}")
-    return factory(vocab_size)
+    name, config = parse_drafter_spec(spec)
+    try:
+        return DRAFTER_FACTORIES[name](vocab_size, config)
+    except ValueError as error:
+        raise AdaspecError(f"drafter {name!r}: {error}") from None
 
 
 __all__ = [
     "Drafter",
     "StepFeedback",
     "PlainDrafter",
+    "AdedDrafter",
+    "AdedConfig",
     "HybridDrafter",
     "PromptLookupDrafter",
     "LookupConfig",
     "TokenRecyclingDrafter",
     "RecyclingConfig",
     "make_drafter",
+    "parse_drafter_spec",
     "drafter_names",
 ]

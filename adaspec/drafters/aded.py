@@ -1,0 +1,191 @@
+"""The ``aded`` drafter: ADED (Adaptive Draft-Verification, 2024).
+
+A tri-gram model of what *this* model says next (``TrigramTable``) learns while decoding
+from three switchable, weighted sources:
+
+* ``topk``: at every verified tree node the verifier's top-K candidates and their
+  probabilities are the model's own successors of (parent token, node token);
+* ``accepted``: the tri-grams of the text the model actually produced;
+* ``prompt``: the tri-grams of each request's prompt (copying from the context), and an
+  optional prior table built offline (``adaspec prior build``) or saved from earlier runs.
+
+Drafts are built from the table by best-first expansion (the default: it won on the
+benchmark) or by Monte Carlo tree search (ADED's draft maker); see ``tree_search``. The
+table persists across requests and can be saved and loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaspec.drafters.base import StepFeedback
+from adaspec.drafters.tree_search import best_first_tree, mcts_tree
+from adaspec.drafters.trigram import TrigramTable
+from adaspec.tree import DraftTree
+
+BUILDERS = ("best-first", "mcts")
+
+
+@dataclass(frozen=True)
+class AdedConfig:
+    """Tunables of the ADED drafter.
+
+    Rates are each source's step size in (0, 1]; 0 switches a source off.
+    """
+
+    builder: str = "best-first"  # "best-first" or "mcts"
+    capacity: int = 1 << 17  # contexts kept in the table (~21 MB); least recently updated evicted
+    slots: int = 8  # successors kept per context
+    top_k: int = 8  # verifier candidates learned per tree node
+    topk_rate: float = 0.8  # source "topk"
+    accepted_rate: float = 0.5  # source "accepted"
+    prompt_rate: float = 0.3  # source "prompt"
+    feedback_temperature: float = 1.0  # topk probabilities are re-tempered before learning (<1 sharpens)
+    max_depth: int = 10  # deepest draft node
+    width: int = 8  # most children per node
+    simulations: int = 64  # MCTS simulations per step
+    c_base: float = 1.25  # MCTS exploration constant (MuZero's c1)
+    c_growth: float = 19652.0  # MCTS exploration growth scale (MuZero's c2)
+    rollout_depth: int = 4  # greedy tri-gram steps past an MCTS leaf when valuing it
+    prior_path: str | None = None  # a table file to start from (``adaspec prior build`` or ``save``)
+
+    def __post_init__(self) -> None:
+        if self.builder not in BUILDERS:
+            raise ValueError(f"unknown ADED builder {self.builder!r}; choose one of: {', '.join(BUILDERS)}")
+        for name in ("topk_rate", "accepted_rate", "prompt_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {rate}")
+        positive = ("capacity", "slots", "max_depth", "width", "simulations")
+        if min(getattr(self, name) for name in positive) < 1 or self.top_k < 0:
+            raise ValueError(f"{', '.join(positive)} must be >= 1 and top_k >= 0")
+        if self.feedback_temperature <= 0:
+            raise ValueError(f"feedback_temperature must be > 0, got {self.feedback_temperature}")
+
+
+def trigrams(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The consecutive triples of a sequence.
+
+    Args:
+        tokens: ``[m]`` int64.
+
+    Returns:
+        ``[m-2]`` first, second and third tokens (empty if m < 3).
+    """
+    if tokens.size < 3:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tokens[:-2], tokens[1:-1], tokens[2:]
+
+
+class AdedDrafter:
+    """Drafts from an adaptive tri-gram model with best-first expansion or MCTS.
+
+    Args:
+        vocab_size: the model's vocabulary size.
+        config: tunables; defaults documented on ``AdedConfig``.
+
+    Raises:
+        ValueError: for invalid tunables or an unreadable prior file.
+    """
+
+    name = "aded"
+
+    def __init__(self, vocab_size: int, config: AdedConfig | None = None) -> None:
+        self.config = config or AdedConfig()
+        self.feedback_top_k = self.config.top_k if self.config.topk_rate > 0 else 0
+        self.table = TrigramTable(vocab_size, self.config.capacity, self.config.slots)
+        if self.config.prior_path is not None:
+            self.table.load(self.config.prior_path)
+        self.before_root = -1  # the token before the next step's root; tracked through observe
+        buffer_size = 1024
+        self._tokens = np.empty(buffer_size, dtype=np.int64)  # [buffer] builder output
+        self._parents = np.empty(buffer_size, dtype=np.int64)  # [buffer]
+        self._probs = np.empty(buffer_size, dtype=np.float64)  # [buffer]
+
+    def begin(self, prompt: np.ndarray) -> None:
+        """Learns the prompt's tri-grams (source ``prompt``); the table persists across requests."""
+        self.before_root = int(prompt[-1]) if prompt.size else -1
+        if self.config.prompt_rate > 0:
+            self.learn_sequence(prompt, self.config.prompt_rate)
+
+    def learn_sequence(self, tokens: np.ndarray, rate: float) -> None:
+        """Moves the tri-gram and bigram rows of a token sequence towards what followed.
+
+        Args:
+            tokens: ``[m]`` int64 token ids.
+            rate: step size in (0, 1].
+        """
+        first, second, third = trigrams(np.asarray(tokens, dtype=np.int64))
+        if first.size == 0:
+            return
+        followers = third[:, None]  # [m-2, 1]
+        ones = np.ones(followers.shape, dtype=np.float32)  # [m-2, 1]
+        self.table.update(self.table.context_keys(first, second), followers, ones, rate)
+        self.table.update(second, followers, ones, rate)
+
+    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+        """Builds a tree from the tri-gram model.
+
+        Args:
+            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
+            budget: the most nodes, root included.
+
+        Returns:
+            The draft tree (the root alone when the table knows nothing about the context).
+        """
+        config = self.config
+        if budget > self._tokens.size:
+            self._tokens = np.empty(budget, dtype=np.int64)
+            self._parents = np.empty(budget, dtype=np.int64)
+            self._probs = np.empty(budget, dtype=np.float64)
+        before = int(context[-2]) if context.size >= 2 else -1
+        table = self.table
+        if config.builder == "mcts":
+            n = mcts_tree(
+                table.keys, table.ids, table.weights, table.vocab_size, before, int(context[-1]), budget,
+                config.max_depth, config.width, config.simulations, config.c_base, config.c_growth,
+                config.rollout_depth, self._tokens, self._parents, self._probs,
+            )
+        else:
+            n = best_first_tree(
+                table.keys, table.ids, table.weights, table.vocab_size, before, int(context[-1]), budget,
+                config.max_depth, config.width, self._tokens, self._parents, self._probs,
+            )
+        return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy())
+
+    def observe(self, step: StepFeedback) -> None:
+        """Learns the verifier's top-K at every node and the tri-grams of the accepted text."""
+        config = self.config
+        tree = step.tree
+        if config.topk_rate > 0 and step.topk_ids.shape[1] > 0:
+            before = np.where(tree.parents >= 0, tree.tokens[np.maximum(tree.parents, 0)], self.before_root)  # [n]
+            probs = step.topk_probs.astype(np.float64)  # [n, K]
+            if config.feedback_temperature != 1.0:
+                tempered = probs ** (1.0 / config.feedback_temperature)
+                probs = tempered * (probs.sum(axis=1, keepdims=True) / tempered.sum(axis=1, keepdims=True))
+            known = before >= 0
+            self.table.update(
+                self.table.context_keys(before[known], tree.tokens[known]), step.topk_ids[known], probs[known],
+                config.topk_rate,
+            )
+            self.table.update(tree.tokens, step.topk_ids, probs, config.topk_rate)
+        produced = np.concatenate(([self.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
+        if config.accepted_rate > 0:
+            self.learn_sequence(produced[1:] if self.before_root < 0 else produced, config.accepted_rate)
+        self.before_root = int(produced[-2])
+
+    def save(self, path: str | Path) -> None:
+        """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``)."""
+        self.table.save(path)
+
+    def load(self, path: str | Path) -> None:
+        """Replaces the learned table with one written by ``save`` or ``adaspec prior build``.
+
+        Raises:
+            ValueError: if the file is not a table for this vocabulary.
+        """
+        self.table.load(path)
