@@ -13,6 +13,7 @@ from adaspec.drafters import Drafter, StepFeedback, drafter_names, make_drafter
 from adaspec.engine import DEFAULT_BUDGET, Generation, Generator, TextStream
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel, load
+from adaspec.sampling import SamplingParams
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree, TreeBuilder
 
@@ -28,6 +29,7 @@ __all__ = [
     "Generator",
     "LoadedModel",
     "StepFeedback",
+    "SamplingParams",
     "TextStream",
     "TreeBuilder",
     "drafter_names",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import DTYPES, load
 from adaspec.prior import build_prior, read_texts, write_prior
+from adaspec.sampling import SamplingParams
 
 EXIT_BAD_INPUT = 2
 
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")
     gen.add_argument("--compare", action="store_true", help="also decode plainly in the same process and report the speedup")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default), else sample at this temperature")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (default: 0, all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens holding this probability (default: 1.0)")
+    gen.add_argument("--seed", type=int, default=None, help="seed for sampling; the same seed gives the same text (default: random)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
 
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, default=None, help="the most prompts per category")
     bench.add_argument("--new-tokens", type=int, default=256, help="the most tokens per generation (default: 256)")
     bench.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step (default: {DEFAULT_BUDGET})")
+    bench.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default); else every method samples, one seed per turn")
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (default: bench-out)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32")
@@ -85,15 +92,16 @@ def run_bench(args: argparse.Namespace) -> int:
         raise AdaspecError(f"--new-tokens must be at least 1, got {args.new_tokens}")
     if args.budget < 1:
         raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
+    SamplingParams(args.temperature)  # validates the temperature
     prompts = load_prompts(split_list(args.categories), args.limit)  # validates categories and limit
     names = split_list(args.methods) or method_names()
     check_method_names(names)
     model = load(args.model, device=args.device, dtype=args.dtype)
-    methods = build_methods(model, names, args.budget)
+    methods = build_methods(model, names, args.budget, args.temperature)
     records = run_benchmark(model, prompts, methods, args.new_tokens)
     figures = summarise(records, baseline=methods[0].name)
     meta = report_meta(" ".join(["adaspec"] + sys.argv[1:]), model.name, prompts, [m.name for m in methods],
-                       args.new_tokens, args.budget, args.dtype, args.device)
+                       args.new_tokens, args.budget, args.dtype, args.device, args.temperature)
     written = write_report(args.out, records, figures, meta)
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
@@ -130,12 +138,16 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.budget < 1:
         raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
+    # one seed for the run and its --compare baseline, so both sample the same text
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed)  # validates them
     prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise AdaspecError("the prompt is empty")
     model = load(args.model, device=args.device, dtype=args.dtype)
     generator = Generator(model, drafter=args.drafter, budget=args.budget)
-    options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat)
+    options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, temperature=sampling.temperature,
+                   top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
     generator.encode(prompt, args.chat)  # reject a bad prompt before any warm-up
     baseline: Generation | None = None
     if args.compare:

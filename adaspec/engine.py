@@ -10,15 +10,17 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
+import torch
 
 from adaspec.backends.hf import HFBackend
 from adaspec.drafters import Drafter, StepFeedback, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 from adaspec.output import OutputTracker
+from adaspec.sampling import SamplingParams, target_probs
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
-from adaspec.verify import greedy_accept, top_candidates
+from adaspec.verify import greedy_accept, sample_accept, sample_tokens, top_candidates
 
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
@@ -64,7 +66,7 @@ class TextStream:
 
 
 class Generator:
-    """Speculative greedy decoding for one model with one drafter.
+    """Lossless speculative decoding (greedy or sampled) for one model with one drafter.
 
     The drafter's learned state persists across the requests made through this object.
 
@@ -135,22 +137,35 @@ class Generator:
         max_new_tokens: int = 256,
         stop: Sequence[str] = (),
         chat: bool | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> Generation:
-        """Generates a completion, exactly as greedy plain decoding would.
+        """Generates a completion with exactly the distribution plain decoding has.
+
+        Greedy (temperature 0) output equals plain greedy decoding token for token; sampled
+        output is distributed exactly as plain sampling with the same settings.
 
         Args:
             prompt: text, chat messages, or token ids.
             max_new_tokens: the most tokens to generate (>= 1).
             stop: strings that end generation.
             chat: see ``encode``.
+            temperature: 0 for greedy, else the sampling temperature.
+            top_k: sample only among the k most likely tokens (0: all).
+            top_p: sample only from the most likely tokens holding this much probability (1: all).
+            seed: seeds this request's random generator; the same seed gives the same text.
 
         Returns:
             The text, token ids and stats.
 
         Raises:
-            AdaspecError: for an empty or over-long prompt or max_new_tokens < 1.
+            AdaspecError: for an empty or over-long prompt, max_new_tokens < 1, or bad
+                sampling settings.
         """
-        stream = self.stream(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat)
+        stream = self.stream(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -162,8 +177,12 @@ class Generator:
         max_new_tokens: int = 256,
         stop: Sequence[str] = (),
         chat: bool | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> TextStream:
-        """Like ``generate``, but yields text as it is accepted.
+        """Like ``generate`` (same arguments), but yields text as it is accepted.
 
         Returns:
             An iterator of text pieces whose ``result`` holds the Generation at the end.
@@ -173,6 +192,7 @@ class Generator:
         """
         if max_new_tokens < 1:
             raise AdaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        sampling = SamplingParams(temperature, top_k, top_p, seed)
         if isinstance(stop, str):
             stop = [stop]
         prompt_ids = self.encode(prompt, chat)
@@ -182,9 +202,9 @@ class Generator:
                 f"the prompt has {prompt_ids.size} tokens but the context holds {self.max_context}; "
                 "no room is left to generate"
             )
-        return TextStream(self._decode(prompt_ids, min(max_new_tokens, room), list(stop)))
+        return TextStream(self._decode(prompt_ids, min(max_new_tokens, room), list(stop), sampling))
 
-    def _decode(self, prompt_ids: np.ndarray, limit: int, stop: list[str]) -> Iterator[str]:
+    def _decode(self, prompt_ids: np.ndarray, limit: int, stop: list[str], sampling: SamplingParams) -> Iterator[str]:
         stats = GenerationStats(prompt_tokens=int(prompt_ids.size))
         output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, stop, limit)
         context = np.empty(prompt_ids.size + limit, dtype=np.int64)  # [p + limit] prompt then output
@@ -192,9 +212,14 @@ class Generator:
         length = prompt_ids.size
         started = time.perf_counter()
 
+        # one uniform number per output position, fixed up front: the text depends on the seed only
+        uniforms = None if sampling.greedy else torch.rand(limit + self.budget, generator=sampling.make_generator(), dtype=torch.float64)  # [limit + budget]
         self.drafter.begin(prompt_ids)
         logits = self.backend.prefill(prompt_ids)  # [V]
-        pending = int(logits.argmax())
+        if uniforms is None:
+            pending = int(logits.argmax())
+        else:
+            pending = int(sample_tokens(target_probs(logits[None], sampling), uniforms[:1])[0])
         stats.prefill_s = time.perf_counter() - started
         output.extend([pending])
         context[length] = pending
@@ -211,9 +236,13 @@ class Generator:
 
             start = self.backend.cache_len
             logits = self.backend.forward_tree(tree)  # [n, V]
-            greedy = logits.argmax(dim=-1).cpu().numpy()  # [n]
-            accepted = greedy_accept(tree, greedy)  # [k]
-            pending = int(greedy[accepted[-1]])
+            if uniforms is None:
+                greedy = logits.argmax(dim=-1).cpu().numpy()  # [n]
+                accepted = greedy_accept(tree, greedy)  # [k]
+                pending = int(greedy[accepted[-1]])
+            else:
+                position = len(output.ids)  # the output index of the token after the root
+                accepted, pending = sample_accept(tree, target_probs(logits, sampling), uniforms[position:])
             self.backend.commit(start, accepted)
             tick = time.perf_counter()
             stats.verify_s += tick - tock

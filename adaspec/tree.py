@@ -74,6 +74,14 @@ class DraftTree:
         return mask
 
     @cached_property
+    def children(self) -> list[list[int]]:
+        """Per node, its children's indices in index order (the order drafters rank them)."""
+        children: list[list[int]] = [[] for _ in range(self.size)]
+        for i in range(1, self.size):
+            children[int(self.parents[i])].append(i)
+        return children
+
+    @cached_property
     def child_of(self) -> dict[tuple[int, int], int]:
         """Map ``(parent index, token) -> child index``; the first child wins among duplicates."""
         lookup: dict[tuple[int, int], int] = {}

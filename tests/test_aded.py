@@ -209,7 +209,7 @@ def test_drafter_specs_override_config_fields() -> None:
     assert parse_drafter_spec("lookup:min_ngram=2")[1].min_ngram == 2
     assert parse_drafter_spec("aded") == ("aded", None)
     for bad, message in [("aded:color=red", "key=value"), ("aded:simulations=many", "must be a int"),
-                         ("aded:builder=magic", "unknown ADED builder"), ("hybrid:x=1", "takes no options"),
-                         ("aded:topk_rate=2", "must lie in"), ("magic", "unknown drafter")]:
+                         ("aded:builder=magic", "unknown ADED builder"), ("hybrid:learned=oracle", "learned must be"),
+                         ("aded:topk_rate=2", "must lie in"), ("magic", "unknown drafter"), ("none:x=1", "takes no options")]:
         with pytest.raises(AdaspecError, match=message):
             parse_drafter_spec(bad)

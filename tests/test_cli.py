@@ -23,6 +23,16 @@ def test_generate_json_with_compare(capsys) -> None:
     assert out["speedup"] == pytest.approx(out["tokens_per_s"] / out["baseline_tokens_per_s"])
 
 
+def test_sampled_generation_with_a_seed_equals_plain_sampling(capsys) -> None:
+    args = ["generate", "Name two rivers.", "--max-new-tokens", "16", "--temperature", "0.8", "--top-p", "0.95",
+            "--seed", "11", "--compare", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["identical"] is True  # speculative sampling reproduces plain sampling with the same seed
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == first["text"]
+
+
 def test_generate_streams_text_then_one_stats_line(capsys) -> None:
     assert main(["generate", "Say hello.", "--max-new-tokens", "8", "--drafter", "lookup"]) == 0
     captured = capsys.readouterr()
@@ -43,6 +53,9 @@ def test_generate_streams_text_then_one_stats_line(capsys) -> None:
         (["generate", "hi", "--dtype", "float8"], "unknown dtype"),
         (["generate", "hi", "--device", "toaster"], "unknown device"),
         (["generate", "hi", "--budget", "0"], "budget"),
+        (["generate", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "hi", "--temperature", "0.7", "--top-p", "0"], "top_p"),
+        (["bench", "--temperature", "-0.5"], "temperature"),
         (["generate"], "required"),
         (["fly"], "invalid choice"),
     ],

@@ -19,8 +19,10 @@ def markdown(summary: dict, meta: dict) -> str:
     """The overall table, then speedup (and MAT) per category."""
     methods = list(summary)
     categories = [c for c in next(iter(summary.values())) if c != "overall"]
+    temperature = meta["config"].get("temperature", 0.0)
+    decoding = "greedy" if not temperature else f"sampling at T={temperature:g}"
     lines = [
-        f"Model: {meta['model']} · {meta['config']['new_tokens']} new tokens · {meta['config']['dtype']} · "
+        f"Model: {meta['model']} · {decoding} · {meta['config']['new_tokens']} new tokens · {meta['config']['dtype']} · "
         f"{meta['machine']['cpu_threads']} threads · {meta['config']['prompts']} prompts ({meta['config']['generations']} turns)",
         "",
         "| method | tokens/s | speedup | MAT | draft ms/step | verify ms/step | outputs equal baseline |",
@@ -28,10 +30,12 @@ def markdown(summary: dict, meta: dict) -> str:
     ]
     for method in methods:
         s = summary[method]["overall"]
-        same = s["runs"] - len(s["differing_from_baseline"])
+        same = f"{s['runs'] - len(s['differing_from_baseline'])}/{s['runs']}"
+        if temperature and method.startswith("hf-"):
+            same = "– (own sampler)"
         lines.append(
             f"| {method} | {s['tokens_per_s']:.1f} | {s['speedup']:.2f}x | {fmt(s['mat'], '{:.2f}')} | "
-            f"{fmt(s['draft_ms_per_step'], '{:.1f}')} | {fmt(s['verify_ms_per_step'], '{:.1f}')} | {same}/{s['runs']} |"
+            f"{fmt(s['draft_ms_per_step'], '{:.1f}')} | {fmt(s['verify_ms_per_step'], '{:.1f}')} | {same} |"
         )
     lines += ["", "Speedup (MAT) per category:", "", "| method | " + " | ".join(categories) + " |",
               "|---|" + "---|" * len(categories)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import time
+import zlib
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -37,32 +38,44 @@ class Method(Protocol):
         ...
 
 
+def turn_seed(label: tuple[str, str, int]) -> int:
+    """The sampling seed of one benchmark turn: the same for every method, stable across runs."""
+    return zlib.crc32(f"{label[1]}/{label[0]}#{label[2]}".encode())
+
+
 class AdaspecMethod:
     """An adaspec drafter at a budget; its learned state persists across prompts, as in a session."""
 
-    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int) -> None:
+    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int, temperature: float = 0.0) -> None:
         self.name = name
         self.generator = Generator(model, drafter=drafter, budget=budget)
+        self.temperature = temperature
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
-        out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens)
+        out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
+                                      seed=turn_seed(label))
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
 
 
 class HFMethod:
-    """transformers' own ``generate()``: plain greedy, or with its prompt lookup."""
+    """transformers' own ``generate()``: plain, or with its prompt lookup; greedy or sampled."""
 
-    def __init__(self, model: LoadedModel, name: str, prompt_lookup_tokens: int | None) -> None:
+    def __init__(self, model: LoadedModel, name: str, prompt_lookup_tokens: int | None, temperature: float = 0.0) -> None:
         self.name = name
         self.model = model
         self.extra = {"prompt_lookup_num_tokens": prompt_lookup_tokens} if prompt_lookup_tokens else {}
+        if temperature > 0:
+            self.extra |= {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        else:
+            self.extra |= {"do_sample": False}
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
         ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.model.device)[None]  # [1, p]
+        torch.manual_seed(turn_seed(label))
         started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                 pad_token_id=self.model.tokenizer.eos_token_id, **self.extra,
             )
         seconds = time.perf_counter() - started
@@ -89,8 +102,12 @@ def check_method_names(names: Sequence[str]) -> None:
             raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer")
 
 
-def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAULT_BUDGET) -> list[Method]:
+def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAULT_BUDGET, temperature: float = 0.0) -> list[Method]:
     """Methods by name; ``recycling@16`` runs a drafter at budget 16. The baseline always comes first.
+
+    At a temperature > 0 every method samples, each turn with its own seed shared by all
+    methods (adaspec's drafters then give the baseline's exact text; transformers' peers
+    draw differently).
 
     Raises:
         AdaspecError: for an unknown method or a malformed budget.
@@ -100,12 +117,12 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
     for name in dict.fromkeys([BASELINE, *names]):
         drafter, _, size = name.rpartition("@") if "@" in name else (name, "", "")
         if name == "hf-generate":
-            methods.append(HFMethod(model, name, None))
+            methods.append(HFMethod(model, name, None, temperature))
         elif name == "hf-prompt-lookup":
-            methods.append(HFMethod(model, name, 10))
+            methods.append(HFMethod(model, name, 10, temperature))
         else:
             chosen = 1 if drafter == BASELINE else int(size) if size else budget
-            methods.append(AdaspecMethod(model, name, drafter, chosen))
+            methods.append(AdaspecMethod(model, name, drafter, chosen, temperature))
     return methods
 
 

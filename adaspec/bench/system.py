@@ -43,12 +43,12 @@ def versions() -> dict:
 
 
 def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], method_names: Sequence[str],
-                new_tokens: int, budget: int, dtype: str, device: str) -> dict:
+                new_tokens: int, budget: int, dtype: str, device: str, temperature: float = 0.0) -> dict:
     """Everything a report records besides the runs: command, model, config, machine, versions."""
     return {
         "command": command,
         "model": model_name,
-        "config": {"new_tokens": new_tokens, "budget": budget, "dtype": dtype, "device": device,
+        "config": {"new_tokens": new_tokens, "budget": budget, "dtype": dtype, "device": device, "temperature": temperature,
                    "categories": sorted({p.category for p in prompts}), "methods": list(method_names),
                    "prompts": len(prompts), "generations": sum(len(p.turns) for p in prompts)},
         "machine": machine_description(),

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from adaspec.drafters.aded import AdedConfig, AdedDrafter
 from adaspec.drafters.base import Drafter, StepFeedback
-from adaspec.drafters.hybrid import HybridDrafter
+from adaspec.drafters.hybrid import HybridConfig, HybridDrafter
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter
 from adaspec.drafters.plain import PlainDrafter
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter
@@ -23,14 +23,21 @@ DRAFTER_FACTORIES: dict[str, Callable[[int, Any], Drafter]] = {
     "lookup": lambda vocab_size, config: PromptLookupDrafter(config),
     "recycling": lambda vocab_size, config: TokenRecyclingDrafter(vocab_size, config),
     "aded": lambda vocab_size, config: AdedDrafter(vocab_size, config),
-    # a context match of 2+ tokens takes what it finds, recycled candidates fill the rest
-    # (measured better than a half/half split or 1-token matches; README, Benchmark)
-    "hybrid": lambda vocab_size, config: HybridDrafter(
-        [PromptLookupDrafter(LookupConfig(min_ngram=2)), TokenRecyclingDrafter(vocab_size)], shares=[1.0, 1.0]
-    ),
+    "hybrid": lambda vocab_size, config: make_hybrid(vocab_size, config or HybridConfig()),
 }
 # the drafters whose tunables can be overridden in a spec
-DRAFTER_CONFIGS: dict[str, type] = {"lookup": LookupConfig, "recycling": RecyclingConfig, "aded": AdedConfig}
+DRAFTER_CONFIGS: dict[str, type] = {
+    "lookup": LookupConfig, "recycling": RecyclingConfig, "aded": AdedConfig, "hybrid": HybridConfig,
+}
+
+
+def make_hybrid(vocab_size: int, config: HybridConfig) -> HybridDrafter:
+    """A context match of ``min_ngram``+ tokens takes what it finds; the learned drafter fills the rest.
+
+    Measured better than a half/half split or 1-token matches (README, Benchmark).
+    """
+    learned: Drafter = AdedDrafter(vocab_size) if config.learned == "aded" else TokenRecyclingDrafter(vocab_size)
+    return HybridDrafter([PromptLookupDrafter(LookupConfig(min_ngram=config.min_ngram)), learned], shares=[1.0, 1.0])
 
 
 def drafter_names() -> list[str]:
@@ -117,6 +124,7 @@ __all__ = [
     "AdedDrafter",
     "AdedConfig",
     "HybridDrafter",
+    "HybridConfig",
     "PromptLookupDrafter",
     "LookupConfig",
     "TokenRecyclingDrafter",

@@ -8,12 +8,27 @@ drafter sees the same feedback, so each keeps learning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from adaspec.drafters.base import Drafter, StepFeedback
 from adaspec.tree import DraftTree, TreeBuilder
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """What the registry's ``hybrid`` merges."""
+
+    learned: str = "aded"  # the drafter that fills the budget after the context match: aded or recycling
+    min_ngram: int = 2  # the shortest context match that lookup may use
+
+    def __post_init__(self) -> None:
+        if self.learned not in ("recycling", "aded"):
+            raise ValueError(f"learned must be recycling or aded, got {self.learned!r}")
+        if self.min_ngram < 1:
+            raise ValueError(f"min_ngram must be >= 1, got {self.min_ngram}")
 
 
 def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:

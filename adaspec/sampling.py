@@ -1,0 +1,79 @@
+"""Sampling settings and the target distribution they define.
+
+The target distribution at a position is the model's next-token distribution after, in
+this order, temperature, top-k and top-p (the order transformers' ``generate`` applies
+them). Speculative sampling must reproduce exactly this distribution (``verify.sample_accept``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adaspec.errors import AdaspecError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token.
+
+    Attributes:
+        temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+        top_k: keep only the k most likely tokens (0 = all).
+        top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1 = all).
+        seed: seeds the request's own random generator (None: a fresh random seed).
+
+    Raises:
+        AdaspecError: for a negative temperature or top_k, or top_p outside (0, 1].
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0:
+            raise AdaspecError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise AdaspecError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise AdaspecError(f"top_p must lie in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when tokens are the argmax (temperature 0)."""
+        return self.temperature == 0.0
+
+    def make_generator(self) -> torch.Generator:
+        """A CPU random generator for one request: seeded by ``seed``, else randomly."""
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
+
+
+def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution to sample from at each position.
+
+    Args:
+        logits: ``[n, V]`` raw model logits.
+        params: the sampling settings (temperature > 0).
+
+    Returns:
+        ``[n, V]`` float64 probabilities on the logits' device; each row sums to 1.
+    """
+    scaled = logits.double() / params.temperature  # [n, V]
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]  # [n, 1] the k-th largest logit
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ascending, order = torch.sort(scaled, dim=-1)  # [n, V] each
+        tail_mass = torch.softmax(ascending, dim=-1).cumsum(dim=-1)  # [n, V] mass up to and including each
+        drop = tail_mass <= 1.0 - params.top_p  # [n, V] the unlikely tail that top_p leaves out
+        drop[:, -1] = False  # always keep the most likely token
+        scaled = scaled.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.softmax(scaled, dim=-1)
