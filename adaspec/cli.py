@@ -20,7 +20,10 @@ from adaspec.bench.report import write_report
 from adaspec.bench.runner import build_methods, check_method_names, method_names, run_benchmark
 from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
-from adaspec.engine import DEFAULT_BUDGET, Generation, Generator
+from adaspec.backends import HFBackend
+from adaspec.bench.report import write_profile_plot
+from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile, profile_key
+from adaspec.engine import AUTO, DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import DTYPES, load
 from adaspec.prior import build_prior, read_texts, write_prior
@@ -46,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
         "as NAME:key=value,... (default: hybrid)")
-    gen.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step, root included (default: {DEFAULT_BUDGET})")
+    gen.add_argument("--budget", type=budget_value, default=DEFAULT_BUDGET,
+                     help=f"tree nodes per step, root included, or 'auto' to size each step from measured cost (default: {DEFAULT_BUDGET})")
     gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
     gen.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")
@@ -71,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32")
 
+    profile = commands.add_parser("profile", help="show (and measure) the verify cost by tree size that --budget auto uses")
+    profile.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded model)")
+    profile.add_argument("--device", default="cpu")
+    profile.add_argument("--dtype", default="float32")
+    profile.add_argument("--remeasure", action="store_true", help="measure again instead of using the cached profile")
+    profile.add_argument("--plot", type=Path, default=None, help="also write the curve as a PNG")
+
     prior = commands.add_parser("prior", help="build a tri-gram prior for the aded drafter")
     prior_commands = prior.add_subparsers(dest="prior_command", required=True, parser_class=OneLineParser)
     build = prior_commands.add_parser("build", help="count tri-grams of text files, tokenised by the model's tokenizer")
@@ -79,6 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--out", type=Path, required=True, help="the .npz file to write (use as aded:prior_path=FILE)")
     build.add_argument("--capacity", type=int, default=AdedConfig.capacity, help=f"the most contexts kept (default: {AdedConfig.capacity})")
     return parser
+
+
+def budget_value(text: str) -> int | str:
+    """A --budget value: a positive number of nodes or 'auto'."""
+    if text == AUTO:
+        return AUTO
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of tree nodes >= 1 or 'auto', got {text!r}")
+    return int(text)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Runs ``adaspec profile``; returns the exit code."""
+    model = load(args.model, device=args.device, dtype=args.dtype)
+    backend = HFBackend(model.model)
+    key = profile_key(model.name, backend.device, backend.dtype)
+    path = default_profile_path(key)
+    if args.remeasure or not path.exists():
+        print(f"measuring tree forwards of {', '.join(map(str, PROFILE_SIZES))} nodes...", file=sys.stderr)
+        measure_profile(backend, model.vocab_size, key).save(path)
+    profile = load_or_measure_profile(model, backend, path)
+    print(f"verify cost by tree size · {key} · {path}")
+    print("| nodes | " + " | ".join(str(s) for s in profile.sizes) + " |")
+    print("|---|" + "---|" * len(profile.sizes))
+    print("| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |")
+    print("| × one node | " + " | ".join(f"{m / profile.ms[0]:.2f}" for m in profile.ms) + " |")
+    if args.plot is not None:
+        write_profile_plot(profile, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -136,8 +177,6 @@ def run_generate(args: argparse.Namespace) -> int:
     parse_drafter_spec(args.drafter)  # a bad drafter fails before the model loads
     if args.max_new_tokens < 1:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.budget < 1:
-        raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
     # one seed for the run and its --compare baseline, so both sample the same text
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed)  # validates them
@@ -227,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "bench":
             return run_bench(args)
+        if args.command == "profile":
+            return run_profile(args)
         if args.command == "prior":
             return run_prior_build(args)
         raise AdaspecError(f"unknown command {args.command!r}")

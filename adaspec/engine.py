@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
 from adaspec.backends.hf import HFBackend
+from adaspec.budget import AcceptanceCalibrator, LatencyProfile, choose_nodes, load_or_measure_profile
 from adaspec.drafters import Drafter, StepFeedback, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
@@ -26,6 +28,9 @@ from adaspec.verify import greedy_accept, sample_accept, sample_tokens, top_cand
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
 DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best on a 2-core AVX2 CPU (README)
+AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
+EXPLORE_EVERY = 16  # with "auto": every 16th step verifies at least EXPLORE_NODES nodes...
+EXPLORE_NODES = 4  # ...so acceptance keeps being measured while plain steps are preferred
 
 
 @dataclass
@@ -74,8 +79,12 @@ class Generator:
         model: from ``adaspec.load``.
         drafter: a registry name (``none``, ``lookup``, ``recycling``, ``hybrid``) or a Drafter
             instance; ``hybrid`` was fastest on the benchmark.
-        budget: the most tree nodes per step, root included (1 = plain decoding).
+        budget: the most tree nodes per step, root included (1 = plain decoding), or
+            ``"auto"``: each step verifies the part of the drafter's tree that maximises
+            expected tokens per second under the measured verify cost (possibly only the root).
         max_context: cap on prompt + output tokens; at most the model's own limit.
+        profile: for ``"auto"``: a ``LatencyProfile`` or its JSON file; None measures one
+            at first use and caches it per model / device / dtype / thread count.
 
     Raises:
         AdaspecError: for an unknown drafter or a budget < 1.
@@ -85,15 +94,23 @@ class Generator:
         self,
         model: LoadedModel,
         drafter: str | Drafter = "hybrid",
-        budget: int = DEFAULT_BUDGET,
+        budget: int | str = DEFAULT_BUDGET,
         max_context: int | None = None,
+        profile: LatencyProfile | str | Path | None = None,
     ) -> None:
-        if budget < 1:
-            raise AdaspecError(f"budget must be at least 1 tree node, got {budget}")
+        if budget != AUTO and (not isinstance(budget, int) or budget < 1):
+            raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
         self.model = model
         self.backend = HFBackend(model.model)
         self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
-        self.budget = budget
+        self.auto = budget == AUTO
+        self.profile: LatencyProfile | None = None
+        self.calibrator = AcceptanceCalibrator()
+        self.steps = 0  # verification steps made by this generator (all requests)
+        if self.auto:
+            self.profile = load_or_measure_profile(model, self.backend, profile)
+            budget = self.profile.max_size
+        self.budget = int(budget)
         self.max_context = min(max_context or model.max_context, model.max_context)
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> np.ndarray:
@@ -212,8 +229,9 @@ class Generator:
         length = prompt_ids.size
         started = time.perf_counter()
 
-        # one uniform number per output position, fixed up front: the text depends on the seed only
-        uniforms = None if sampling.greedy else torch.rand(limit + self.budget, generator=sampling.make_generator(), dtype=torch.float64)  # [limit + budget]
+        # one uniform number per output position, drawn up front: the text depends on the seed only.
+        # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
+        uniforms = None if sampling.greedy else torch.rand(limit, generator=sampling.make_generator(), dtype=torch.float64)  # [limit]
         self.drafter.begin(prompt_ids)
         logits = self.backend.prefill(prompt_ids)  # [V]
         if uniforms is None:
@@ -231,6 +249,8 @@ class Generator:
             tick = time.perf_counter()
             tree = self.drafter.propose(context[:length], budget)
             self._check_tree(tree, pending, budget)
+            if self.auto:
+                tree = self._size_tree(tree)
             tock = time.perf_counter()
             stats.draft_s += tock - tick
 
@@ -247,6 +267,9 @@ class Generator:
             tick = time.perf_counter()
             stats.verify_s += tick - tock
 
+            if self.auto:
+                self.calibrator.update(tree, accepted)
+            self.steps += 1
             topk_ids, topk_probs = top_candidates(logits, self.drafter.feedback_top_k)  # [n, K] each
             self.drafter.observe(StepFeedback(tree, accepted, pending, topk_ids, topk_probs))
             stats.draft_s += time.perf_counter() - tick
@@ -269,6 +292,19 @@ class Generator:
             finish_reason=output.finish_reason or "length",
             stats=stats,
         )
+
+    def _size_tree(self, tree: DraftTree) -> DraftTree:
+        """The part of ``tree`` worth verifying on this hardware (see ``adaspec.budget``).
+
+        Every ``EXPLORE_EVERY``-th step verifies at least a few nodes, so the calibration
+        keeps learning even while the chooser prefers plain decoding.
+        """
+        assert self.profile is not None
+        acceptance = self.calibrator.estimate(tree)  # [n]
+        keep = choose_nodes(acceptance, self.profile)
+        if keep.size < EXPLORE_NODES and self.steps % EXPLORE_EVERY == 0:
+            keep = np.arange(min(EXPLORE_NODES, tree.size))
+        return tree.subtree(keep)
 
     def _check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
         """Rejects a drafter's tree that breaks the contract (a bug in the drafter)."""

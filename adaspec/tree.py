@@ -7,6 +7,7 @@ smaller index, so a prefix ``[0, m)`` of any valid tree is itself a valid tree.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable
@@ -21,6 +22,9 @@ class DraftTree:
     Attributes:
         tokens: ``[n]`` int64, node i's token id; ``tokens[0]`` is the pending (root) token.
         parents: ``[n]`` int64, parent index of node i; ``-1`` for the root, ``parents[i] < i``.
+        scores: ``[n]`` float64 or None, the drafter's belief that node i will be accepted
+            (its whole path from the root, e.g. a product of probabilities; root 1.0). The
+            engine calibrates scores into acceptance probabilities to size the tree.
 
     Raises:
         ValueError: if the arrays do not describe a valid rooted tree.
@@ -28,6 +32,7 @@ class DraftTree:
 
     tokens: np.ndarray
     parents: np.ndarray
+    scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         tokens = np.ascontiguousarray(self.tokens, dtype=np.int64)
@@ -44,6 +49,11 @@ class DraftTree:
             raise ValueError("every non-root node's parent must be an earlier node (0 <= parents[i] < i)")
         if tokens.min() < 0:
             raise ValueError(f"token ids must be non-negative, got {int(tokens.min())}")
+        if self.scores is not None:
+            scores = np.ascontiguousarray(self.scores, dtype=np.float64)
+            if scores.shape != tokens.shape:
+                raise ValueError(f"scores must have one entry per node, got shape {scores.shape} for {tokens.size} nodes")
+            object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "parents", parents)
 
@@ -97,7 +107,21 @@ class DraftTree:
         """The first ``size`` nodes (always a valid tree, since parents precede children)."""
         if size >= self.size:
             return self
-        return DraftTree(self.tokens[:size], self.parents[:size])
+        return DraftTree(self.tokens[:size], self.parents[:size], None if self.scores is None else self.scores[:size])
+
+    def subtree(self, keep: np.ndarray) -> DraftTree:
+        """The nodes ``keep`` (increasing indices, 0 first, each node's parent included), re-indexed.
+
+        Raises:
+            ValueError: if a kept node's parent is not kept.
+        """
+        new_index = np.full(self.size, -1, dtype=np.int64)  # [n] old -> new
+        new_index[keep] = np.arange(keep.size)
+        old_parents = self.parents[keep]  # [m]
+        parents = np.where(old_parents >= 0, new_index[np.maximum(old_parents, 0)], -1)
+        if np.any(parents[1:] < 0):
+            raise ValueError("subtree: every kept node's parent must be kept")
+        return DraftTree(self.tokens[keep], parents, None if self.scores is None else self.scores[keep])
 
 
 class TreeBuilder:
@@ -116,6 +140,7 @@ class TreeBuilder:
         self.budget = budget
         self.tokens: list[int] = [int(root_token)]
         self.parents: list[int] = [-1]
+        self.scores: list[float] = [1.0]
         self._children: dict[tuple[int, int], int] = {}
 
     @property
@@ -123,8 +148,8 @@ class TreeBuilder:
         """True once the budget is spent."""
         return len(self.tokens) >= self.budget
 
-    def add_child(self, parent: int, token: int) -> int | None:
-        """Add (or find) ``token`` under ``parent``.
+    def add_child(self, parent: int, token: int, score: float = 0.0) -> int | None:
+        """Add (or find) ``token`` under ``parent``; a node found again keeps the higher score.
 
         Returns:
             The child's node index, or None when the budget is spent.
@@ -132,25 +157,32 @@ class TreeBuilder:
         key = (parent, int(token))
         node = self._children.get(key)
         if node is not None:
+            self.scores[node] = max(self.scores[node], score)
             return node
         if self.full:
             return None
         node = len(self.tokens)
         self.tokens.append(int(token))
         self.parents.append(parent)
+        self.scores.append(score)
         self._children[key] = node
         return node
 
-    def add_path(self, tokens: Iterable[int], start: int = 0) -> int:
+    def add_path(self, tokens: Iterable[int], start: int = 0, scores: Iterable[float] | None = None) -> int:
         """Add a chain of tokens below node ``start``, stopping when the budget is spent.
+
+        Args:
+            tokens: the chain.
+            start: the node it hangs from.
+            scores: per token, its node's score (default 0).
 
         Returns:
             How many of the tokens are in the tree afterwards.
         """
         node = start
         added = 0
-        for token in tokens:
-            child = self.add_child(node, token)
+        for token, score in zip(tokens, scores if scores is not None else itertools.repeat(0.0)):
+            child = self.add_child(node, token, score)
             if child is None:
                 break
             node = child
@@ -159,4 +191,5 @@ class TreeBuilder:
 
     def build(self) -> DraftTree:
         """The tree built so far."""
-        return DraftTree(np.array(self.tokens, dtype=np.int64), np.array(self.parents, dtype=np.int64))
+        return DraftTree(np.array(self.tokens, dtype=np.int64), np.array(self.parents, dtype=np.int64),
+                         np.array(self.scores, dtype=np.float64))

@@ -33,6 +33,15 @@ def test_sampled_generation_with_a_seed_equals_plain_sampling(capsys) -> None:
     assert json.loads(capsys.readouterr().out)["text"] == first["text"]
 
 
+def test_profile_prints_the_cost_curve_and_auto_budget_generates(capsys, tmp_path) -> None:
+    assert main(["profile", "--plot", str(tmp_path / "profile.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| nodes | 1 | 2 |" in out and "| ms |" in out
+    assert (tmp_path / "profile.png").stat().st_size > 1000
+    assert main(["generate", "Count to five.", "--budget", "auto", "--max-new-tokens", "16", "--compare", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["identical"] is True
+
+
 def test_generate_streams_text_then_one_stats_line(capsys) -> None:
     assert main(["generate", "Say hello.", "--max-new-tokens", "8", "--drafter", "lookup"]) == 0
     captured = capsys.readouterr()
@@ -53,6 +62,7 @@ def test_generate_streams_text_then_one_stats_line(capsys) -> None:
         (["generate", "hi", "--dtype", "float8"], "unknown dtype"),
         (["generate", "hi", "--device", "toaster"], "unknown device"),
         (["generate", "hi", "--budget", "0"], "budget"),
+        (["generate", "hi", "--budget", "big"], "budget"),
         (["generate", "hi", "--temperature", "-1"], "temperature"),
         (["generate", "hi", "--temperature", "0.7", "--top-p", "0"], "top_p"),
         (["bench", "--temperature", "-0.5"], "temperature"),

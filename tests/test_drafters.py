@@ -136,10 +136,14 @@ def test_hybrid_puts_the_context_match_first_and_fills_with_recycled_branches() 
     assert hybrid.feedback_top_k == 2
 
 
-@settings(max_examples=30)
-@given(st.lists(st.integers(0, 9), min_size=1, max_size=40), st.integers(1, 16))
-def test_hybrid_trees_are_valid(context, budget) -> None:
-    drafter = make_drafter("hybrid", vocab_size=10)
-    drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.top_k]
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=40), st.integers(1, 16), st.sampled_from(["recycling", "aded"]))
+def test_hybrid_trees_are_valid(context, budget, learned) -> None:
+    drafter = make_drafter(f"hybrid:learned={learned}", vocab_size=10)
+    if learned == "recycling":
+        drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.top_k]
+    else:
+        drafter.parts[1].begin(np.arange(10)[::-1])  # a prompt to learn tri-grams from
     tree = drafter.propose(np.array(context), budget)
     assert tree.size <= budget and tree.tokens[0] == context[-1] and no_duplicate_siblings(tree)
+    assert tree.scores is not None and np.all(tree.scores[1:] <= 1.0)

@@ -25,6 +25,7 @@ class RunRecord:
         steps: verification steps (None for methods that do not report them).
         accepted_per_pos: entry d-1: steps that accepted a draft token at depth d.
         draft_s, verify_s: time in the drafter and in verification (adaspec methods only).
+        prefill_s: time running the prompt (adaspec methods only).
     """
 
     prompt_id: str
@@ -38,12 +39,14 @@ class RunRecord:
     accepted_per_pos: list[int] = field(default_factory=list)
     draft_s: float | None = None
     verify_s: float | None = None
+    prefill_s: float | None = None
 
     @classmethod
     def from_stats(cls, prompt_id: str, category: str, method: str, turn: int, token_ids: list[int], stats: GenerationStats) -> RunRecord:
         """A record from an adaspec generation's stats."""
         return cls(prompt_id, category, method, turn, stats.new_tokens, stats.total_s, list(token_ids),
-                   stats.num_drafts, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s)
+                   stats.num_drafts, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s,
+                   stats.prefill_s)
 
 
 def tokens_per_s(records: Sequence[RunRecord]) -> float:
@@ -119,6 +122,9 @@ def summarise(records: Sequence[RunRecord], baseline: str = "none") -> dict:
                 "acceptance_by_depth": acceptance_by_depth(runs),
                 "draft_ms_per_step": 1000 * sum(r.draft_s or 0 for r in runs) / steps if steps else None,
                 "verify_ms_per_step": 1000 * sum(r.verify_s or 0 for r in runs) / steps if steps else None,
+                # the rest of a step's wall time: emitting text, stop checks, the loop itself (prefill excluded)
+                "other_ms_per_step": 1000 * sum(r.seconds - (r.prefill_s or 0) - (r.draft_s or 0) - (r.verify_s or 0)
+                                                for r in runs) / steps if steps else None,
                 "differing_from_baseline": differences,  # category/prompt#turn -> first differing position
             }
     return out

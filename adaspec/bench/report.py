@@ -25,8 +25,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"Model: {meta['model']} · {decoding} · {meta['config']['new_tokens']} new tokens · {meta['config']['dtype']} · "
         f"{meta['machine']['cpu_threads']} threads · {meta['config']['prompts']} prompts ({meta['config']['generations']} turns)",
         "",
-        "| method | tokens/s | speedup | MAT | draft ms/step | verify ms/step | outputs equal baseline |",
-        "|---|---|---|---|---|---|---|",
+        "| method | tokens/s | speedup | MAT | draft ms/step | verify ms/step | other ms/step | outputs equal baseline |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         s = summary[method]["overall"]
@@ -35,7 +35,8 @@ def markdown(summary: dict, meta: dict) -> str:
             same = "– (own sampler)"
         lines.append(
             f"| {method} | {s['tokens_per_s']:.1f} | {s['speedup']:.2f}x | {fmt(s['mat'], '{:.2f}')} | "
-            f"{fmt(s['draft_ms_per_step'], '{:.1f}')} | {fmt(s['verify_ms_per_step'], '{:.1f}')} | {same} |"
+            f"{fmt(s['draft_ms_per_step'], '{:.1f}')} | {fmt(s['verify_ms_per_step'], '{:.1f}')} | "
+            f"{fmt(s.get('other_ms_per_step'), '{:.1f}')} | {same} |"
         )
     lines += ["", "Speedup (MAT) per category:", "", "| method | " + " | ".join(categories) + " |",
               "|---|" + "---|" * len(categories)]
@@ -91,6 +92,8 @@ def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
     verify = [summary[m]["overall"]["verify_ms_per_step"] or 0 for m in everyone]
     right.bar(everyone, verify, label="verify (model forward, acceptance, KV compaction)")
     right.bar(everyone, draft, bottom=verify, label="draft (propose, observe, top-k)")
+    other = [summary[m]["overall"].get("other_ms_per_step") or 0 for m in everyone]
+    right.bar(everyone, other, bottom=np.add(verify, draft), label="other (output text, stop checks, loop)")
     right.set_ylabel("ms per step")
     right.set_title("Time per step")
     right.tick_params(axis="x", rotation=20)
@@ -121,6 +124,25 @@ def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
+
+
+def write_profile_plot(profile, path: Path) -> None:
+    """A PNG of verify milliseconds against tree size (a ``budget.LatencyProfile``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(profile.sizes, profile.ms, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("tree nodes")
+    ax.set_ylabel("verify step, ms")
+    ax.set_title(f"Verify cost by tree size · {profile.key}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, meta: dict) -> list[Path]:

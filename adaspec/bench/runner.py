@@ -46,7 +46,7 @@ def turn_seed(label: tuple[str, str, int]) -> int:
 class AdaspecMethod:
     """An adaspec drafter at a budget; its learned state persists across prompts, as in a session."""
 
-    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int, temperature: float = 0.0) -> None:
+    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int | str, temperature: float = 0.0) -> None:
         self.name = name
         self.generator = Generator(model, drafter=drafter, budget=budget)
         self.temperature = temperature
@@ -98,8 +98,8 @@ def check_method_names(names: Sequence[str]) -> None:
         if drafter.partition(":")[0] not in drafter_names():
             raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
         parse_drafter_spec(drafter)
-        if at and not (size.isdigit() and int(size) >= 1):
-            raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer")
+        if at and not (size == "auto" or (size.isdigit() and int(size) >= 1)):
+            raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer or 'auto'")
 
 
 def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAULT_BUDGET, temperature: float = 0.0) -> list[Method]:
@@ -121,7 +121,7 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
         elif name == "hf-prompt-lookup":
             methods.append(HFMethod(model, name, 10, temperature))
         else:
-            chosen = 1 if drafter == BASELINE else int(size) if size else budget
+            chosen = 1 if drafter == BASELINE else (size if size == "auto" else int(size)) if size else budget
             methods.append(AdaspecMethod(model, name, drafter, chosen, temperature))
     return methods
 

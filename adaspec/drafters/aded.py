@@ -155,7 +155,7 @@ class AdedDrafter:
                 table.keys, table.ids, table.weights, table.vocab_size, before, int(context[-1]), budget,
                 config.max_depth, config.width, self._tokens, self._parents, self._probs,
             )
-        return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy())
+        return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy(), self._probs[:n].copy())
 
     def observe(self, step: StepFeedback) -> None:
         """Learns the verifier's top-K at every node and the tri-grams of the accepted text."""

@@ -43,7 +43,8 @@ def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:
     for node in range(1, tree.size):
         if len(builder.tokens) >= limit:
             return
-        child = builder.add_child(int(placed[tree.parents[node]]), int(tree.tokens[node]))
+        score = float(tree.scores[node]) if tree.scores is not None else 0.0
+        child = builder.add_child(int(placed[tree.parents[node]]), int(tree.tokens[node]), score)
         if child is None:
             return
         placed[node] = child

@@ -86,8 +86,9 @@ class PromptLookupDrafter:
         cfg = self.config
         builder = TreeBuilder(int(context[-1]), budget)
         for ngram in range(cfg.max_ngram, cfg.min_ngram - 1, -1):
+            reliability = ngram / (ngram + 1)  # longer matches are likelier to continue alike
             for continuation in find_continuations(context, ngram, cfg.max_matches, cfg.max_depth):
-                builder.add_path(continuation)
+                builder.add_path(continuation, scores=reliability ** np.arange(1, continuation.size + 1))
                 if builder.full:
                     return builder.build()
         return builder.build()

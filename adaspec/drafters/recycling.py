@@ -51,11 +51,13 @@ class TreeTemplate:
     Attributes:
         parents: ``[m]`` int64, parent index per node (-1 for the root); ordered best first.
         ranks: ``[m]`` int64, candidate rank per node (unused for the root).
+        path_probs: ``[m]`` float64, the chance the node's whole path is accepted under the rank model.
         levels: per depth d >= 1, the ``[m_d]`` int64 node indices at that depth.
     """
 
     parents: np.ndarray
     ranks: np.ndarray
+    path_probs: np.ndarray
     levels: list[np.ndarray] = field(default_factory=list)
 
 
@@ -73,7 +75,7 @@ def build_template(rank_probs: np.ndarray, size: int, max_depth: int) -> TreeTem
     Returns:
         The template.
     """
-    parents, ranks, depths = [-1], [0], [0]
+    parents, ranks, depths, path_probs = [-1], [0], [0], [1.0]
     frontier: list[tuple[float, int, int, int]] = []  # (-path prob, insertion order, parent, rank)
     order = 0
 
@@ -91,11 +93,12 @@ def build_template(rank_probs: np.ndarray, size: int, max_depth: int) -> TreeTem
         parents.append(parent)
         ranks.append(rank)
         depths.append(depths[parent] + 1)
+        path_probs.append(-neg_prob)
         push_children(len(parents) - 1, -neg_prob)
     parents_arr = np.array(parents, dtype=np.int64)
     depth_arr = np.array(depths, dtype=np.int64)
     levels = [np.flatnonzero(depth_arr == d) for d in range(1, int(depth_arr.max()) + 1)]
-    return TreeTemplate(parents_arr, np.array(ranks, dtype=np.int64), levels)
+    return TreeTemplate(parents_arr, np.array(ranks, dtype=np.int64), np.array(path_probs), levels)
 
 
 class TokenRecyclingDrafter:
@@ -154,7 +157,7 @@ class TokenRecyclingDrafter:
         new_index[keep] = np.arange(keep.size)
         old_parents = template.parents[keep]  # [b]
         parents = np.where(old_parents >= 0, new_index[old_parents], -1)
-        return DraftTree(tokens[keep], parents)
+        return DraftTree(tokens[keep], parents, template.path_probs[keep])
 
     def observe(self, step: StepFeedback) -> None:
         """Updates rank statistics, then recycles every node's top-K into the table."""

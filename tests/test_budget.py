@@ -1,0 +1,95 @@
+"""The hardware-aware budget: cost profiles, acceptance calibration, and the tree-size choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaspec.budget import AcceptanceCalibrator, LatencyProfile, choose_nodes
+from adaspec.engine import Generator
+from adaspec.errors import AdaspecError
+from adaspec.tree import DraftTree
+
+# a CPU-like curve: one node is cheap, 2-8 cost the same, then cost grows with size
+CPU = LatencyProfile((1, 2, 8, 16, 32, 64), (48.0, 80.0, 80.0, 95.0, 125.0, 187.0))
+# a GPU-like curve: flat up to 32 nodes
+GPU = LatencyProfile((1, 32, 64), (10.0, 10.5, 14.0))
+
+
+def brute_force_best(acceptance: np.ndarray, profile: LatencyProfile) -> int:
+    """The number of draft nodes (taken best first) with the most expected tokens per ms."""
+    ordered = np.sort(acceptance[1:])[::-1]
+    rates = [(1 + ordered[:m].sum()) / profile.cost(np.array([m + 1]))[0] for m in range(ordered.size + 1)]
+    return int(np.argmax(rates))
+
+
+@pytest.mark.parametrize("profile", [CPU, GPU])
+@pytest.mark.parametrize("level", [0.05, 0.3, 0.6, 0.9])
+def test_choice_is_the_known_optimum(profile, level) -> None:
+    chain = np.concatenate(([1.0], level ** np.arange(1, 40)))  # a chain: node d accepted with level ** d
+    keep = choose_nodes(chain, profile)
+    assert keep[0] == 0 and keep.size - 1 == brute_force_best(chain, profile)
+
+
+def test_low_acceptance_falls_back_to_plain_decoding_and_high_acceptance_takes_a_big_tree() -> None:
+    siblings = np.concatenate(([1.0], np.full(20, 0.04)))  # 20 guesses for one position: 0.8 expected tokens
+    assert choose_nodes(siblings, CPU).tolist() == [0]  # 1.8 tokens / 99 ms lose to 1 token / 48 ms
+    assert choose_nodes(siblings, GPU).size == 21  # near-free nodes: keep them all
+    strong = np.concatenate(([1.0], 0.95 ** np.arange(1, 64)))
+    assert choose_nodes(strong, CPU).size > 8
+
+
+def test_choice_keeps_parents_with_their_children() -> None:
+    tree = DraftTree(np.array([5, 6, 7, 8, 9, 10]), np.array([-1, 0, 1, 0, 3, 2]))
+    acceptance = np.array([1.0, 0.9, 0.8, 0.5, 0.4, 0.7])
+    keep = choose_nodes(acceptance, GPU)
+    sub = tree.subtree(keep)  # raises if a parent were missing
+    assert sub.size == 6
+    keep = choose_nodes(acceptance, LatencyProfile((1, 3, 4, 6), (10.0, 10.0, 30.0, 30.0)))
+    assert keep.tolist() == [0, 1, 2]
+
+
+def test_profile_interpolates_and_never_decreases() -> None:
+    noisy = LatencyProfile((1, 2, 4, 8), (50.0, 80.0, 78.0, 90.0))
+    assert noisy.cost(np.array([1, 2, 3, 4, 6, 8])).tolist() == [50.0, 80.0, 80.0, 80.0, 85.0, 90.0]
+    with pytest.raises(ValueError):
+        LatencyProfile((2, 4), (1.0, 2.0))
+
+
+def test_profile_file_round_trip_makes_the_choice_deterministic(tmp_path) -> None:
+    CPU.save(tmp_path / "cpu.json")
+    loaded = LatencyProfile.load(tmp_path / "cpu.json")
+    assert loaded == CPU
+    acceptance = np.concatenate(([1.0], 0.7 ** np.arange(1, 30)))
+    assert choose_nodes(acceptance, loaded).tolist() == choose_nodes(acceptance, CPU).tolist()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a latency profile"):
+        LatencyProfile.load(tmp_path / "bad.json")
+
+
+def test_calibration_learns_what_the_verifier_accepts() -> None:
+    calibrator = AcceptanceCalibrator()
+    tree = DraftTree(np.array([1, 2, 3]), np.array([-1, 0, 1]), scores=np.array([1.0, 0.9, 0.8]))
+    before = calibrator.estimate(tree)
+    assert before[1] == pytest.approx(0.925) and before[2] <= before[1]  # the prior: the bin's mean score
+    for _ in range(200):  # the drafter is overconfident: depth 1 is accepted 1 time in 4, depth 2 never
+        calibrator.update(tree, np.array([0, 1]) if _ % 4 == 0 else np.array([0]))
+    after = calibrator.estimate(tree)
+    assert after[1] == pytest.approx(0.25, abs=0.03) and after[2] < 0.03
+    assert after[0] == 1.0
+
+
+def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> None:
+    CPU.save(tmp_path / "profile.json")
+    plain = Generator(model, drafter="none")
+    auto = Generator(model, drafter="aded", budget="auto", profile=tmp_path / "profile.json")
+    assert auto.profile == CPU
+    for prompt in ["List the planets of the solar system in order.", "def quicksort(items):"]:
+        expected = plain.generate(prompt, max_new_tokens=40)
+        got = auto.generate(prompt, max_new_tokens=40)
+        assert got.token_ids == expected.token_ids
+    assert auto.calibrator.proposed.sum() > 0
+    with pytest.raises(AdaspecError, match="budget"):
+        Generator(model, budget="big")
+    with pytest.raises(AdaspecError, match="not a latency profile"):
+        Generator(model, budget="auto", profile=tmp_path / "missing.json")
