@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from adaspec.drafters.trigram import TrigramTable
+from adaspec.drafters.trigram import TrigramTable, trigrams
 from adaspec.errors import AdaspecError
 
 
@@ -69,9 +69,9 @@ def build_prior(sequences: Iterable[np.ndarray], vocab_size: int, capacity: int 
         if tokens.size >= 2:
             bi_keys.append(tokens[:-1])
             bi_next.append(tokens[1:])
-        if tokens.size >= 3:
-            tri_keys.append(table.context_keys(tokens[:-2], tokens[1:-1]))
-            tri_next.append(tokens[2:])
+        first, second, third = trigrams(tokens)
+        tri_keys.append(table.context_keys(first, second))
+        tri_next.append(third)
     if not bi_keys:
         return table
     contexts = np.concatenate(tri_keys + bi_keys)

@@ -23,7 +23,7 @@ import numpy as np
 
 from adaspec.drafters.base import StepFeedback
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
-from adaspec.drafters.trigram import TrigramTable
+from adaspec.drafters.trigram import TrigramTable, trigrams
 from adaspec.tree import DraftTree
 
 BUILDERS = ("best-first", "mcts")
@@ -64,21 +64,6 @@ class AdedConfig:
             raise ValueError(f"{', '.join(positive)} must be >= 1 and top_k >= 0")
         if self.feedback_temperature <= 0:
             raise ValueError(f"feedback_temperature must be > 0, got {self.feedback_temperature}")
-
-
-def trigrams(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The consecutive triples of a sequence.
-
-    Args:
-        tokens: ``[m]`` int64.
-
-    Returns:
-        ``[m-2]`` first, second and third tokens (empty if m < 3).
-    """
-    if tokens.size < 3:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    return tokens[:-2], tokens[1:-1], tokens[2:]
 
 
 class AdedDrafter:

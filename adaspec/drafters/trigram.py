@@ -153,6 +153,21 @@ def reinsert(keys: np.ndarray, ids: np.ndarray, weights: np.ndarray, stamps: np.
         new_stamps[slot] = stamps[old]
 
 
+def trigrams(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The consecutive triples of a sequence.
+
+    Args:
+        tokens: ``[m]`` int64.
+
+    Returns:
+        ``[m-2]`` first, second and third tokens (empty if m < 3).
+    """
+    if tokens.size < 3:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tokens[:-2], tokens[1:-1], tokens[2:]
+
+
 class TrigramTable:
     """Successor rows keyed by a context bigram (and backoff rows keyed by one token).
 
