@@ -17,7 +17,7 @@ import numpy as np
 from adaspec.bench.metrics import summarise
 from adaspec.bench.prompts import CATEGORIES, load_prompts
 from adaspec.bench.report import write_report
-from adaspec.bench.runner import build_methods, check_method_names, method_names, run_benchmark
+from adaspec.bench.runner import AdaspecMethod, build_methods, check_method_names, method_names, run_benchmark
 from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
 from adaspec.backends import HFBackend
@@ -143,7 +143,10 @@ def run_bench(args: argparse.Namespace) -> int:
     figures = summarise(records, baseline=methods[0].name)
     meta = report_meta(" ".join(["adaspec"] + sys.argv[1:]), model.name, prompts, [m.name for m in methods],
                        args.new_tokens, args.budget, args.dtype, args.device, args.temperature)
-    written = write_report(args.out, records, figures, meta)
+    auto = [m for m in methods if isinstance(m, AdaspecMethod) and m.generator.sizer is not None]
+    calibration = {m.name: m.calibration() for m in auto}
+    profile = auto[0].generator.sizer.profile if auto else None
+    written = write_report(args.out, records, figures, meta, calibration, profile)
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from adaspec.backends.hf import HFBackend
-from adaspec.budget import AcceptanceCalibrator, LatencyProfile, choose_nodes, load_or_measure_profile
+from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, StepFeedback, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
@@ -29,8 +29,6 @@ Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
 DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best on a 2-core AVX2 CPU (README)
 AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
-EXPLORE_EVERY = 16  # with "auto": every 16th step verifies at least EXPLORE_NODES nodes...
-EXPLORE_NODES = 4  # ...so acceptance keeps being measured while plain steps are preferred
 
 
 @dataclass
@@ -103,13 +101,10 @@ class Generator:
         self.model = model
         self.backend = HFBackend(model.model)
         self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
-        self.auto = budget == AUTO
-        self.profile: LatencyProfile | None = None
-        self.calibrator = AcceptanceCalibrator()
-        self.steps = 0  # verification steps made by this generator (all requests)
-        if self.auto:
-            self.profile = load_or_measure_profile(model, self.backend, profile)
-            budget = self.profile.max_size
+        self.sizer: TreeSizer | None = None  # sizes each step's tree when the budget is "auto"
+        if budget == AUTO:
+            self.sizer = TreeSizer(load_or_measure_profile(model, self.backend, profile))
+            budget = self.sizer.profile.max_size
         self.budget = int(budget)
         self.max_context = min(max_context or model.max_context, model.max_context)
 
@@ -233,6 +228,8 @@ class Generator:
         # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
         uniforms = None if sampling.greedy else torch.rand(limit, generator=sampling.make_generator(), dtype=torch.float64)  # [limit]
         self.drafter.begin(prompt_ids)
+        if self.sizer is not None:
+            self.sizer.begin((sampling.temperature, sampling.top_k, sampling.top_p))
         logits = self.backend.prefill(prompt_ids)  # [V]
         if uniforms is None:
             pending = int(logits.argmax())
@@ -249,8 +246,8 @@ class Generator:
             tick = time.perf_counter()
             tree = self.drafter.propose(context[:length], budget)
             self._check_tree(tree, pending, budget)
-            if self.auto:
-                tree = self._size_tree(tree)
+            if self.sizer is not None:
+                tree = self.sizer.size(tree)
             tock = time.perf_counter()
             stats.draft_s += tock - tick
 
@@ -267,9 +264,8 @@ class Generator:
             tick = time.perf_counter()
             stats.verify_s += tick - tock
 
-            if self.auto:
-                self.calibrator.update(tree, accepted)
-            self.steps += 1
+            if self.sizer is not None:
+                self.sizer.update(tree, accepted)
             topk_ids, topk_probs = top_candidates(logits, self.drafter.feedback_top_k)  # [n, K] each
             self.drafter.observe(StepFeedback(tree, accepted, pending, topk_ids, topk_probs))
             stats.draft_s += time.perf_counter() - tick
@@ -292,19 +288,6 @@ class Generator:
             finish_reason=output.finish_reason or "length",
             stats=stats,
         )
-
-    def _size_tree(self, tree: DraftTree) -> DraftTree:
-        """The part of ``tree`` worth verifying on this hardware (see ``adaspec.budget``).
-
-        Every ``EXPLORE_EVERY``-th step verifies at least a few nodes, so the calibration
-        keeps learning even while the chooser prefers plain decoding.
-        """
-        assert self.profile is not None
-        acceptance = self.calibrator.estimate(tree)  # [n]
-        keep = choose_nodes(acceptance, self.profile)
-        if keep.size < EXPLORE_NODES and self.steps % EXPLORE_EVERY == 0:
-            keep = np.arange(min(EXPLORE_NODES, tree.size))
-        return tree.subtree(keep)
 
     def _check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
         """Rejects a drafter's tree that breaks the contract (a bug in the drafter)."""

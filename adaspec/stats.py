@@ -16,6 +16,7 @@ class GenerationStats:
         num_draft_tokens: draft nodes verified, roots excluded.
         num_accepted_tokens: draft tokens accepted, roots excluded.
         num_accepted_tokens_per_pos: entry d-1 counts the steps whose accepted path reached depth d.
+        num_plain_steps: steps that verified the root alone (no draft).
         prefill_s: seconds in the prompt forward.
         draft_s: seconds in the drafter (propose, observe, and the top-k it learns from).
         verify_s: seconds in tree forwards, acceptance and KV compaction.
@@ -28,6 +29,7 @@ class GenerationStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    num_plain_steps: int = 0
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
@@ -41,6 +43,7 @@ class GenerationStats:
             accepted_len: nodes on the accepted path, root included.
         """
         self.num_drafts += 1
+        self.num_plain_steps += tree_size == 1
         self.num_draft_tokens += tree_size - 1
         self.num_accepted_tokens += accepted_len - 1
         depth = accepted_len - 1

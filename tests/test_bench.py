@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from adaspec import AdaspecError
@@ -86,7 +89,7 @@ def test_tiny_end_to_end_run_writes_a_report_that_holds_what_it_claims(tmp_path,
     code = main(["bench", "--categories", "math", "--limit", "2", "--new-tokens", "16",
                  "--methods", "recycling@2,recycling@8,hf-generate", "--out", str(out)])
     assert code == 0
-    names = {"results.json", "results.md", "speedup_by_category.png", "acceptance_and_step_time.png", "mat_by_budget.png"}
+    names = {"results.json", "results.md", "speedup_by_category.png", "acceptance_and_step_time.png", "budget_sweep.png"}
     assert names <= {p.name for p in out.iterdir()}
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -101,6 +104,33 @@ def test_tiny_end_to_end_run_writes_a_report_that_holds_what_it_claims(tmp_path,
             sum(r["new_tokens"] for r in mine) / sum(r["seconds"] for r in mine))
     table = (out / "results.md").read_text()
     assert all(f"| {m} |" in table for m in data["config"]["methods"])
+    none = data["summary"]["none"]["overall"]
+    assert none["plain_step_share"] == 1.0 and data["summary"]["recycling@8"]["overall"]["plain_step_share"] < 1.0
+    assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 50 for r in data["runs"])
+
+
+def test_auto_methods_add_calibration_and_the_cost_profile_to_the_report(tmp_path) -> None:
+    from adaspec.bench.metrics import RunRecord, summarise
+    from adaspec.bench.report import write_report
+    from adaspec.budget import LatencyProfile, Reliability
+
+    runs = [RunRecord("p", "math", method, 0, 10, 1.0, [1, 2, 3], steps=5, accepted_per_pos=accepted,
+                      draft_s=0.01, verify_s=0.5, prefill_s=0.1, plain_steps=plain)
+            for method, accepted, plain in (("none", [], 5), ("lookup@auto", [3], 2))]
+    reliability = Reliability()
+    reliability.add(np.array([0.15, 0.15, 0.85]), np.array([0.0, 1.0, 1.0]))
+    profile = LatencyProfile((1, 2, 8), (50.0, 70.0, 90.0), key="test-profile")
+    meta = {"model": "m", "config": {"new_tokens": 10, "dtype": "float32", "prompts": 1, "generations": 1},
+            "machine": {"cpu_threads": 2}}
+    written = write_report(tmp_path, runs, summarise(runs, baseline="none"), meta,
+                           {"lookup@auto": reliability.to_dict()}, profile)
+    assert {"calibration.png", "profile.png"} <= {p.name for p in written}
+    table = (tmp_path / "results.md").read_text()
+    assert "| lookup@auto | 0.283 |" in table  # (|0.15 + 0.15 - 1| + |0.85 - 1|) / 3 nodes
+    assert "0.15 → 0.50, 2" in table and "| ms | 50.0 | 70.0 | 90.0 |" in table
+    assert "| none | 10.0 | 1.00x | 1.00 | 100% |" in table and "| 40% |" in table
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["profile"]["key"] == "test-profile" and data["calibration"]["lookup@auto"]["nodes"][1] == 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaspec.budget import AcceptanceCalibrator, LatencyProfile, choose_nodes
+from adaspec.budget import AcceptanceCalibrator, LatencyProfile, Reliability, TreeSizer, choose_nodes
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
@@ -50,8 +50,8 @@ def test_choice_keeps_parents_with_their_children() -> None:
 
 
 def test_profile_interpolates_and_never_decreases() -> None:
-    noisy = LatencyProfile((1, 2, 4, 8), (50.0, 80.0, 78.0, 90.0))
-    assert noisy.cost(np.array([1, 2, 3, 4, 6, 8])).tolist() == [50.0, 80.0, 80.0, 80.0, 85.0, 90.0]
+    noisy = LatencyProfile((1, 2, 4, 8), (50.0, 80.0, 78.0, 90.0))  # size 2 timed slower than size 4: noise
+    assert noisy.cost(np.array([1, 2, 3, 4, 6, 8])).tolist() == [50.0, 78.0, 78.0, 78.0, 84.0, 90.0]
     with pytest.raises(ValueError):
         LatencyProfile((2, 4), (1.0, 2.0))
 
@@ -67,28 +67,73 @@ def test_profile_file_round_trip_makes_the_choice_deterministic(tmp_path) -> Non
         LatencyProfile.load(tmp_path / "bad.json")
 
 
+def chain(scores: list[float]) -> DraftTree:
+    """A chain of draft nodes under a root, with the given scores (root's first)."""
+    n = len(scores)
+    return DraftTree(np.arange(1, n + 1), np.arange(-1, n - 1), scores=np.array(scores))
+
+
 def test_calibration_learns_what_the_verifier_accepts() -> None:
     calibrator = AcceptanceCalibrator()
-    tree = DraftTree(np.array([1, 2, 3]), np.array([-1, 0, 1]), scores=np.array([1.0, 0.9, 0.8]))
+    tree = chain([1.0, 0.9, 0.8])
     before = calibrator.estimate(tree)
-    assert before[1] == pytest.approx(0.925) and before[2] <= before[1]  # the prior: the bin's mean score
-    for _ in range(200):  # the drafter is overconfident: depth 1 is accepted 1 time in 4, depth 2 never
-        calibrator.update(tree, np.array([0, 1]) if _ % 4 == 0 else np.array([0]))
+    assert before.tolist() == pytest.approx([1.0, 0.9, 0.8])  # nothing seen yet: the drafter's scores
+    for step in range(200):  # the drafter is overconfident: depth 1 is accepted 1 time in 4, depth 2 never
+        calibrator.update(tree, np.array([0, 1]) if step % 4 == 0 else np.array([0]))
     after = calibrator.estimate(tree)
-    assert after[1] == pytest.approx(0.25, abs=0.03) and after[2] < 0.03
     assert after[0] == 1.0
+    assert after[1] == pytest.approx(0.25, abs=0.03) and after[2] < 0.05
+
+
+def test_calibration_carries_overconfidence_to_unseen_scores_and_forgets_old_evidence() -> None:
+    calibrator = AcceptanceCalibrator(memory=50)
+    for _ in range(300):  # nodes scored 0.8 are accepted only a quarter as often as scored
+        calibrator.update(chain([1.0, 0.8]), np.array([0, 1]) if _ % 5 == 0 else np.array([0]))
+    unseen = calibrator.estimate(chain([1.0, 0.5]))[1]  # a score bin never verified
+    assert unseen == pytest.approx(0.5 * 0.2 / 0.8, abs=0.03)  # scaled by the depth's observed ratio
+    for _ in range(300):  # the text changes: now everything is accepted
+        calibrator.update(chain([1.0, 0.8]), np.array([0, 1]))
+    assert calibrator.estimate(chain([1.0, 0.8]))[1] > 0.95
+
+
+def test_reliability_bins_predictions_and_reports_the_calibration_error() -> None:
+    reliability = Reliability(bins=4)
+    reliability.add(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0.0, 0.0, 1.0, 0.0]))
+    report = reliability.to_dict()
+    assert report["nodes"] == [2, 0, 0, 2]
+    assert report["observed"] == [0.0, None, None, 0.5] and report["predicted"] == [0.1, None, None, 0.9]
+    assert report["calibration_error"] == pytest.approx((0.2 + 0.8) / 4)
+
+
+def test_sizer_explores_after_plain_steps_and_backs_off_when_explorations_fail() -> None:
+    sizer = TreeSizer(CPU, explore_every=4, explore_max=16, explore_nodes=3)
+    weak = chain([1.0, 0.05, 0.04, 0.03])  # never worth a tree on the CPU curve
+    sizes = []
+    for _ in range(40):
+        verified = sizer.size(weak)
+        sizes.append(verified.size)
+        sizer.update(verified, np.array([0]))  # nothing is ever accepted
+    explored = [i for i, size in enumerate(sizes) if size > 1]
+    assert all(sizes[i] == 3 for i in explored)
+    assert np.diff(explored).tolist() == [9, 17]  # waits of 4, then 8, then 16 plain steps
+    assert sizer.plain_steps == 40 - len(explored)
+    sizer.size(weak)
+    sizer.since_tree = sizer.wait + 1  # force the next exploration, and let it succeed
+    verified = sizer.size(weak)
+    sizer.update(verified, np.array([0, 1]))
+    assert sizer.wait == 4
 
 
 def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> None:
     CPU.save(tmp_path / "profile.json")
     plain = Generator(model, drafter="none")
     auto = Generator(model, drafter="aded", budget="auto", profile=tmp_path / "profile.json")
-    assert auto.profile == CPU
+    assert auto.sizer is not None and auto.sizer.profile == CPU
     for prompt in ["List the planets of the solar system in order.", "def quicksort(items):"]:
         expected = plain.generate(prompt, max_new_tokens=40)
         got = auto.generate(prompt, max_new_tokens=40)
         assert got.token_ids == expected.token_ids
-    assert auto.calibrator.proposed.sum() > 0
+    assert auto.sizer.calibrator.proposed.sum() > 0
     with pytest.raises(AdaspecError, match="budget"):
         Generator(model, budget="big")
     with pytest.raises(AdaspecError, match="not a latency profile"):

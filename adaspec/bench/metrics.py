@@ -26,6 +26,8 @@ class RunRecord:
         accepted_per_pos: entry d-1: steps that accepted a draft token at depth d.
         draft_s, verify_s: time in the drafter and in verification (adaspec methods only).
         prefill_s: time running the prompt (adaspec methods only).
+        plain_steps: steps that verified no draft (adaspec methods only).
+        peak_rss_mb: the process's peak resident memory during this generation (Linux only).
     """
 
     prompt_id: str
@@ -40,13 +42,15 @@ class RunRecord:
     draft_s: float | None = None
     verify_s: float | None = None
     prefill_s: float | None = None
+    plain_steps: int | None = None
+    peak_rss_mb: float | None = None
 
     @classmethod
     def from_stats(cls, prompt_id: str, category: str, method: str, turn: int, token_ids: list[int], stats: GenerationStats) -> RunRecord:
         """A record from an adaspec generation's stats."""
         return cls(prompt_id, category, method, turn, stats.new_tokens, stats.total_s, list(token_ids),
                    stats.num_drafts, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s,
-                   stats.prefill_s)
+                   stats.prefill_s, stats.num_plain_steps)
 
 
 def tokens_per_s(records: Sequence[RunRecord]) -> float:
@@ -125,6 +129,9 @@ def summarise(records: Sequence[RunRecord], baseline: str = "none") -> dict:
                 # the rest of a step's wall time: emitting text, stop checks, the loop itself (prefill excluded)
                 "other_ms_per_step": 1000 * sum(r.seconds - (r.prefill_s or 0) - (r.draft_s or 0) - (r.verify_s or 0)
                                                 for r in runs) / steps if steps else None,
+                "plain_step_share": sum(r.plain_steps or 0 for r in runs) / steps
+                if steps and all(r.plain_steps is not None for r in runs) else None,
+                "peak_rss_mb": max((r.peak_rss_mb for r in runs if r.peak_rss_mb is not None), default=None),
                 "differing_from_baseline": differences,  # category/prompt#turn -> first differing position
             }
     return out

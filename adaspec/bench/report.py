@@ -15,8 +15,9 @@ def fmt(value: float | None, pattern: str) -> str:
     return "–" if value is None else pattern.format(value)
 
 
-def markdown(summary: dict, meta: dict) -> str:
-    """The overall table, then speedup (and MAT) per category."""
+def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile=None) -> str:
+    """The overall table, speedup (and MAT) per category, then, for ``@auto`` methods, the
+    calibration of predicted acceptance and the verify cost profile."""
     methods = list(summary)
     categories = [c for c in next(iter(summary.values())) if c != "overall"]
     temperature = meta["config"].get("temperature", 0.0)
@@ -25,8 +26,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"Model: {meta['model']} · {decoding} · {meta['config']['new_tokens']} new tokens · {meta['config']['dtype']} · "
         f"{meta['machine']['cpu_threads']} threads · {meta['config']['prompts']} prompts ({meta['config']['generations']} turns)",
         "",
-        "| method | tokens/s | speedup | MAT | draft ms/step | verify ms/step | other ms/step | outputs equal baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | tokens/s | speedup | MAT | plain steps | draft ms/step | verify ms/step | other ms/step | peak MiB | outputs equal baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         s = summary[method]["overall"]
@@ -35,8 +36,9 @@ def markdown(summary: dict, meta: dict) -> str:
             same = "– (own sampler)"
         lines.append(
             f"| {method} | {s['tokens_per_s']:.1f} | {s['speedup']:.2f}x | {fmt(s['mat'], '{:.2f}')} | "
+            f"{fmt(s.get('plain_step_share'), '{:.0%}')} | "
             f"{fmt(s['draft_ms_per_step'], '{:.1f}')} | {fmt(s['verify_ms_per_step'], '{:.1f}')} | "
-            f"{fmt(s.get('other_ms_per_step'), '{:.1f}')} | {same} |"
+            f"{fmt(s.get('other_ms_per_step'), '{:.1f}')} | {fmt(s.get('peak_rss_mb'), '{:.0f}')} | {same} |"
         )
     lines += ["", "Speedup (MAT) per category:", "", "| method | " + " | ".join(categories) + " |",
               "|---|" + "---|" * len(categories)]
@@ -46,11 +48,25 @@ def markdown(summary: dict, meta: dict) -> str:
             s = summary[method][category]
             cells.append(f"{s['speedup']:.2f}x" + (f" ({s['mat']:.2f})" if s["mat"] is not None else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if calibration:
+        lines += ["", "Calibration of `@auto` (verified draft nodes binned by predicted acceptance: "
+                  "predicted → observed, nodes; calibration error = mean |predicted − observed| per node):", "",
+                  "| method | error | " + " | ".join(f"{b / 10:.1f}–{(b + 1) / 10:.1f}" for b in range(10)) + " |",
+                  "|---|---|" + "---|" * 10]
+        for method, table in calibration.items():
+            cells = [f"{p:.2f} → {o:.2f}, {n}" if n else "–"
+                     for p, o, n in zip(table["predicted"], table["observed"], table["nodes"])]
+            lines.append(f"| {method} | {fmt(table['calibration_error'], '{:.3f}')} | " + " | ".join(cells) + " |")
+    if profile is not None:
+        lines += ["", f"Verify cost by tree size ({profile.key}):", "",
+                  "| nodes | " + " | ".join(str(n) for n in profile.sizes) + " |", "|---|" + "---|" * len(profile.sizes),
+                  "| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |"]
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
-    """PNG plots: speedup by category, acceptance by depth, time per step, MAT against budget."""
+    """PNG plots: speedup by category, acceptance by depth, time per step, and (for a sweep of
+    ``NAME@N`` budgets) speedup and MAT against the budget, ``NAME@auto`` drawn dashed."""
     import matplotlib
     import matplotlib.ticker
 
@@ -104,23 +120,30 @@ def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    swept: dict[str, list[tuple[int, float]]] = {}
+    swept: dict[str, list[tuple[int, dict]]] = {}  # drafter -> (budget, overall figures) for NAME@N
+    auto: dict[str, dict] = {}  # drafter -> overall figures of NAME@auto
     for method in drafted:
         drafter, _, budget = method.partition("@")
-        if budget:
-            swept.setdefault(drafter, []).append((int(budget), summary[method]["overall"]["mat"]))
+        if budget.isdigit():
+            swept.setdefault(drafter, []).append((int(budget), summary[method]["overall"]))
+        elif budget == "auto":
+            auto[drafter] = summary[method]["overall"]
     if swept:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for drafter, points in swept.items():
-            points.sort()
-            ax.plot([b for b, _ in points], [m for _, m in points], marker="o", label=drafter)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("tree budget (nodes)")
-        ax.set_ylabel("MAT")
-        ax.set_title(f"MAT against tree budget · {title}")
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for (figure, label), ax in zip((("speedup", "speedup vs plain decoding"), ("mat", "MAT")), axes):
+            for i, (drafter, points) in enumerate(swept.items()):
+                points.sort(key=lambda point: point[0])
+                colour = f"C{i}"
+                ax.plot([b for b, _ in points], [f[figure] for _, f in points], marker="o", color=colour, label=f"{drafter}@N")
+                if drafter in auto:
+                    ax.axhline(auto[drafter][figure], color=colour, ls="--", lw=1, label=f"{drafter}@auto")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("fixed tree budget N (nodes)")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Fixed budgets against auto · {title}")
         fig.tight_layout()
-        written.append(out_dir / "mat_by_budget.png")
+        written.append(out_dir / "budget_sweep.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
@@ -145,7 +168,32 @@ def write_profile_plot(profile, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, meta: dict) -> list[Path]:
+def write_calibration_plot(calibration: dict, path: Path) -> None:
+    """A reliability diagram: observed against predicted acceptance per ``@auto`` method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect calibration")
+    for method, table in calibration.items():
+        seen = [(p, o, n) for p, o, n in zip(table["predicted"], table["observed"], table["nodes"]) if n]
+        if seen:
+            ax.plot([p for p, _, _ in seen], [o for _, o, _ in seen], marker="o", label=f"{method} (error {table['calibration_error']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted acceptance of a verified node")
+    ax.set_ylabel("share accepted")
+    ax.set_title("Calibration of the auto budget", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, meta: dict,
+                 calibration: dict | None = None, profile=None) -> list[Path]:
     """Writes every file of a report; returns their paths.
 
     Args:
@@ -153,9 +201,19 @@ def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, met
         records: every raw run.
         summary: from ``metrics.summarise``.
         meta: model, config, machine, versions and command line.
+        calibration: per ``@auto`` method, its ``budget.Reliability`` table (plotted too).
+        profile: the ``budget.LatencyProfile`` the ``@auto`` methods used (saved and plotted).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps({**meta, "summary": summary, "runs": [asdict(r) for r in records]}, indent=1))
-    (out_dir / "results.md").write_text(markdown(summary, meta))
+    extra = {"calibration": calibration or {}, "profile": asdict(profile) if profile is not None else None}
+    (out_dir / "results.json").write_text(json.dumps({**meta, **extra, "summary": summary, "runs": [asdict(r) for r in records]}, indent=1))
+    (out_dir / "results.md").write_text(markdown(summary, meta, calibration, profile))
     title = f"{meta['model']} · {meta['config']['dtype']}"
-    return [out_dir / "results.json", out_dir / "results.md"] + plot(summary, out_dir, title)
+    written = [out_dir / "results.json", out_dir / "results.md"] + plot(summary, out_dir, title)
+    if calibration:
+        write_calibration_plot(calibration, out_dir / "calibration.png")
+        written.append(out_dir / "calibration.png")
+    if profile is not None:
+        write_profile_plot(profile, out_dir / "profile.png")
+        written.append(out_dir / "profile.png")
+    return written

@@ -8,9 +8,11 @@ answer, so every method sees the same conversation).
 
 from __future__ import annotations
 
+import re
 import resource
 import time
 import zlib
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -50,6 +52,11 @@ class AdaspecMethod:
         self.name = name
         self.generator = Generator(model, drafter=drafter, budget=budget)
         self.temperature = temperature
+
+    def calibration(self) -> dict | None:
+        """With ``@auto``: predicted against observed acceptance so far (see ``budget.Reliability``)."""
+        sizer = self.generator.sizer
+        return None if sizer is None else {**sizer.reliability.to_dict(), "explorations": sizer.explorations}
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
         out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
@@ -131,6 +138,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PeakMemory:
+    """Per-generation peak resident memory, from Linux's resettable high-water mark (VmHWM).
+
+    ``reset`` before a generation, ``read`` after it; both do nothing (``read`` gives None)
+    where /proc does not offer it.
+    """
+
+    def __init__(self) -> None:
+        self.status = Path("/proc/self/status")
+        self.clear = Path("/proc/self/clear_refs")
+        self.available = self.status.exists() and self.clear.exists()
+
+    def reset(self) -> None:
+        """Starts a new measurement: the high-water mark drops to the current resident size."""
+        if self.available:
+            try:
+                self.clear.write_text("5")
+            except OSError:
+                self.available = False
+
+    def read(self) -> float | None:
+        """The peak resident MiB since ``reset``, or None."""
+        if not self.available:
+            return None
+        found = re.search(r"VmHWM:\s+(\d+) kB", self.status.read_text())
+        return int(found.group(1)) / 1024 if found else None
+
+
 def run_benchmark(
     model: LoadedModel,
     prompts: Sequence[BenchPrompt],
@@ -156,6 +191,7 @@ def run_benchmark(
     warm_ids = encoder.encode("Say hello.", chat=None)
     for method in methods:  # warm-up, excluded
         method.run(warm_ids, 8, ("warm-up", "warm-up", 0))
+    memory = PeakMemory()
     total = len(methods) * sum(len(p.turns) for p in prompts)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
     records: list[RunRecord] = []
@@ -172,7 +208,9 @@ def run_benchmark(
             rotation += 1
             answer = None
             for method in order:
+                memory.reset()
                 record = method.run(ids, new_tokens, (prompt.id, prompt.category, turn))
+                record.peak_rss_mb = memory.read()
                 records.append(record)
                 if on_record:
                     on_record(record)

@@ -1,0 +1,29 @@
+"""Hardware-aware draft budget: size each step's tree from measured cost and predicted acceptance.
+
+A tree is worth verifying only while the tokens it is expected to add pay for the extra
+forward-pass time it costs. Three parts:
+
+* ``profile``: verify-step milliseconds as a function of tree size, measured once per
+  model / device / dtype / thread count and cached as JSON.
+* ``calibration``: maps a drafter's node scores to the probability that the node is
+  accepted, learned online from what the verifier accepted (per depth and score bin).
+* ``chooser``: takes nodes in decreasing calibrated acceptance (DySpec's greedy expansion)
+  and keeps the prefix that maximises expected tokens per millisecond; when no prefix
+  beats the root alone, the step is plain decoding.
+"""
+
+from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
+from adaspec.budget.chooser import TreeSizer, best_nodes, choose_nodes
+from adaspec.budget.profile import (
+    PROFILE_SIZES,
+    LatencyProfile,
+    default_profile_path,
+    load_or_measure_profile,
+    measure_profile,
+    profile_key,
+)
+
+__all__ = [
+    "PROFILE_SIZES", "AcceptanceCalibrator", "LatencyProfile", "Reliability", "TreeSizer", "best_nodes",
+    "choose_nodes", "default_profile_path", "load_or_measure_profile", "measure_profile", "profile_key",
+]

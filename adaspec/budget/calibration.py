@@ -1,0 +1,125 @@
+"""Online calibration: from a drafter's node scores to the chance the verifier accepts the node."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adaspec.tree import DraftTree
+
+DEFAULT_BINS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85, 1.0001)
+
+
+class AcceptanceCalibrator:
+    """Maps node scores (and depths) to acceptance probabilities, learned from verification.
+
+    Two levels of evidence, both forgetting old steps geometrically so the map follows the
+    text being generated:
+
+    * per depth, how far the drafter's scores over- or under-state acceptance overall
+      (accepted nodes / summed scores, pooled over all scores): a node's prior is its score
+      times that ratio;
+    * per (depth, score bin), accepted / proposed counts, which move the estimate away
+      from the prior once the bin has been seen, ``prior_strength`` observations weighing
+      as much as the prior.
+
+    Args:
+        bins: score bin edges, increasing, from 0 to above 1.
+        max_depth: depths beyond this share the last depth's cells.
+        prior_strength: pseudo-observations behind a node's prior.
+        memory: steps after which old evidence weighs 1/e (the forgetting time constant).
+    """
+
+    def __init__(self, bins: tuple[float, ...] = DEFAULT_BINS, max_depth: int = 8,
+                 prior_strength: float = 2.0, memory: float = 256.0) -> None:
+        self.edges = np.asarray(bins, dtype=np.float64)  # [b + 1]
+        self.max_depth = max_depth
+        self.prior_strength = prior_strength
+        self.keep = 1.0 - 1.0 / memory  # weight of the existing evidence at each update
+        shape = (max_depth, self.edges.size - 1)
+        self.accepted = np.zeros(shape)  # [D, b] accepted nodes per cell (decayed)
+        self.proposed = np.zeros(shape)  # [D, b] verified nodes per cell (decayed)
+        self.scored = np.zeros(shape)  # [D, b] sum of verified nodes' scores per cell (decayed)
+
+    def _cells(self, scores: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.clip(depths, 1, self.max_depth) - 1  # [n]
+        cols = np.clip(np.searchsorted(self.edges, scores, side="right") - 1, 0, self.edges.size - 2)  # [n]
+        return rows, cols
+
+    @staticmethod
+    def _scores(tree: DraftTree) -> np.ndarray:
+        """``[n]`` the tree's scores, or 0.5 ** depth for a drafter that gives none."""
+        return tree.scores if tree.scores is not None else 0.5 ** tree.depth.astype(np.float64)
+
+    def depth_ratio(self) -> np.ndarray:
+        """``[D]`` accepted / expected-by-score per depth, starting at 1 (the drafter trusted)."""
+        k = self.prior_strength
+        return (self.accepted.sum(axis=1) + k) / (self.scored.sum(axis=1) + k)
+
+    def estimate(self, tree: DraftTree) -> np.ndarray:
+        """``[n]`` float64 calibrated acceptance per node (root 1.0), never above its parent's."""
+        scores = self._scores(tree)  # [n]
+        rows, cols = self._cells(scores, tree.depth)
+        k = self.prior_strength
+        prior = np.minimum(scores * self.depth_ratio()[rows], 1.0)  # [n]
+        estimate = (self.accepted[rows, cols] + k * prior) / (self.proposed[rows, cols] + k)  # [n]
+        estimate[0] = 1.0
+        for depth in range(1, int(tree.depth.max(initial=0)) + 1):  # a node is accepted only with its parent
+            level = np.flatnonzero(tree.depth == depth)  # [w]
+            estimate[level] = np.minimum(estimate[level], estimate[tree.parents[level]])
+        return estimate
+
+    def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
+        """Counts, for every non-root node of a verified tree, whether it was on the accepted path.
+
+        Args:
+            tree: the tree as verified.
+            accepted: ``[k]`` accepted node indices, root first.
+        """
+        if tree.size < 2:
+            return
+        scores = self._scores(tree)[1:]  # [n-1]
+        rows, cols = self._cells(scores, tree.depth[1:])
+        hit = np.zeros(tree.size)  # [n]
+        hit[accepted] = 1.0
+        for counts in (self.accepted, self.proposed, self.scored):
+            counts *= self.keep
+        np.add.at(self.proposed, (rows, cols), 1.0)
+        np.add.at(self.accepted, (rows, cols), hit[1:])
+        np.add.at(self.scored, (rows, cols), scores)
+
+
+class Reliability:
+    """How well predicted acceptance matched what the verifier accepted (a reliability diagram).
+
+    Every verified non-root node adds its predicted acceptance and whether it was accepted
+    to one of ``bins`` equal-width bins of predicted probability. Nothing is forgotten.
+
+    Args:
+        bins: number of bins over [0, 1].
+    """
+
+    def __init__(self, bins: int = 10) -> None:
+        self.nodes = np.zeros(bins)  # [B] verified nodes per bin
+        self.predicted = np.zeros(bins)  # [B] summed predicted acceptance per bin
+        self.accepted = np.zeros(bins)  # [B] accepted nodes per bin
+
+    def add(self, predicted: np.ndarray, hit: np.ndarray) -> None:
+        """Adds nodes: ``predicted`` ``[m]`` acceptance estimates and ``hit`` ``[m]`` 1.0 where accepted."""
+        bins = np.minimum((predicted * self.nodes.size).astype(np.int64), self.nodes.size - 1)  # [m]
+        np.add.at(self.nodes, bins, 1.0)
+        np.add.at(self.predicted, bins, predicted)
+        np.add.at(self.accepted, bins, hit)
+
+    def to_dict(self) -> dict:
+        """Per bin: nodes, mean predicted and observed acceptance (None for empty bins), JSON-ready."""
+        def per_bin(total: np.ndarray) -> list[float | None]:
+            return [round(float(t / n), 4) if n else None for t, n in zip(total, self.nodes)]
+
+        count = self.nodes.sum()
+        return {
+            "nodes": [int(n) for n in self.nodes],
+            "predicted": per_bin(self.predicted),
+            "observed": per_bin(self.accepted),
+            # expected calibration error: |predicted - accepted| summed over bins, per node
+            "calibration_error": round(float(np.abs(self.predicted - self.accepted).sum() / count), 4) if count else None,
+        }
