@@ -45,12 +45,11 @@ class LatencyProfile:
     def cost(self, sizes: np.ndarray) -> np.ndarray:
         """``[m]`` float64 milliseconds for trees of ``sizes`` nodes (linear between measured sizes).
 
-        A size never costs more than any bigger size measured: timing noise on a shared
-        machine only ever adds time, so the lower figure is the better estimate, and a
-        bigger tree never looks cheaper than a smaller one.
+        Measured times are used as they are, even where a bigger tree costs less: on CPUs the
+        BLAS kernel chosen depends on the row count (here 3 rows cost more than 4-8), and the
+        chooser should know it.
         """
-        monotone = np.minimum.accumulate(np.asarray(self.ms, dtype=np.float64)[::-1])[::-1]  # [s]
-        return np.interp(sizes, np.asarray(self.sizes, dtype=np.float64), monotone)
+        return np.interp(sizes, np.asarray(self.sizes, dtype=np.float64), np.asarray(self.ms, dtype=np.float64))
 
     def save(self, path: Path) -> None:
         """Writes the profile as JSON (atomically)."""
