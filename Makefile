@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test bench speed qwen bench-qwen clean
+.PHONY: setup demo test bench bench-full speed qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: setup
 # every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~12 min here)
 bench: setup
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
+
+# every prompt of every category (596 turns, ~7 h here), prompts taken in turn from each category;
+# resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
+bench-full: setup
+	$(VENV)/bin/adaspec bench --new-tokens 128 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \
+		--out benchmarks/full --resume
 
 # the headline table: 12 prompts x 256 tokens (~15 min here)
 speed: setup

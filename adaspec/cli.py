@@ -8,16 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from adaspec.bench.checkpoint import Checkpoint
 from adaspec.bench.metrics import summarise
 from adaspec.bench.prompts import CATEGORIES, load_prompts
 from adaspec.bench.report import write_report
-from adaspec.bench.runner import AdaspecMethod, build_methods, check_method_names, method_names, run_benchmark
+from adaspec.bench.runner import AdaspecMethod, BenchInterrupted, build_methods, check_method_names, method_names, run_benchmark
 from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
 from adaspec.backends import HFBackend
@@ -72,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step (default: {DEFAULT_BUDGET})")
     bench.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default); else every method samples, one seed per turn")
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (default: bench-out)")
+    bench.add_argument("--resume", action="store_true",
+                       help="go on from the records an interrupted run left in --out (same settings), running only the missing turns")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32")
 
@@ -139,17 +145,48 @@ def run_bench(args: argparse.Namespace) -> int:
     check_method_names(names)
     model = load(args.model, device=args.device, dtype=args.dtype)
     methods = build_methods(model, names, args.budget, args.temperature)
-    records = run_benchmark(model, prompts, methods, args.new_tokens)
-    figures = summarise(records, baseline=methods[0].name)
     meta = report_meta(" ".join(["adaspec"] + sys.argv[1:]), model.name, prompts, [m.name for m in methods],
                        args.new_tokens, args.budget, args.dtype, args.device, args.temperature)
+    checkpoint = Checkpoint(args.out / "records.jsonl", model.name, meta["config"])
+    done = checkpoint.resume() if args.resume else checkpoint.start()
+    interrupted = None
+    with sigterm_as_interrupt():
+        try:
+            records = run_benchmark(model, prompts, methods, args.new_tokens, on_record=checkpoint.append, done=done)
+        except BenchInterrupted as stop:
+            records, interrupted = stop.records, stop
+    if not records:
+        raise KeyboardInterrupt
+    meta["config"] |= {"generations_done": len(records) // len(methods), "generations_reused": len(done) // len(methods)}
+    figures = summarise(records, baseline=methods[0].name)
     auto = [m for m in methods if isinstance(m, AdaspecMethod) and m.generator.sizer is not None]
     calibration = {m.name: m.calibration() for m in auto}
     profile = auto[0].generator.sizer.profile if auto else None
     written = write_report(args.out, records, figures, meta, calibration, profile)
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if interrupted is not None:
+        print(f"adaspec: interrupted; the report covers the {meta['config']['generations_done']} of "
+              f"{meta['config']['generations']} turns finished; add --resume to go on", file=sys.stderr)
+        return 130
     return 0
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within it, SIGTERM (a session or job ending) interrupts like Ctrl-C, so work done is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_prior_build(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Callable
 
@@ -173,14 +174,16 @@ CATEGORIES: dict[str, Callable[[], list[BenchPrompt]]] = {
 
 
 def load_prompts(categories: list[str] | None = None, limit: int | None = None) -> list[BenchPrompt]:
-    """The prompts of the chosen categories, at most ``limit`` per category.
+    """The prompts of the chosen categories, at most ``limit`` per category, taken in turn from
+    each category (its first prompt, then every category's second...), so a run cut short
+    still covers every category.
 
     Args:
         categories: names from ``CATEGORIES`` (None: all).
         limit: the most prompts per category (None: all).
 
     Returns:
-        The prompts, category by category.
+        The prompts, categories interleaved.
 
     Raises:
         AdaspecError: for an unknown category, a limit <= 0, or a prompt set that is not installed.
@@ -191,7 +194,5 @@ def load_prompts(categories: list[str] | None = None, limit: int | None = None) 
     unknown = [c for c in chosen if c not in CATEGORIES]
     if unknown:
         raise AdaspecError(f"unknown category {unknown[0]!r}; choose from: {', '.join(CATEGORIES)}")
-    prompts: list[BenchPrompt] = []
-    for category in chosen:
-        prompts.extend(CATEGORIES[category]()[:limit])
-    return prompts
+    per_category = [CATEGORIES[category]()[:limit] for category in chosen]
+    return [prompt for rank in zip_longest(*per_category) for prompt in rank if prompt is not None]

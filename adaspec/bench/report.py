@@ -22,9 +22,13 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
     categories = [c for c in next(iter(summary.values())) if c != "overall"]
     temperature = meta["config"].get("temperature", 0.0)
     decoding = "greedy" if not temperature else f"sampling at T={temperature:g}"
+    config = meta["config"]
+    done = config.get("generations_done", config["generations"])
+    scope = (f"{config['prompts']} prompts ({config['generations']} turns)" if done == config["generations"] else
+             f"partial run: {done} of {config['generations']} turns, taken in turn from each category")
     lines = [
-        f"Model: {meta['model']} · {decoding} · {meta['config']['new_tokens']} new tokens · {meta['config']['dtype']} · "
-        f"{meta['machine']['cpu_threads']} threads · {meta['config']['prompts']} prompts ({meta['config']['generations']} turns)",
+        f"Model: {meta['model']} · {decoding} · {config['new_tokens']} new tokens · {config['dtype']} · "
+        f"{meta['machine']['cpu_threads']} threads · {scope}",
         "",
         "| method | tokens/s | speedup | MAT | plain steps | draft ms/step | verify ms/step | other ms/step | peak MiB | outputs equal baseline |",
         "|---|---|---|---|---|---|---|---|---|---|",

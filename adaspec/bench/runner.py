@@ -30,6 +30,14 @@ BASELINE = "none"
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 
 
+class BenchInterrupted(Exception):
+    """The run was interrupted (Ctrl-C or SIGTERM); ``records`` holds the turns it finished."""
+
+    def __init__(self, records: list[RunRecord]) -> None:
+        super().__init__(f"interrupted after {len(records)} generations")
+        self.records = records
+
+
 class Method(Protocol):
     """Something that generates greedily from prompt ids and reports what it cost."""
 
@@ -173,6 +181,7 @@ def run_benchmark(
     new_tokens: int,
     progress: bool = True,
     on_record: Callable[[RunRecord], None] | None = None,
+    done: Sequence[RunRecord] = (),
 ) -> list[RunRecord]:
     """Runs every method on every turn of every prompt.
 
@@ -183,10 +192,18 @@ def run_benchmark(
         new_tokens: the most tokens per generation.
         progress: show a progress bar.
         on_record: called with each record as it is made.
+        done: records of an earlier run with the same settings (``--resume``); the turns
+            they hold for every method are taken from them, not run again.
 
     Returns:
-        One record per method, prompt and turn.
+        One record per method, prompt and turn, in run order.
+
+    Raises:
+        BenchInterrupted: on KeyboardInterrupt, with the records of the turns finished.
     """
+    earlier: dict[tuple[str, str, int], dict[str, RunRecord]] = {}
+    for record in done:
+        earlier.setdefault((record.category, record.prompt_id, record.turn), {})[record.method] = record
     encoder = Generator(model, drafter=BASELINE)
     warm_ids = encoder.encode("Say hello.", chat=None)
     for method in methods:  # warm-up, excluded
@@ -196,28 +213,47 @@ def run_benchmark(
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
     records: list[RunRecord] = []
     rotation = 0
-    for prompt in prompts:
-        history: list[dict[str, str]] = []
-        for turn, text in enumerate(prompt.turns):
-            if prompt.chat:
-                history.append({"role": "user", "content": text})
-                ids = encoder.encode(history)
-            else:
-                ids = encoder.encode(text, chat=False)
-            order = list(methods[rotation % len(methods):]) + list(methods[: rotation % len(methods)])
-            rotation += 1
-            answer = None
-            for method in order:
-                memory.reset()
-                record = method.run(ids, new_tokens, (prompt.id, prompt.category, turn))
-                record.peak_rss_mb = memory.read()
-                records.append(record)
-                if on_record:
-                    on_record(record)
-                if method is methods[0]:
-                    answer = model.tokenizer.decode(record.token_ids, skip_special_tokens=True)
-                bar.set_postfix_str(f"{prompt.category} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
-                bar.update()
-            history.append({"role": "assistant", "content": answer or ""})
-    bar.close()
+    try:
+        for prompt in prompts:
+            history: list[dict[str, str]] = []
+            for turn, text in enumerate(prompt.turns):
+                if prompt.chat:
+                    history.append({"role": "user", "content": text})
+                    ids = encoder.encode(history)
+                else:
+                    ids = encoder.encode(text, chat=False)
+                kept = earlier.get((prompt.category, prompt.id, turn), {})
+                if all(method.name in kept for method in methods):
+                    made = [kept[method.name] for method in methods]
+                    bar.update(len(methods))
+                else:
+                    made = run_turn(methods, rotation, ids, new_tokens, (prompt.id, prompt.category, turn), memory, bar, on_record)
+                rotation += 1
+                records.extend(made)  # whole turns only, so an interrupted run stays comparable
+                history.append({"role": "assistant", "content": model.tokenizer.decode(made[0].token_ids, skip_special_tokens=True)})
+    except KeyboardInterrupt:
+        raise BenchInterrupted(records) from None
+    finally:
+        bar.close()
     return records
+
+
+def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+             memory: PeakMemory, bar: tqdm, on_record: Callable[[RunRecord], None] | None) -> list[RunRecord]:
+    """Runs every method on one turn, starting at ``methods[rotation % len(methods)]``.
+
+    Returns:
+        The records in the order of ``methods`` (the baseline's first).
+    """
+    start = rotation % len(methods)
+    made: dict[str, RunRecord] = {}
+    for method in list(methods[start:]) + list(methods[:start]):
+        memory.reset()
+        record = method.run(ids, new_tokens, label)
+        record.peak_rss_mb = memory.read()
+        made[method.name] = record
+        if on_record:
+            on_record(record)
+        bar.set_postfix_str(f"{label[1]} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
+        bar.update()
+    return [made[method.name] for method in methods]

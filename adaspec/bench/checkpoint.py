@@ -1,0 +1,96 @@
+"""A benchmark's records on disk as they are made, so a long run can stop and go on later.
+
+``records.jsonl`` holds one header line (the settings the records were made under) and then
+one line per generation. ``--resume`` reads it back and runs only the turns it lacks; a run
+cut short (Ctrl-C, SIGTERM, a session ending) loses at most the turn in progress.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from adaspec.bench.metrics import RunRecord
+from adaspec.errors import AdaspecError
+
+# the settings that must match for old records to be comparable with new ones
+MATCHING = ("new_tokens", "budget", "dtype", "device", "temperature", "methods")
+
+
+def turn_key(record: RunRecord) -> tuple[str, str, int]:
+    """The (category, prompt id, turn) a record belongs to."""
+    return record.category, record.prompt_id, record.turn
+
+
+def complete_turns(records: Sequence[RunRecord], methods: Sequence[str]) -> list[RunRecord]:
+    """The records of the turns every method ran, in their order (a turn cut short is left out)."""
+    counts = Counter(turn_key(r) for r in records if r.method in methods)
+    return [r for r in records if r.method in methods and counts[turn_key(r)] == len(methods)]
+
+
+class Checkpoint:
+    """The ``records.jsonl`` of one report folder.
+
+    Args:
+        path: the file.
+        model: the model's name.
+        config: the run's settings (``report_meta``'s ``config``).
+    """
+
+    def __init__(self, path: Path, model: str, config: dict) -> None:
+        self.path = path
+        self.header = {"model": model, **{key: config[key] for key in MATCHING}}
+        self.records: list[RunRecord] = []
+
+    def start(self) -> list[RunRecord]:
+        """Starts an empty file (replacing any earlier one); returns no records."""
+        self.records = []
+        self._rewrite(self.header)
+        return []
+
+    def resume(self) -> list[RunRecord]:
+        """Reads the records made so far (none if there is no file yet).
+
+        Returns:
+            The records of the turns every method finished; a turn cut short is dropped
+            (from the file too), as is a last line cut off mid-write.
+
+        Raises:
+            AdaspecError: if the file was made under other settings or is not a checkpoint.
+        """
+        if not self.path.is_file():
+            return self.start()
+        lines = self.path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0])
+        except (IndexError, json.JSONDecodeError):
+            raise AdaspecError(f"{self.path} is not a benchmark checkpoint; use another --out or drop --resume") from None
+        for key, value in self.header.items():
+            if header.get(key) != value:
+                raise AdaspecError(f"{self.path} was made with {key} {header.get(key)!r}, not {value!r}; "
+                                   "use another --out or drop --resume")
+        records = []
+        for line in lines[1:]:
+            try:
+                records.append(RunRecord(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                break  # the write that was cut off; everything before it is whole
+        self.records = complete_turns(records, header["methods"])  # a turn cut short runs again
+        self._rewrite(header)  # without the cut-off line, so appends start on a line of their own
+        return list(self.records)
+
+    def _rewrite(self, header: dict) -> None:
+        """Replaces the file atomically with ``header`` and the records held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_suffix(".tmp")
+        staging.write_text("".join(json.dumps(item) + "\n" for item in [header, *map(asdict, self.records)]))
+        staging.replace(self.path)
+
+    def append(self, record: RunRecord) -> None:
+        """Adds one record, flushed to disk at once."""
+        self.records.append(record)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(asdict(record)) + "\n")

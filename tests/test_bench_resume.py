@@ -1,0 +1,114 @@
+"""A long benchmark can stop and go on: the checkpoint file, interruption, and --resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaspec import AdaspecError
+from adaspec.bench.checkpoint import Checkpoint, complete_turns
+from adaspec.bench.metrics import RunRecord
+
+CONFIG = {"new_tokens": 16, "budget": 8, "dtype": "float32", "device": "cpu", "temperature": 0.0,
+          "methods": ["none", "lookup"]}
+
+
+def record(method: str, prompt: str, seconds: float = 1.0) -> RunRecord:
+    return RunRecord(prompt, "math", method, 0, 3, seconds, [1, 2, 3], steps=3)
+
+
+def test_checkpoint_keeps_whole_turns_and_drops_a_line_cut_off(tmp_path) -> None:
+    path = tmp_path / "records.jsonl"
+    checkpoint = Checkpoint(path, "m", CONFIG)
+    assert checkpoint.start() == []
+    for item in (record("none", "a"), record("lookup", "a", 0.5), record("none", "b")):
+        checkpoint.append(item)
+    with path.open("a") as handle:
+        handle.write('{"prompt_id": "b", "categ')  # the write a kill cut short
+    again = Checkpoint(path, "m", CONFIG).resume()
+    assert [(r.prompt_id, r.method, r.seconds) for r in again] == [("a", "none", 1.0), ("a", "lookup", 0.5)]
+    assert len(path.read_text().splitlines()) == 3  # header + the whole turn; appends go on from there
+
+
+def test_resume_refuses_records_made_under_other_settings(tmp_path) -> None:
+    path = tmp_path / "records.jsonl"
+    Checkpoint(path, "m", CONFIG).start()
+    with pytest.raises(AdaspecError, match="new_tokens 16, not 32"):
+        Checkpoint(path, "m", {**CONFIG, "new_tokens": 32}).resume()
+    path.write_text("not json\n")
+    with pytest.raises(AdaspecError, match="not a benchmark checkpoint"):
+        Checkpoint(path, "m", CONFIG).resume()
+
+
+def test_complete_turns_leaves_out_a_turn_some_methods_missed() -> None:
+    records = [record("none", "a"), record("lookup", "a"), record("none", "b")]
+    assert complete_turns(records, ["none", "lookup"]) == records[:2]
+
+
+def test_an_interrupted_run_returns_whole_turns_only() -> None:
+    from adaspec import load
+    from adaspec.bench.prompts import load_prompts
+    from adaspec.bench.runner import BenchInterrupted, build_methods, run_benchmark
+
+    model = load()
+    methods = build_methods(model, ["lookup"])
+    made: list[RunRecord] = []
+
+    def stop_in_the_second_turn(item: RunRecord) -> None:
+        made.append(item)
+        if len(made) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(BenchInterrupted) as stopped:
+        run_benchmark(model, load_prompts(["math"], 2), methods, 8, progress=False, on_record=stop_in_the_second_turn)
+    assert [r.method for r in stopped.value.records] == ["none", "lookup"]
+    assert len({r.prompt_id for r in stopped.value.records}) == 1
+
+
+def test_resume_runs_only_the_missing_turns_and_gives_the_same_tokens(tmp_path, capsys) -> None:
+    from adaspec.cli import main
+
+    out = tmp_path / "report"
+    args = ["bench", "--categories", "math,qa", "--limit", "1", "--new-tokens", "12", "--methods", "lookup", "--out", str(out)]
+    assert main(args) == 0
+    full = json.loads((out / "results.json").read_text())
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 4  # header, then 2 turns x 2 methods
+    (out / "records.jsonl").write_text("\n".join(lines[:4]) + "\n")  # the second turn cut short after one method
+
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["config"]["generations_reused"] == 1 and resumed["config"]["generations_done"] == 2
+    before = {(r["prompt_id"], r["method"]): r for r in full["runs"]}
+    after = {(r["prompt_id"], r["method"]): r for r in resumed["runs"]}
+    assert before.keys() == after.keys()
+    first = full["runs"][0]["prompt_id"]
+    for key, run in after.items():
+        assert run["token_ids"] == before[key]["token_ids"]
+        assert (run["seconds"] == before[key]["seconds"]) == (key[0] == first)  # reused, or run again
+    assert "partial" not in (out / "results.md").read_text()
+
+
+def test_sigterm_keeps_a_partial_report_and_exits_130(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "report"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adaspec.cli", "bench", "--categories", "math", "--limit", "6", "--new-tokens", "16",
+         "--methods", "lookup", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not records.is_file() or len(records.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "add --resume to go on" in err.splitlines()[-1] and "Traceback" not in err
+    data = json.loads((out / "results.json").read_text())
+    done = data["config"]["generations_done"]
+    assert 1 <= done < 6 and len(data["runs"]) == 2 * done
+    assert f"partial run: {done} of 6 turns" in (out / "results.md").read_text()
