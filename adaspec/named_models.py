@@ -39,6 +39,7 @@ class PartedModel:
 
     @property
     def file_name(self) -> str:
+        """The assembled file's name in the cache."""
         return f"{self.name}.gguf"
 
 
