@@ -149,12 +149,12 @@ def run_bench(args: argparse.Namespace) -> int:
                        args.new_tokens, args.budget, args.dtype, args.device, args.temperature)
     checkpoint = Checkpoint(args.out / "records.jsonl", model.name, meta["config"])
     done = checkpoint.resume() if args.resume else checkpoint.start()
-    interrupted = None
+    interrupted = False
     with sigterm_as_interrupt():
         try:
             records = run_benchmark(model, prompts, methods, args.new_tokens, on_record=checkpoint.append, done=done)
         except BenchInterrupted as stop:
-            records, interrupted = stop.records, stop
+            records, interrupted = stop.records, True
     if not records:
         raise KeyboardInterrupt
     meta["config"] |= {"generations_done": len(records) // len(methods), "generations_reused": len(done) // len(methods)}
@@ -165,7 +165,7 @@ def run_bench(args: argparse.Namespace) -> int:
     written = write_report(args.out, records, figures, meta, calibration, profile)
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    if interrupted is not None:
+    if interrupted:
         print(f"adaspec: interrupted; the report covers the {meta['config']['generations_done']} of "
               f"{meta['config']['generations']} turns finished; add --resume to go on", file=sys.stderr)
         return 130
