@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adaspec.bench.checkpoint import turn_key
 from adaspec.bench.metrics import RunRecord
 from adaspec.bench.prompts import BenchPrompt
 from adaspec.drafters import drafter_names, parse_drafter_spec
@@ -196,14 +197,14 @@ def run_benchmark(
             they hold for every method are taken from them, not run again.
 
     Returns:
-        One record per method, prompt and turn, in run order.
+        One record per method, prompt and turn: turn by turn, methods in the given order.
 
     Raises:
         BenchInterrupted: on KeyboardInterrupt, with the records of the turns finished.
     """
     earlier: dict[tuple[str, str, int], dict[str, RunRecord]] = {}
     for record in done:
-        earlier.setdefault((record.category, record.prompt_id, record.turn), {})[record.method] = record
+        earlier.setdefault(turn_key(record), {})[record.method] = record
     encoder = Generator(model, drafter=BASELINE)
     warm_ids = encoder.encode("Say hello.", chat=None)
     for method in methods:  # warm-up, excluded
