@@ -40,6 +40,14 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, like every other adaspec error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Raises the parser's complaint as an AdaspecError, printed as one line by ``main``.
+
+        Args:
+            message: what argparse found wrong.
+
+        Raises:
+            AdaspecError: always.
+        """
         raise AdaspecError(message)
 
 
@@ -99,7 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def budget_value(text: str) -> int | str:
-    """A --budget value: a positive number of nodes or 'auto'."""
+    """Parses a --budget value.
+
+    Args:
+        text: the option's text.
+
+    Returns:
+        A positive number of tree nodes, or 'auto'.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
     if text == AUTO:
         return AUTO
     if not text.isdigit() or int(text) < 1:
@@ -108,7 +126,14 @@ def budget_value(text: str) -> int | str:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    """Runs ``adaspec profile``; returns the exit code."""
+    """Runs ``adaspec profile``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code.
+    """
     model = load(args.model, device=args.device, dtype=args.dtype)
     backend = HFBackend(model.model)
     key = profile_key(model.name, backend.device, backend.dtype)
@@ -129,12 +154,29 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def split_list(value: str | None) -> list[str] | None:
-    """A comma-separated option as a list (None stays None)."""
+    """A comma-separated option as a list.
+
+    Args:
+        value: the option's text, or None when it was not given.
+
+    Returns:
+        The non-empty items, stripped (None stays None).
+    """
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Runs ``adaspec bench``; returns the exit code."""
+    """Runs ``adaspec bench``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code (130 when interrupted, after writing a partial report).
+
+    Raises:
+        AdaspecError: for a bad option, model or checkpoint.
+    """
     if args.new_tokens < 1:
         raise AdaspecError(f"--new-tokens must be at least 1, got {args.new_tokens}")
     if args.budget < 1:
@@ -190,7 +232,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_prior_build(args: argparse.Namespace) -> int:
-    """Runs ``adaspec prior build``; returns the exit code."""
+    """Runs ``adaspec prior build``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code.
+
+    Raises:
+        AdaspecError: for a bad capacity, an unreadable text file or an unwritable output.
+    """
     if args.capacity < 1:
         raise AdaspecError(f"--capacity must be at least 1, got {args.capacity}")
     if not args.out.resolve().parent.is_dir():
@@ -208,12 +260,29 @@ def run_prior_build(args: argparse.Namespace) -> int:
 
 
 def read_prompt(prompt: str) -> str:
-    """The prompt argument, or stdin when it is ``-``."""
+    """The prompt argument's text.
+
+    Args:
+        prompt: the argument; ``-`` reads standard input.
+
+    Returns:
+        The prompt.
+    """
     return sys.stdin.read() if prompt == "-" else prompt
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Runs ``adaspec generate``; returns the exit code."""
+    """Runs ``adaspec generate``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code.
+
+    Raises:
+        AdaspecError: for a bad option or model.
+    """
     parse_drafter_spec(args.drafter)  # a bad drafter fails before the model loads
     if args.max_new_tokens < 1:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -252,7 +321,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def json_summary(drafter: str, result: Generation, baseline: Generation | None) -> dict:
-    """The JSON object ``generate --json`` prints."""
+    """The JSON object ``generate --json`` prints.
+
+    Args:
+        drafter: the drafter's name.
+        result: the speculative generation.
+        baseline: plain decoding's generation, with ``--compare``.
+
+    Returns:
+        Text, tokens and stats, plus the speedup and equality when there is a baseline.
+    """
     stats = result.stats
     out = {
         "drafter": drafter,
@@ -276,7 +354,16 @@ def json_summary(drafter: str, result: Generation, baseline: Generation | None) 
 
 
 def stats_line(drafter: str, result: Generation, baseline: Generation | None) -> str:
-    """The one-line human summary printed after streamed text."""
+    """The one-line human summary printed after streamed text.
+
+    Args:
+        drafter: the drafter's name.
+        result: the speculative generation.
+        baseline: plain decoding's generation, with ``--compare``.
+
+    Returns:
+        Tokens, tokens/s and MAT, plus the speedup and equality when there is a baseline.
+    """
     stats = result.stats
     line = (
         f"[{drafter}] {stats.new_tokens} new tokens, {stats.tokens_per_s:.1f} tokens/s, "

@@ -194,7 +194,10 @@ class Generator:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> TextStream:
-        """Like ``generate`` (same arguments), but yields text as it is accepted.
+        """Like ``generate``, but yields text as it is accepted.
+
+        Args:
+            prompt, max_new_tokens, stop, chat, temperature, top_k, top_p, seed: as for ``generate``.
 
         Returns:
             An iterator of text pieces whose ``result`` holds the Generation at the end.

@@ -71,7 +71,14 @@ def quiet_progress() -> Iterator[None]:
 
 
 def first_line(error: Exception) -> str:
-    """An exception's message cut to its first line (its type name when it has none)."""
+    """An exception's message cut to its first line.
+
+    Args:
+        error: the exception.
+
+    Returns:
+        The first line, or the exception's type name when the message is empty.
+    """
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -102,6 +109,13 @@ def embedded_model_path() -> Path:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Checks a dtype name against the device.
 
+    Args:
+        dtype: "float32", "bfloat16" or "float16".
+        device: where the model will run.
+
+    Returns:
+        The torch dtype.
+
     Raises:
         AdaspecError: for an unknown name or a dtype the device cannot run.
     """
@@ -114,6 +128,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def resolve_device(device: str) -> torch.device:
     """Parses a device name and checks that it is present.
+
+    Args:
+        device: "cpu", "cuda", "cuda:N" or "mps".
+
+    Returns:
+        The torch device.
 
     Raises:
         AdaspecError: for a malformed or absent device.
@@ -130,7 +150,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, hex."""
+    """The sha256 of a file's bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -139,7 +166,14 @@ def file_digest(path: Path) -> str:
 
 
 def check_gguf(path: Path) -> None:
-    """Raises AdaspecError unless ``path`` starts with the GGUF magic bytes."""
+    """Checks that a file is a GGUF model.
+
+    Args:
+        path: the file.
+
+    Raises:
+        AdaspecError: unless ``path`` starts with the GGUF magic bytes.
+    """
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":
@@ -252,7 +286,15 @@ def load(
 
 
 def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The model's maximum number of positions (config first, then the tokenizer)."""
+    """The model's maximum number of positions (config first, then the tokenizer).
+
+    Args:
+        model: the loaded model.
+        tokenizer: its tokenizer.
+
+    Returns:
+        The most tokens prompt and output may hold together.
+    """
     limit = getattr(model.config, "max_position_embeddings", None)
     if isinstance(limit, int) and limit > 0:
         return limit
@@ -263,7 +305,15 @@ def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """Every token id that ends generation (generation config and tokenizer)."""
+    """Every token id that ends generation (generation config and tokenizer).
+
+    Args:
+        model: the loaded model.
+        tokenizer: its tokenizer.
+
+    Returns:
+        The end-of-sequence token ids.
+    """
     ids: set[int] = set()
     configured = model.generation_config.eos_token_id if model.generation_config is not None else None
     if isinstance(configured, int):

@@ -57,6 +57,12 @@ NAMED_MODELS = {QWEN_CODER.name: QWEN_CODER}
 def part_paths(model: PartedModel) -> list[Path]:
     """The installed part files, in order.
 
+    Args:
+        model: the named model whose parts to find.
+
+    Returns:
+        One path per part package, in concatenation order.
+
     Raises:
         AdaspecError: if a part package is missing.
     """

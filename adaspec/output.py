@@ -47,7 +47,11 @@ class OutputTracker:
         return self.finish_reason is not None
 
     def extend(self, new_ids: Sequence[int]) -> None:
-        """Adds one step's accepted tokens, cutting them where generation ends."""
+        """Adds one step's accepted tokens, cutting them where generation ends.
+
+        Args:
+            new_ids: the tokens accepted this step, in order.
+        """
         before = len(self.ids)
         for token in new_ids:
             self.ids.append(int(token))

@@ -85,6 +85,10 @@ def build_prior(sequences: Iterable[np.ndarray], vocab_size: int, capacity: int 
 def write_prior(table: TrigramTable, out: Path) -> None:
     """Saves a table so that a failure leaves no partial file behind.
 
+    Args:
+        table: the tri-gram table to save.
+        out: the ``.npz`` file to write.
+
     Raises:
         AdaspecError: if the folder does not exist or cannot be written.
     """
@@ -105,6 +109,12 @@ def write_prior(table: TrigramTable, out: Path) -> None:
 
 def read_texts(paths: Iterable[Path]) -> list[str]:
     """The UTF-8 text of each file.
+
+    Args:
+        paths: the text files.
+
+    Returns:
+        Their texts, in order.
 
     Raises:
         AdaspecError: for a missing, unreadable or non-text file.

@@ -59,7 +59,14 @@ class DraftTree:
 
     @classmethod
     def root_only(cls, token: int) -> DraftTree:
-        """The trivial tree: just the pending token (plain decoding)."""
+        """The trivial tree: just the pending token (plain decoding).
+
+        Args:
+            token: the pending token id.
+
+        Returns:
+            A one-node tree.
+        """
         return cls(np.array([token], dtype=np.int64), np.array([-1], dtype=np.int64))
 
     @property
@@ -100,17 +107,37 @@ class DraftTree:
         return lookup
 
     def path_to(self, node: int) -> np.ndarray:
-        """``[depth+1]`` int64, node indices from the root to ``node`` inclusive."""
+        """The node indices from the root to ``node``.
+
+        Args:
+            node: a node index.
+
+        Returns:
+            ``[depth+1]`` int64 node indices, root first, ``node`` last.
+        """
         return np.flatnonzero(self.ancestor_mask[node])
 
     def prefix(self, size: int) -> DraftTree:
-        """The first ``size`` nodes (always a valid tree, since parents precede children)."""
+        """The first ``size`` nodes (always a valid tree, since parents precede children).
+
+        Args:
+            size: how many nodes to keep (at least 1).
+
+        Returns:
+            The smaller tree.
+        """
         if size >= self.size:
             return self
         return DraftTree(self.tokens[:size], self.parents[:size], None if self.scores is None else self.scores[:size])
 
     def subtree(self, keep: np.ndarray) -> DraftTree:
-        """The nodes ``keep`` (increasing indices, 0 first, each node's parent included), re-indexed.
+        """The nodes ``keep``, re-indexed.
+
+        Args:
+            keep: ``[m]`` int64 node indices, increasing, 0 first, each node's parent included.
+
+        Returns:
+            The smaller tree, scores kept.
 
         Raises:
             ValueError: if a kept node's parent is not kept.
@@ -149,7 +176,12 @@ class TreeBuilder:
         return len(self.tokens) >= self.budget
 
     def add_child(self, parent: int, token: int, score: float = 0.0) -> int | None:
-        """Add (or find) ``token`` under ``parent``; a node found again keeps the higher score.
+        """Adds (or finds) ``token`` under ``parent``; a node found again keeps the higher score.
+
+        Args:
+            parent: the parent's node index.
+            token: the child's token id.
+            score: the drafter's belief that the child's whole path is accepted.
 
         Returns:
             The child's node index, or None when the budget is spent.

@@ -122,6 +122,9 @@ def output_head_weight(model: PreTrainedModel) -> torch.Tensor | None:
     Checked twice: structurally (a bias-free ``nn.Linear`` head, no logit transform in the
     config) and numerically (a short input through both paths must agree).
 
+    Args:
+        model: the loaded causal language model.
+
     Returns:
         ``[V, H]`` weight, or None to use the model's own forward.
     """

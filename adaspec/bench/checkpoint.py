@@ -21,12 +21,27 @@ MATCHING = ("new_tokens", "budget", "dtype", "device", "temperature", "methods")
 
 
 def turn_key(record: RunRecord) -> tuple[str, str, int]:
-    """The (category, prompt id, turn) a record belongs to."""
+    """The (category, prompt id, turn) a record belongs to.
+
+    Args:
+        record: one generation's record.
+
+    Returns:
+        The key that pairs the record with the other methods' runs of the same turn.
+    """
     return record.category, record.prompt_id, record.turn
 
 
 def complete_turns(records: Sequence[RunRecord], methods: Sequence[str]) -> list[RunRecord]:
-    """The records of the turns every method ran, in their order (a turn cut short is left out)."""
+    """The records of the turns every method ran, in their order (a turn cut short is left out).
+
+    Args:
+        records: records as read back from a checkpoint, turn by turn.
+        methods: the method names a turn must hold to count as complete.
+
+    Returns:
+        The records of complete turns only.
+    """
     counts = Counter(turn_key(r) for r in records if r.method in methods)
     return [r for r in records if r.method in methods and counts[turn_key(r)] == len(methods)]
 
@@ -90,7 +105,11 @@ class Checkpoint:
         staging.replace(self.path)
 
     def append(self, record: RunRecord) -> None:
-        """Adds one record, flushed to disk at once."""
+        """Adds one record, flushed to disk at once.
+
+        Args:
+            record: the generation just finished.
+        """
         self.records.append(record)
         with self.path.open("a") as handle:
             handle.write(json.dumps(asdict(record)) + "\n")

@@ -47,20 +47,44 @@ class RunRecord:
 
     @classmethod
     def from_stats(cls, prompt_id: str, category: str, method: str, turn: int, token_ids: list[int], stats: GenerationStats) -> RunRecord:
-        """A record from an adaspec generation's stats."""
+        """A record from an adaspec generation's stats.
+
+        Args:
+            prompt_id, category, method, turn: what ran.
+            token_ids: the generated tokens.
+            stats: the generation's counters and timings.
+
+        Returns:
+            The record (peak memory is filled in by the runner).
+        """
         return cls(prompt_id, category, method, turn, stats.new_tokens, stats.total_s, list(token_ids),
                    stats.num_drafts, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s,
                    stats.prefill_s, stats.num_plain_steps)
 
 
 def tokens_per_s(records: Sequence[RunRecord]) -> float:
-    """All tokens over all seconds."""
+    """All tokens over all seconds.
+
+    Args:
+        records: the runs to pool.
+
+    Returns:
+        Tokens per second (0.0 when no time was spent).
+    """
     seconds = sum(r.seconds for r in records)
     return sum(r.new_tokens for r in records) / seconds if seconds > 0 else 0.0
 
 
 def mean_accepted_tokens(records: Sequence[RunRecord]) -> float | None:
-    """MAT, root counted: 1 + accepted draft tokens / steps (None without step counts)."""
+    """MAT, root counted: 1 + accepted draft tokens / steps.
+
+    Args:
+        records: the runs to pool.
+
+    Returns:
+        Mean accepted tokens per verification step, or None when a run has no step count
+        (transformers' methods) or there are no runs.
+    """
     if any(r.steps is None for r in records) or not records:
         return None
     steps = sum(r.steps for r in records)
@@ -69,7 +93,14 @@ def mean_accepted_tokens(records: Sequence[RunRecord]) -> float | None:
 
 
 def acceptance_by_depth(records: Sequence[RunRecord]) -> list[float]:
-    """Entry d-1: share of steps that accepted a draft token at depth d."""
+    """The share of steps that accepted a draft token at each depth.
+
+    Args:
+        records: the runs to pool.
+
+    Returns:
+        Entry d-1: accepted tokens at depth d over all steps (empty without steps).
+    """
     steps = sum(r.steps or 0 for r in records)
     depth = max((len(r.accepted_per_pos) for r in records), default=0)
     totals = [sum(r.accepted_per_pos[d] for r in records if d < len(r.accepted_per_pos)) for d in range(depth)]
@@ -77,7 +108,15 @@ def acceptance_by_depth(records: Sequence[RunRecord]) -> list[float]:
 
 
 def first_difference(expected: Sequence[int], got: Sequence[int]) -> int | None:
-    """Index of the first differing token (a length difference counts), or None if equal."""
+    """Where two token sequences first part.
+
+    Args:
+        expected: the baseline's tokens.
+        got: the tokens to check.
+
+    Returns:
+        Index of the first differing token (a length difference counts), or None if equal.
+    """
     for index, (a, b) in enumerate(zip(expected, got)):
         if a != b:
             return index

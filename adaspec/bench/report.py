@@ -11,13 +11,31 @@ from adaspec.bench.metrics import RunRecord
 
 
 def fmt(value: float | None, pattern: str) -> str:
-    """A figure for a table cell ("–" when absent)."""
+    """A figure for a table cell.
+
+    Args:
+        value: the figure, or None when the method does not report it.
+        pattern: a ``str.format`` pattern such as ``"{:.2f}"``.
+
+    Returns:
+        The formatted figure, or "–" when absent.
+    """
     return "–" if value is None else pattern.format(value)
 
 
 def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile=None) -> str:
-    """The overall table, speedup (and MAT) per category, then, for ``@auto`` methods, the
-    calibration of predicted acceptance and the verify cost profile."""
+    """The Markdown report.
+
+    Args:
+        summary: ``metrics.summarise``'s output.
+        meta: ``system.report_meta``'s output (config, machine, versions).
+        calibration: per ``@auto`` method, predicted against observed acceptance.
+        profile: the ``budget.LatencyProfile`` the ``@auto`` methods used.
+
+    Returns:
+        The overall table, speedup (and MAT) per category, then, for ``@auto`` methods, the
+        calibration of predicted acceptance and the verify cost profile.
+    """
     methods = list(summary)
     categories = [c for c in next(iter(summary.values())) if c != "overall"]
     temperature = meta["config"].get("temperature", 0.0)
@@ -69,8 +87,18 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
 
 
 def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
-    """PNG plots: speedup by category, acceptance by depth, time per step, and (for a sweep of
-    ``NAME@N`` budgets) speedup and MAT against the budget, ``NAME@auto`` drawn dashed."""
+    """Draws the report's PNG plots.
+
+    Args:
+        summary: ``metrics.summarise``'s output.
+        out_dir: the folder to write into (it exists).
+        title: the plots' title (model and settings).
+
+    Returns:
+        The files written: speedup by category, acceptance by depth with time per step, and
+        (for a sweep of ``NAME@N`` budgets) speedup and MAT against the budget, with
+        ``NAME@auto`` drawn dashed.
+    """
     import matplotlib
     import matplotlib.ticker
 
@@ -154,7 +182,12 @@ def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:
 
 
 def write_profile_plot(profile, path: Path) -> None:
-    """A PNG of verify milliseconds against tree size (a ``budget.LatencyProfile``)."""
+    """Writes a PNG of verify milliseconds against tree size.
+
+    Args:
+        profile: a ``budget.LatencyProfile``.
+        path: the PNG to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +206,12 @@ def write_profile_plot(profile, path: Path) -> None:
 
 
 def write_calibration_plot(calibration: dict, path: Path) -> None:
-    """A reliability diagram: observed against predicted acceptance per ``@auto`` method."""
+    """Writes a reliability diagram: observed against predicted acceptance per ``@auto`` method.
+
+    Args:
+        calibration: per method, ``budget.Reliability.to_dict()`` figures.
+        path: the PNG to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +236,7 @@ def write_calibration_plot(calibration: dict, path: Path) -> None:
 
 def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, meta: dict,
                  calibration: dict | None = None, profile=None) -> list[Path]:
-    """Writes every file of a report; returns their paths.
+    """Writes every file of a report.
 
     Args:
         out_dir: the folder (created if missing).
@@ -207,6 +245,9 @@ def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, met
         meta: model, config, machine, versions and command line.
         calibration: per ``@auto`` method, its ``budget.Reliability`` table (plotted too).
         profile: the ``budget.LatencyProfile`` the ``@auto`` methods used (saved and plotted).
+
+    Returns:
+        The paths written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"calibration": calibration or {}, "profile": asdict(profile) if profile is not None else None}

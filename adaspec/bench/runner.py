@@ -45,12 +45,28 @@ class Method(Protocol):
     name: str
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
-        """Generates up to ``new_tokens`` after ``prompt_ids``; ``label`` is (prompt id, category, turn)."""
+        """Generates up to ``new_tokens`` after ``prompt_ids``.
+
+        Args:
+            prompt_ids: ``[p]`` int64 prompt token ids.
+            new_tokens: the most tokens to generate.
+            label: (prompt id, category, turn), also the source of the turn's sampling seed.
+
+        Returns:
+            The generation's record.
+        """
         ...
 
 
 def turn_seed(label: tuple[str, str, int]) -> int:
-    """The sampling seed of one benchmark turn: the same for every method, stable across runs."""
+    """The sampling seed of one benchmark turn: the same for every method, stable across runs.
+
+    Args:
+        label: (prompt id, category, turn).
+
+    Returns:
+        A 32-bit seed.
+    """
     return zlib.crc32(f"{label[1]}/{label[0]}#{label[2]}".encode())
 
 
@@ -68,6 +84,7 @@ class AdaspecMethod:
         return None if sizer is None else {**sizer.reliability.to_dict(), "explorations": sizer.explorations}
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+        """Generates with the drafter (see ``Method.run``)."""
         out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
                                       seed=turn_seed(label))
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
@@ -86,6 +103,7 @@ class HFMethod:
             self.extra |= {"do_sample": False}
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+        """Generates with ``model.generate()`` (see ``Method.run``)."""
         ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.model.device)[None]  # [1, p]
         torch.manual_seed(turn_seed(label))
         started = time.perf_counter()
@@ -106,7 +124,15 @@ def method_names() -> list[str]:
 
 
 def check_method_names(names: Sequence[str]) -> None:
-    """Raises AdaspecError for an unknown method, a bad drafter option or a malformed ``@BUDGET``."""
+    """Checks method names before any model loads.
+
+    Args:
+        names: method names, each a drafter spec (``NAME[:key=value,...][@BUDGET]``) or a
+            transformers peer.
+
+    Raises:
+        AdaspecError: for an unknown method, a bad drafter option or a malformed ``@BUDGET``.
+    """
     for name in names:
         drafter, at, size = name.rpartition("@") if "@" in name else (name, "", "")
         if drafter in HF_METHODS and not at:
@@ -124,6 +150,15 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
     At a temperature > 0 every method samples, each turn with its own seed shared by all
     methods (adaspec's drafters then give the baseline's exact text; transformers' peers
     draw differently).
+
+    Args:
+        model: the model every method runs on.
+        names: method names (see ``check_method_names``); the baseline is added if absent.
+        budget: the tree budget of drafters named without ``@BUDGET``.
+        temperature: 0 for greedy decoding, else the sampling temperature.
+
+    Returns:
+        The methods, baseline first.
 
     Raises:
         AdaspecError: for an unknown method or a malformed budget.
@@ -242,6 +277,16 @@ def run_benchmark(
 def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
              memory: PeakMemory, bar: tqdm, on_record: Callable[[RunRecord], None] | None) -> list[RunRecord]:
     """Runs every method on one turn, starting at ``methods[rotation % len(methods)]``.
+
+    Args:
+        methods: the methods, baseline first.
+        rotation: which method goes first this turn, so that no method always runs first.
+        ids: ``[p]`` int64 prompt token ids.
+        new_tokens: the most tokens each method generates.
+        label: (prompt id, category, turn).
+        memory: tracks the process's peak resident memory per generation.
+        bar: the progress bar, advanced once per generation.
+        on_record: called with each record as soon as it is made (for checkpoints).
 
     Returns:
         The records in the order of ``methods`` (the baseline's first).

@@ -44,7 +44,18 @@ def versions() -> dict:
 
 def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], method_names: Sequence[str],
                 new_tokens: int, budget: int, dtype: str, device: str, temperature: float = 0.0) -> dict:
-    """Everything a report records besides the runs: command, model, config, machine, versions."""
+    """Everything a report records besides the runs.
+
+    Args:
+        command: the command line that made the report.
+        model_name: the model's name or path.
+        prompts: the prompt turns run.
+        method_names: the methods run, baseline first.
+        new_tokens, budget, dtype, device, temperature: the run's settings.
+
+    Returns:
+        A JSON-ready dict: command, model, config, machine and library versions.
+    """
     return {
         "command": command,
         "model": model_name,

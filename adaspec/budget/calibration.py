@@ -56,7 +56,14 @@ class AcceptanceCalibrator:
         return (self.accepted.sum(axis=1) + k) / (self.scored.sum(axis=1) + k)
 
     def estimate(self, tree: DraftTree) -> np.ndarray:
-        """``[n]`` float64 calibrated acceptance per node (root 1.0), never above its parent's."""
+        """Calibrated acceptance of every node of a tree.
+
+        Args:
+            tree: the drafter's tree, with or without scores.
+
+        Returns:
+            ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
+        """
         scores = self._scores(tree)  # [n]
         rows, cols = self._cells(scores, tree.depth)
         k = self.prior_strength
@@ -104,7 +111,12 @@ class Reliability:
         self.accepted = np.zeros(bins)  # [B] accepted nodes per bin
 
     def add(self, predicted: np.ndarray, hit: np.ndarray) -> None:
-        """Adds nodes: ``predicted`` ``[m]`` acceptance estimates and ``hit`` ``[m]`` 1.0 where accepted."""
+        """Adds verified nodes to their bins.
+
+        Args:
+            predicted: ``[m]`` float64 acceptance estimates in [0, 1].
+            hit: ``[m]`` float64, 1.0 where the node was accepted, else 0.0.
+        """
         bins = np.minimum((predicted * self.nodes.size).astype(np.int64), self.nodes.size - 1)  # [m]
         np.add.at(self.nodes, bins, 1.0)
         np.add.at(self.predicted, bins, predicted)

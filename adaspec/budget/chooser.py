@@ -36,7 +36,15 @@ def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile) -> np.ndarray:
 
 
 def best_nodes(acceptance: np.ndarray, count: int) -> np.ndarray:
-    """``[min(count, n)]`` int64 indices of the root and the ``count - 1`` likeliest nodes, increasing."""
+    """The root and the ``count - 1`` likeliest other nodes.
+
+    Args:
+        acceptance: ``[n]`` float64 estimated acceptance per node, root first.
+        count: how many nodes to keep, root included.
+
+    Returns:
+        ``[min(count, n)]`` int64 node indices, increasing.
+    """
     order = np.argsort(-acceptance[1:], kind="stable") + 1  # [n-1] parents come first (see choose_nodes)
     return np.sort(np.concatenate(([0], order[: count - 1]))).astype(np.int64)
 
@@ -77,11 +85,23 @@ class TreeSizer:
         self._predicted: np.ndarray | None = None  # [n] estimates of the tree being verified
 
     def begin(self, setting: Hashable) -> None:
-        """Starts a request under a decoding ``setting`` (e.g. its temperature, top-k, top-p)."""
+        """Starts a request.
+
+        Args:
+            setting: the request's decoding setting (e.g. its temperature, top-k, top-p); each
+                setting keeps its own calibration.
+        """
         self.calibrator = self.calibrators.setdefault(setting, AcceptanceCalibrator())
 
     def size(self, tree: DraftTree) -> DraftTree:
-        """The part of ``tree`` to verify this step (possibly its root alone)."""
+        """Chooses the part of a drafted tree to verify this step.
+
+        Args:
+            tree: the drafter's whole tree.
+
+        Returns:
+            A subtree of ``tree`` (possibly its root alone).
+        """
         acceptance = self.calibrator.estimate(tree)  # [n]
         keep = choose_nodes(acceptance, self.profile)
         self.since_tree = 0 if keep.size > 1 else self.since_tree + 1

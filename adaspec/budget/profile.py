@@ -43,16 +43,26 @@ class LatencyProfile:
         return self.sizes[-1]
 
     def cost(self, sizes: np.ndarray) -> np.ndarray:
-        """``[m]`` float64 milliseconds for trees of ``sizes`` nodes (linear between measured sizes).
+        """The time of one tree forward, linear between measured sizes.
 
         Measured times are used as they are, even where a bigger tree costs less: on CPUs the
         BLAS kernel chosen depends on the row count (here 3 rows cost more than 4-8), and the
         chooser should know it.
+
+        Args:
+            sizes: ``[m]`` tree sizes in nodes.
+
+        Returns:
+            ``[m]`` float64 milliseconds.
         """
         return np.interp(sizes, np.asarray(self.sizes, dtype=np.float64), np.asarray(self.ms, dtype=np.float64))
 
     def save(self, path: Path) -> None:
-        """Writes the profile as JSON (atomically)."""
+        """Writes the profile as JSON (atomically).
+
+        Args:
+            path: the file to write; its folder is created if missing.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(".tmp")
         staging.write_text(json.dumps(asdict(self), indent=1))
@@ -61,6 +71,12 @@ class LatencyProfile:
     @classmethod
     def load(cls, path: Path) -> LatencyProfile:
         """Reads a profile written by ``save``.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The profile.
 
         Raises:
             ValueError: if the file is not a latency profile.
@@ -73,7 +89,16 @@ class LatencyProfile:
 
 
 def profile_key(model_name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """What a profile depends on: model, device, dtype and thread count."""
+    """What a profile depends on: model, device, dtype and thread count.
+
+    Args:
+        model_name: the model's name or path.
+        device: where it runs.
+        dtype: its weights' type.
+
+    Returns:
+        A file-name-safe key such as ``model-cpu-float32-t2``.
+    """
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model_name).name or model_name)
     return f"{name}-{device.type}-{str(dtype).removeprefix('torch.')}-t{torch.get_num_threads()}"
 
@@ -112,7 +137,14 @@ def measure_profile(backend, vocab_size: int, key: str, sizes: tuple[int, ...] =
 
 
 def default_profile_path(key: str) -> Path:
-    """Where the profile for ``key`` is cached: ``$ADASPEC_CACHE/profiles`` or ``~/.cache/adaspec/profiles``."""
+    """Where the profile for ``key`` is cached.
+
+    Args:
+        key: ``profile_key``'s output.
+
+    Returns:
+        A JSON path under ``$ADASPEC_CACHE/profiles`` or ``~/.cache/adaspec/profiles``.
+    """
     from adaspec.loading import cache_root
 
     return cache_root() / "profiles" / f"{key}.json"
@@ -126,6 +158,9 @@ def load_or_measure_profile(model, backend, profile: LatencyProfile | str | Path
         backend: its ``HFBackend`` (used to measure).
         profile: a profile, a profile file, or None for the cached one (measured and cached
             on first use, which takes a few seconds).
+
+    Returns:
+        The profile.
 
     Raises:
         AdaspecError: if a given profile file cannot be read.

@@ -32,9 +32,17 @@ DRAFTER_CONFIGS: dict[str, type] = {
 
 
 def make_hybrid(vocab_size: int, config: HybridConfig) -> HybridDrafter:
-    """A context match of ``min_ngram``+ tokens takes what it finds; the learned drafter fills the rest.
+    """The hybrid drafter: prompt lookup first, the learned drafter fills the rest.
 
-    Measured better than a half/half split or 1-token matches (README, Benchmark).
+    A context match of ``min_ngram``+ tokens takes what it finds. Measured better than a
+    half/half split or 1-token matches (README, Benchmark).
+
+    Args:
+        vocab_size: the model's vocabulary size.
+        config: which learned drafter and the lookup's shortest match.
+
+    Returns:
+        The drafter.
     """
     learned: Drafter = AdedDrafter(vocab_size) if config.learned == "aded" else TokenRecyclingDrafter(vocab_size)
     return HybridDrafter([PromptLookupDrafter(LookupConfig(min_ngram=config.min_ngram)), learned], shares=[1.0, 1.0])

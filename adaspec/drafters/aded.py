@@ -92,7 +92,11 @@ class AdedDrafter:
         self._probs = np.empty(buffer_size, dtype=np.float64)  # [buffer]
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Learns the prompt's tri-grams (source ``prompt``); the table persists across requests."""
+        """Learns the prompt's tri-grams (source ``prompt``); the table persists across requests.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids.
+        """
         self.before_root = int(prompt[-1]) if prompt.size else -1
         if self.config.prompt_rate > 0:
             self.learn_sequence(prompt, self.config.prompt_rate)
@@ -143,7 +147,11 @@ class AdedDrafter:
         return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy(), self._probs[:n].copy())
 
     def observe(self, step: StepFeedback) -> None:
-        """Learns the verifier's top-K at every node and the tri-grams of the accepted text."""
+        """Learns the verifier's top-K at every node and the tri-grams of the accepted text.
+
+        Args:
+            step: what the verifier said about the last tree.
+        """
         config = self.config
         tree = step.tree
         if config.topk_rate > 0 and step.topk_ids.shape[1] > 0:
@@ -164,11 +172,18 @@ class AdedDrafter:
         self.before_root = int(produced[-2])
 
     def save(self, path: str | Path) -> None:
-        """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``)."""
+        """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``).
+
+        Args:
+            path: the file to write.
+        """
         self.table.save(path)
 
     def load(self, path: str | Path) -> None:
         """Replaces the learned table with one written by ``save`` or ``adaspec prior build``.
+
+        Args:
+            path: the ``.npz`` file.
 
         Raises:
             ValueError: if the file is not a table for this vocabulary.

@@ -52,19 +52,30 @@ class Drafter(Protocol):
     feedback_top_k: int
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Start a new request. ``prompt``: ``[p]`` int64 prompt token ids."""
+        """Starts a new request.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids.
+        """
         ...
 
     def propose(self, context: np.ndarray, budget: int) -> DraftTree:
-        """Guess a tree of at most ``budget`` nodes.
+        """Guesses a tree of at most ``budget`` nodes.
 
         Args:
             context: ``[L]`` int64, every token so far (prompt and output); ``context[-1]`` is
                 the pending token and must be the tree's root.
             budget: the most nodes the tree may have, root included (>= 1).
+
+        Returns:
+            The draft tree, rooted at ``context[-1]``.
         """
         ...
 
     def observe(self, step: StepFeedback) -> None:
-        """Learn from one verification step."""
+        """Learns from one verification step.
+
+        Args:
+            step: the verified tree, the accepted path and the verifier's top candidates.
+        """
         ...

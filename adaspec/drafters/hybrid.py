@@ -69,7 +69,11 @@ class HybridDrafter:
         self.feedback_top_k = max(p.feedback_top_k for p in self.parts)
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Starts a request in every part."""
+        """Starts a request in every part.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids, passed to each part.
+        """
         for part in self.parts:
             part.begin(prompt)
 
@@ -79,6 +83,9 @@ class HybridDrafter:
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
             budget: the most nodes, root included.
+
+        Returns:
+            One tree holding each part's nodes, duplicates merged, until the budget is spent.
         """
         builder = TreeBuilder(int(context[-1]), budget)
         for part, share in zip(self.parts, self.shares):
@@ -90,7 +97,11 @@ class HybridDrafter:
         return builder.build()
 
     def observe(self, step: StepFeedback) -> None:
-        """Every part learns from the same step (each reads only the top-K it asked for)."""
+        """Every part learns from the same step (each reads only the top-K it asked for).
+
+        Args:
+            step: what the verifier said about the merged tree.
+        """
         for part in self.parts:
             k = part.feedback_top_k
             part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k]))

@@ -71,7 +71,11 @@ class PromptLookupDrafter:
         self.config = config or LookupConfig()
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Nothing to prepare: the context is searched afresh each step."""
+        """Nothing to prepare: the context is searched afresh each step.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids (unused).
+        """
 
     def propose(self, context: np.ndarray, budget: int) -> DraftTree:
         """Merges the continuations of the longest matching suffixes into one trie.
@@ -94,4 +98,8 @@ class PromptLookupDrafter:
         return builder.build()
 
     def observe(self, step: StepFeedback) -> None:
-        """Nothing to learn: the context already holds the accepted tokens."""
+        """Nothing to learn: the context already holds the accepted tokens.
+
+        Args:
+            step: the verification step (unused).
+        """

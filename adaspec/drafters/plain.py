@@ -15,11 +15,27 @@ class PlainDrafter:
     feedback_top_k = 0
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Nothing to prepare."""
+        """Nothing to prepare.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids (unused).
+        """
 
     def propose(self, context: np.ndarray, budget: int) -> DraftTree:
-        """Returns the root-only tree."""
+        """The root-only tree: plain decoding.
+
+        Args:
+            context: ``[L]`` int64 tokens so far; ``context[-1]`` is the root.
+            budget: ignored; one node always fits.
+
+        Returns:
+            The one-node tree.
+        """
         return DraftTree.root_only(int(context[-1]))
 
     def observe(self, step: StepFeedback) -> None:
-        """Nothing to learn."""
+        """Nothing to learn.
+
+        Args:
+            step: the verification step (unused).
+        """

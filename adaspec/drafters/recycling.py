@@ -132,7 +132,11 @@ class TokenRecyclingDrafter:
         return (self.rank_hits + strength * prior) / (self.rank_trials + strength)
 
     def begin(self, prompt: np.ndarray) -> None:
-        """Nothing to reset: the table deliberately persists across requests."""
+        """Nothing to reset: the table deliberately persists across requests.
+
+        Args:
+            prompt: ``[p]`` int64 prompt token ids (unused).
+        """
 
     def propose(self, context: np.ndarray, budget: int) -> DraftTree:
         """Reads a tree out of the candidate table along the template.
@@ -160,7 +164,11 @@ class TokenRecyclingDrafter:
         return DraftTree(tokens[keep], parents, template.path_probs[keep])
 
     def observe(self, step: StepFeedback) -> None:
-        """Updates rank statistics, then recycles every node's top-K into the table."""
+        """Updates rank statistics, then recycles every node's top-K into the table.
+
+        Args:
+            step: the verified tree, the accepted path and every node's top-K candidates.
+        """
         path_tokens = step.accepted_tokens  # [k]
         truth = np.append(path_tokens[1:], step.next_token)  # [k], what the model said after each
         rows = self.candidates[path_tokens]  # [k, K]
@@ -176,13 +184,20 @@ class TokenRecyclingDrafter:
             )
 
     def save(self, path: str | Path) -> None:
-        """Writes the table and rank statistics to an ``.npz`` file."""
+        """Writes the table and rank statistics to an ``.npz`` file.
+
+        Args:
+            path: the file to write.
+        """
         np.savez_compressed(
             path, candidates=self.candidates, rank_hits=self.rank_hits, rank_trials=np.int64(self.rank_trials)
         )
 
     def load(self, path: str | Path) -> None:
         """Reads state written by ``save``.
+
+        Args:
+            path: the ``.npz`` file.
 
         Raises:
             ValueError: if the file was written for another vocabulary size or top-K.

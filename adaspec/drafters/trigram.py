@@ -29,11 +29,14 @@ _MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer (Fi
 
 @numba.njit(cache=True)
 def find_slot(keys: np.ndarray, key: int) -> int:
-    """Index of ``key`` in the table, or of the empty slot where it would go.
+    """Finds a key in an open-addressing hash table.
 
     Args:
         keys: ``[T]`` int64 hash table keys (T a power of two, never full).
         key: the key to find (>= 0).
+
+    Returns:
+        The index of ``key``, or of the empty slot where it would go.
     """
     mask = keys.size - 1
     mixed = key * _MIX
@@ -110,13 +113,16 @@ def update_rows(
 
 @numba.njit(cache=True)
 def successor_row(keys: np.ndarray, vocab_size: int, before: int, token: int) -> int:
-    """The slot of the tri-gram row ``(before, token)``, else of the bigram row ``token``, else -1.
+    """The row to draft from for the context ``(before, token)``.
 
     Args:
         keys: ``[T]`` int64 table keys.
         vocab_size: the vocabulary size the keys were made with.
         before: the token before ``token`` (negative when there is none).
         token: the last token.
+
+    Returns:
+        The slot of the tri-gram row, else of the bigram row ``token``, else -1.
     """
     if before >= 0:
         slot = find_slot(keys, trigram_key(vocab_size, before, token))
@@ -130,7 +136,16 @@ def successor_row(keys: np.ndarray, vocab_size: int, before: int, token: int) ->
 
 @numba.njit(cache=True)
 def trigram_key(vocab_size: int, before: int, token: int) -> int:
-    """The table key of context ``(before, token)``; bigram rows use the token id itself as key."""
+    """The table key of context ``(before, token)``; bigram rows use the token id itself as key.
+
+    Args:
+        vocab_size: the model's vocabulary size.
+        before: the earlier token id (>= 0).
+        token: the later token id.
+
+    Returns:
+        ``(before + 1) * vocab_size + token``, never equal to a bigram key.
+    """
     return (before + 1) * vocab_size + token
 
 
@@ -205,7 +220,15 @@ class TrigramTable:
         return self.keys.nbytes + self.ids.nbytes + self.weights.nbytes + self.stamps.nbytes
 
     def context_keys(self, before: np.ndarray, token: np.ndarray) -> np.ndarray:
-        """``[m]`` int64 keys of the tri-gram contexts ``(before[i], token[i])``."""
+        """The keys of many tri-gram contexts at once.
+
+        Args:
+            before: ``[m]`` earlier token ids.
+            token: ``[m]`` later token ids.
+
+        Returns:
+            ``[m]`` int64 keys of the contexts ``(before[i], token[i])``.
+        """
         return (before.astype(np.int64) + 1) * self.vocab_size + token.astype(np.int64)
 
     def update(self, keys: np.ndarray, ids: np.ndarray, probs: np.ndarray, rate: float) -> None:
@@ -231,7 +254,11 @@ class TrigramTable:
         )
 
     def evict(self, keep: int) -> None:
-        """Keeps only the ``keep`` most recently updated contexts."""
+        """Keeps only the most recently updated contexts.
+
+        Args:
+            keep: how many contexts to keep (0 empties the table).
+        """
         used = np.flatnonzero(self.keys != EMPTY)  # [count]
         newest = used[np.argsort(self.stamps[used], kind="stable")[used.size - keep:]] if keep > 0 else used[:0]
         keys = np.full_like(self.keys, EMPTY)
@@ -260,7 +287,11 @@ class TrigramTable:
         return self.ids[slot][used].astype(np.int64), self.weights[slot][used].copy()
 
     def save(self, path: str | Path | BinaryIO) -> None:
-        """Writes the stored rows to an ``.npz`` file (a path or an open binary file)."""
+        """Writes the stored rows to an ``.npz`` file.
+
+        Args:
+            path: a path or an open binary file.
+        """
         used = np.flatnonzero(self.keys != EMPTY)
         np.savez_compressed(
             path, vocab_size=np.int64(self.vocab_size), keys=self.keys[used], ids=self.ids[used],
@@ -269,6 +300,9 @@ class TrigramTable:
 
     def load(self, path: str | Path) -> None:
         """Replaces the table's rows with those written by ``save`` (newest kept if over capacity).
+
+        Args:
+            path: the ``.npz`` file.
 
         Raises:
             ValueError: if the file is not a tri-gram table for this vocabulary size.
