@@ -34,7 +34,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
 
-# every prompt of every category (596 turns, ~7 h here), prompts taken in turn from each category;
+# every prompt of every category (599 turns, ~7 h here), prompts taken in turn from each category;
 # resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
 bench-full: setup
 	$(VENV)/bin/adaspec bench --new-tokens 128 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \

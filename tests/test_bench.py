@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,30 @@ def test_every_category_loads_offline_with_unique_ids() -> None:
         assert all(p.category == category and p.turns and all(t.strip() for t in p.turns) for p in prompts)
     assert len(load_prompts(["mt-bench"])) == 80 and all(len(p.turns) == 2 for p in load_prompts(["mt-bench"]))
     assert len(load_prompts(["humaneval"])) == 164 and not load_prompts(["humaneval"])[0].chat
+
+
+def test_own_text_prompts_come_from_the_shipped_snapshot_which_can_be_remade(tmp_path) -> None:
+    from adaspec.bench.own_texts import PACKAGE_DIR, load_own_texts, snapshot_own_texts, write_snapshot
+    from adaspec.bench.prompts import README_QUESTIONS
+
+    shipped = load_own_texts()
+    assert len(load_prompts(["summarise"])) == len(shipped["modules"])
+    assert len(load_prompts(["code-edit"])) == len(shipped["functions"])
+    headings = [heading for _, heading in README_QUESTIONS]
+    remade = snapshot_own_texts(PACKAGE_DIR, PACKAGE_DIR.parent / "README.md", headings)
+    assert all(remade["readme_sections"][h].startswith(h) for h in headings)  # every heading still exists
+    write_snapshot(remade, tmp_path / "texts.json")
+    assert load_own_texts(tmp_path / "texts.json") == remade
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(AdaspecError, match="not a prompt snapshot"):
+        load_own_texts(tmp_path / "bad.json")
+
+
+def test_a_prompt_digest_names_what_was_asked_up_to_a_turn() -> None:
+    chat = load_prompts(["mt-bench"], 1)[0]
+    assert chat.digest(0) == chat.digest(0) and chat.digest(0) != chat.digest(1)
+    assert replace(chat, chat=False).digest(0) != chat.digest(0)
+    assert replace(chat, turns=(chat.turns[0], "Something else?")).digest(0) == chat.digest(0)
 
 
 def test_limit_and_bad_options() -> None:

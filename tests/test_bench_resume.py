@@ -46,6 +46,31 @@ def test_complete_turns_leaves_out_a_turn_some_methods_missed() -> None:
     assert complete_turns(records, ["none", "lookup"]) == records[:2]
 
 
+def test_a_later_record_of_the_same_turn_and_method_replaces_the_earlier() -> None:
+    old_none, old_lookup, new_none = record("none", "a", 1.0), record("lookup", "a", 1.0), record("none", "a", 2.0)
+    assert complete_turns([old_none, old_lookup, new_none], ["none", "lookup"]) == [new_none, old_lookup]
+
+
+def test_resume_reruns_a_turn_whose_prompt_changed_and_reuses_the_rest() -> None:
+    from dataclasses import replace
+
+    from adaspec import load
+    from adaspec.bench.prompts import load_prompts
+    from adaspec.bench.runner import build_methods, run_benchmark
+
+    model = load()
+    methods = build_methods(model, ["lookup"])
+    prompts = load_prompts(["math"], 2)
+    first = run_benchmark(model, prompts, methods, 8, progress=False)
+    assert all(r.prompt_digest == prompts[0].digest(0) for r in first[:2])
+    edited = [prompts[0], replace(prompts[1], turns=(prompts[1].turns[0] + " Answer briefly.",))]
+    assert edited[1].digest(0) != prompts[1].digest(0)
+    made: list[RunRecord] = []
+    second = run_benchmark(model, edited, methods, 8, progress=False, on_record=made.append, done=first)
+    assert second[:2] == first[:2]  # the unchanged turn is reused as it was
+    assert [(r.prompt_id, r.prompt_digest) for r in made] == [(edited[1].id, edited[1].digest(0))] * 2
+
+
 def test_an_interrupted_run_returns_whole_turns_only() -> None:
     from adaspec import load
     from adaspec.bench.prompts import load_prompts

@@ -33,17 +33,24 @@ def turn_key(record: RunRecord) -> tuple[str, str, int]:
 
 
 def complete_turns(records: Sequence[RunRecord], methods: Sequence[str]) -> list[RunRecord]:
-    """The records of the turns every method ran, in their order (a turn cut short is left out).
+    """The records of the turns every method ran (a turn cut short is left out).
+
+    A record for a (turn, method) seen before replaces the earlier one: a resumed run reruns
+    a turn whose prompt has changed and appends the new records after the old.
 
     Args:
-        records: records as read back from a checkpoint, turn by turn.
+        records: records as read back from a checkpoint, in the order they were written.
         methods: the method names a turn must hold to count as complete.
 
     Returns:
-        The records of complete turns only.
+        The latest record of each (turn, method) of complete turns, in first-written order.
     """
-    counts = Counter(turn_key(r) for r in records if r.method in methods)
-    return [r for r in records if r.method in methods and counts[turn_key(r)] == len(methods)]
+    latest: dict[tuple[tuple[str, str, int], str], RunRecord] = {}
+    for record in records:
+        if record.method in methods:
+            latest[(turn_key(record), record.method)] = record
+    counts = Counter(key for key, _ in latest)
+    return [record for (key, _), record in latest.items() if counts[key] == len(methods)]
 
 
 class Checkpoint:

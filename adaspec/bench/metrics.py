@@ -28,6 +28,8 @@ class RunRecord:
         prefill_s: time running the prompt (adaspec methods only).
         plain_steps: steps that verified no draft (adaspec methods only).
         peak_rss_mb: the process's peak resident memory during this generation (Linux only).
+        prompt_digest: identifies the user turns asked up to this one (``BenchPrompt.digest``), so a
+            resumed run reuses a record only for the very same prompt.
     """
 
     prompt_id: str
@@ -44,6 +46,7 @@ class RunRecord:
     prefill_s: float | None = None
     plain_steps: int | None = None
     peak_rss_mb: float | None = None
+    prompt_digest: str | None = None
 
     @classmethod
     def from_stats(cls, prompt_id: str, category: str, method: str, turn: int, token_ids: list[int], stats: GenerationStats) -> RunRecord:

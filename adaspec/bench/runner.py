@@ -229,7 +229,8 @@ def run_benchmark(
         progress: show a progress bar.
         on_record: called with each record as it is made.
         done: records of an earlier run with the same settings (``--resume``); the turns
-            they hold for every method are taken from them, not run again.
+            they hold for every method, made on the same prompt, are taken from them, not
+            run again.
 
     Returns:
         One record per method, prompt and turn: turn by turn, methods in the given order.
@@ -259,11 +260,11 @@ def run_benchmark(
                 else:
                     ids = encoder.encode(text, chat=False)
                 kept = earlier.get((prompt.category, prompt.id, turn), {})
-                if all(method.name in kept for method in methods):
+                if all(method.name in kept and kept[method.name].prompt_digest == prompt.digest(turn) for method in methods):
                     made = [kept[method.name] for method in methods]
                     bar.update(len(methods))
-                else:
-                    made = run_turn(methods, rotation, ids, new_tokens, (prompt.id, prompt.category, turn), memory, bar, on_record)
+                else:  # not run yet, or run on a prompt that has changed since
+                    made = run_turn(methods, rotation, ids, new_tokens, prompt, turn, memory, bar, on_record)
                 rotation += 1
                 records.extend(made)  # whole turns only, so an interrupted run stays comparable
                 history.append({"role": "assistant", "content": model.tokenizer.decode(made[0].token_ids, skip_special_tokens=True)})
@@ -274,7 +275,7 @@ def run_benchmark(
     return records
 
 
-def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_tokens: int, prompt: BenchPrompt, turn: int,
              memory: PeakMemory, bar: tqdm, on_record: Callable[[RunRecord], None] | None) -> list[RunRecord]:
     """Runs every method on one turn, starting at ``methods[rotation % len(methods)]``.
 
@@ -283,7 +284,8 @@ def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_toke
         rotation: which method goes first this turn, so that no method always runs first.
         ids: ``[p]`` int64 prompt token ids.
         new_tokens: the most tokens each method generates.
-        label: (prompt id, category, turn).
+        prompt: the prompt the turn belongs to.
+        turn: the turn's index in ``prompt.turns``.
         memory: tracks the process's peak resident memory per generation.
         bar: the progress bar, advanced once per generation.
         on_record: called with each record as soon as it is made (for checkpoints).
@@ -292,14 +294,16 @@ def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_toke
         The records in the order of ``methods`` (the baseline's first).
     """
     start = rotation % len(methods)
+    label = (prompt.id, prompt.category, turn)
     made: dict[str, RunRecord] = {}
     for method in list(methods[start:]) + list(methods[:start]):
         memory.reset()
         record = method.run(ids, new_tokens, label)
         record.peak_rss_mb = memory.read()
+        record.prompt_digest = prompt.digest(turn)
         made[method.name] = record
         if on_record:
             on_record(record)
-        bar.set_postfix_str(f"{label[1]} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
+        bar.set_postfix_str(f"{prompt.category} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
         bar.update()
     return [made[method.name] for method in methods]
