@@ -106,5 +106,9 @@ if __name__ == "__main__":
     parser.add_argument("--readme", type=Path, default=PACKAGE_DIR.parent / "README.md")
     parser.add_argument("--out", type=Path, default=SNAPSHOT_FILE)
     args = parser.parse_args()
-    write_snapshot(snapshot_own_texts(args.package_dir, args.readme, [heading for _, heading in README_QUESTIONS]), args.out)
+    try:
+        texts = snapshot_own_texts(args.package_dir, args.readme, [heading for _, heading in README_QUESTIONS])
+        write_snapshot(texts, args.out)
+    except (OSError, SyntaxError) as error:
+        raise SystemExit(f"own_texts: error: {error}") from None
     print(f"wrote {args.out}")
