@@ -30,7 +30,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~12 min here)
+# every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~15 min here)
 bench: setup
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
 

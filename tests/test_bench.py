@@ -148,11 +148,12 @@ def test_auto_methods_add_calibration_and_the_cost_profile_to_the_report(tmp_pat
     meta = {"model": "m", "config": {"new_tokens": 10, "dtype": "float32", "prompts": 1, "generations": 1},
             "machine": {"cpu_threads": 2}}
     written = write_report(tmp_path, runs, summarise(runs, baseline="none"), meta,
-                           {"lookup@auto": reliability.to_dict()}, profile)
+                           {"lookup@auto": reliability.to_dict() | {"turns": 3}}, profile)
     assert {"calibration.png", "profile.png"} <= {p.name for p in written}
     table = (tmp_path / "results.md").read_text()
     assert "| lookup@auto | 0.283 |" in table  # (|0.15 + 0.15 - 1| + |0.85 - 1|) / 3 nodes
     assert "0.15 → 0.50, 2" in table and "| ms | 50.0 | 70.0 | 90.0 |" in table
+    assert "Calibration of `@auto` (over the 3 turns this process ran;" in table
     assert "| none | 10.0 | 1.00x | 1.00 | 100% |" in table and "| 40% |" in table
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["profile"]["key"] == "test-profile" and data["calibration"]["lookup@auto"]["nodes"][1] == 2

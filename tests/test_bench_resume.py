@@ -69,6 +69,7 @@ def test_resume_reruns_a_turn_whose_prompt_changed_and_reuses_the_rest() -> None
     second = run_benchmark(model, edited, methods, 8, progress=False, on_record=made.append, done=first)
     assert second[:2] == first[:2]  # the unchanged turn is reused as it was
     assert [(r.prompt_id, r.prompt_digest) for r in made] == [(edited[1].id, edited[1].digest(0))] * 2
+    assert [m.turns_run for m in methods] == [3, 3]  # 2 turns, then 1 rerun: what @auto calibration covers
 
 
 def test_an_interrupted_run_returns_whole_turns_only() -> None:

@@ -71,7 +71,9 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
             cells.append(f"{s['speedup']:.2f}x" + (f" ({s['mat']:.2f})" if s["mat"] is not None else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if calibration:
-        lines += ["", "Calibration of `@auto` (verified draft nodes binned by predicted acceptance: "
+        turns = {table.get("turns") for table in calibration.values()}
+        scope = f"over the {turns.pop()} turns this process ran; " if len(turns) == 1 and None not in turns else ""
+        lines += ["", f"Calibration of `@auto` ({scope}verified draft nodes binned by predicted acceptance: "
                   "predicted → observed, nodes; calibration error = mean |predicted − observed| per node):", "",
                   "| method | error | " + " | ".join(f"{b / 10:.1f}–{(b + 1) / 10:.1f}" for b in range(10)) + " |",
                   "|---|---|" + "---|" * 10]

@@ -77,16 +77,25 @@ class AdaspecMethod:
         self.name = name
         self.generator = Generator(model, drafter=drafter, budget=budget)
         self.temperature = temperature
+        self.turns_run = 0  # benchmark turns this object generated (warm-up excluded)
 
     def calibration(self) -> dict | None:
-        """With ``@auto``: predicted against observed acceptance so far (see ``budget.Reliability``)."""
+        """With ``@auto``: predicted against observed acceptance so far (see ``budget.Reliability``).
+
+        Returns:
+            The reliability table, the sizer's exploration count and ``turns``, the number of turns
+            it covers (on ``--resume``, only those this process ran); None without ``@auto``.
+        """
         sizer = self.generator.sizer
-        return None if sizer is None else {**sizer.reliability.to_dict(), "explorations": sizer.explorations}
+        if sizer is None:
+            return None
+        return {**sizer.reliability.to_dict(), "explorations": sizer.explorations, "turns": self.turns_run}
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
         """Generates with the drafter (see ``Method.run``)."""
         out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
                                       seed=turn_seed(label))
+        self.turns_run += label[0] != "warm-up"
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
 
 
