@@ -29,6 +29,7 @@ from adaspec.loading import LoadedModel
 
 BASELINE = "none"
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
+WARM_UP = ("warm-up", "warm-up", 0)  # the label of the untimed generation each method makes first
 
 
 class BenchInterrupted(Exception):
@@ -95,7 +96,7 @@ class AdaspecMethod:
         """Generates with the drafter (see ``Method.run``)."""
         out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
                                       seed=turn_seed(label))
-        self.turns_run += label[0] != "warm-up"
+        self.turns_run += label != WARM_UP
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
 
 
@@ -253,7 +254,7 @@ def run_benchmark(
     encoder = Generator(model, drafter=BASELINE)
     warm_ids = encoder.encode("Say hello.", chat=None)
     for method in methods:  # warm-up, excluded
-        method.run(warm_ids, 8, ("warm-up", "warm-up", 0))
+        method.run(warm_ids, 8, WARM_UP)
     memory = PeakMemory()
     total = len(methods) * sum(len(p.turns) for p in prompts)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
