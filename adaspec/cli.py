@@ -21,15 +21,15 @@ from adaspec.bench.checkpoint import Checkpoint
 from adaspec.bench.metrics import summarise
 from adaspec.bench.prompts import CATEGORIES, load_prompts
 from adaspec.bench.report import write_report
-from adaspec.bench.runner import AdaspecMethod, BenchInterrupted, build_methods, check_method_names, method_names, run_benchmark
+from adaspec.bench.runner import (AdaspecMethod, BenchInterrupted, build_methods, check_method_names,
+                                  default_method_names, method_names, run_benchmark)
 from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
-from adaspec.backends import HFBackend
 from adaspec.bench.report import write_profile_plot
-from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile, profile_key
+from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile
 from adaspec.engine import AUTO, DEFAULT_BUDGET, Generation, Generator
 from adaspec.errors import AdaspecError
-from adaspec.loading import DTYPES, load
+from adaspec.loading import BACKENDS, DTYPES, load
 from adaspec.prior import build_prior, read_texts, write_prior
 from adaspec.sampling import SamplingParams
 
@@ -53,7 +53,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = OneLineParser(prog="adaspec", description="Lossless speculative decoding for Hugging Face causal LMs.")
+    parser = OneLineParser(prog="adaspec", description="Lossless speculative decoding on transformers or llama.cpp.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
@@ -72,13 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (default: 0, all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens holding this probability (default: 1.0)")
     gen.add_argument("--seed", type=int, default=None, help="seed for sampling; the same seed gives the same text (default: random)")
+    add_backend_options(gen)
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
 
     bench = commands.add_parser("bench", help="benchmark drafters against plain decoding and transformers' methods")
     bench.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded model)")
     bench.add_argument("--categories", default=None, help=f"comma-separated, from: {', '.join(CATEGORIES)} (default: all)")
-    bench.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(method_names())}; NAME@N sets a budget (default: all)")
+    bench.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(method_names())}; NAME@N sets a budget; hf-* run on --backend hf, llama.cpp-* on --backend llama.cpp (default: every drafter and the backend's peers)")
     bench.add_argument("--limit", type=int, default=None, help="the most prompts per category")
     bench.add_argument("--new-tokens", type=int, default=256, help="the most tokens per generation (default: 256)")
     bench.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help=f"tree nodes per step (default: {DEFAULT_BUDGET})")
@@ -86,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="report folder (default: bench-out)")
     bench.add_argument("--resume", action="store_true",
                        help="go on from the records an interrupted run left in --out (same settings), running only the missing turns")
+    add_backend_options(bench)
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32")
 
     profile = commands.add_parser("profile", help="show (and measure) the verify cost by tree size that --budget auto uses")
     profile.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded model)")
+    add_backend_options(profile)
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--dtype", default="float32")
     profile.add_argument("--remeasure", action="store_true", help="measure again instead of using the cached profile")
@@ -104,6 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--out", type=Path, required=True, help="the .npz file to write (use as aded:prior_path=FILE)")
     build.add_argument("--capacity", type=int, default=AdedConfig.capacity, help=f"the most contexts kept (default: {AdedConfig.capacity})")
     return parser
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--backend`` and ``--exact/--no-exact`` to a subcommand.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    parser.add_argument("--backend", default="hf", choices=BACKENDS,
+                        help="the runtime: hf (transformers) or llama.cpp (a GGUF file; make llamacpp) (default: hf)")
+    parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
+                        help="llama.cpp only: batch-invariant chain verification (equals plain decoding) or, with "
+                             "--no-exact, trees on the default kernels (default: exact when the build allows it)")
+
+
+def load_for(args: argparse.Namespace):
+    """Loads the model a subcommand's options name (``--model``, ``--backend``, ``--device``...).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The ``LoadedModel``.
+
+    Raises:
+        AdaspecError: as ``adaspec.load``.
+    """
+    return load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, exact=args.exact)
 
 
 def budget_value(text: str) -> int | str:
@@ -134,15 +165,14 @@ def run_profile(args: argparse.Namespace) -> int:
     Returns:
         The exit code.
     """
-    model = load(args.model, device=args.device, dtype=args.dtype)
-    backend = HFBackend(model.model)
-    key = profile_key(model.name, backend.device, backend.dtype)
-    path = default_profile_path(key)
+    model = load_for(args)
+    backend = model.new_backend()
+    path = default_profile_path(backend.profile_key)
     if args.remeasure or not path.exists():
         print(f"measuring tree forwards of {', '.join(map(str, PROFILE_SIZES))} nodes...", file=sys.stderr)
-        measure_profile(backend, model.vocab_size, key).save(path)
-    profile = load_or_measure_profile(model, backend, path)
-    print(f"verify cost by tree size · {key} · {path}")
+        measure_profile(backend).save(path)
+    profile = load_or_measure_profile(backend, path)
+    print(f"verify cost by tree size · {profile.key} · {path}")
     print("| nodes | " + " | ".join(str(s) for s in profile.sizes) + " |")
     print("|---|" + "---|" * len(profile.sizes))
     print("| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |")
@@ -151,6 +181,20 @@ def run_profile(args: argparse.Namespace) -> int:
         write_profile_plot(profile, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def backend_label(model) -> str:
+    """The runtime a benchmark ran on, as its report names it (``hf``, ``llama.cpp exact``...).
+
+    Args:
+        model: the loaded model.
+
+    Returns:
+        The label.
+    """
+    if model.weights is None:
+        return model.runtime
+    return f"{model.runtime} {model.weights.configuration}"
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -183,12 +227,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise AdaspecError(f"--budget must be at least 1, got {args.budget}")
     SamplingParams(args.temperature)  # validates the temperature
     prompts = load_prompts(split_list(args.categories), args.limit)  # validates categories and limit
-    names = split_list(args.methods) or method_names()
+    names = split_list(args.methods) or default_method_names(args.backend)
     check_method_names(names)
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load_for(args)
     methods = build_methods(model, names, args.budget, args.temperature)
     meta = report_meta(" ".join(["adaspec"] + sys.argv[1:]), model.name, prompts, [m.name for m in methods],
-                       args.new_tokens, args.budget, args.dtype, args.device, args.temperature)
+                       args.new_tokens, args.budget, args.dtype, args.device, args.temperature, backend_label(model))
     checkpoint = Checkpoint(args.out / "records.jsonl", model.name, meta["config"])
     done = checkpoint.resume() if args.resume else checkpoint.start()
     interrupted = False
@@ -292,7 +336,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise AdaspecError("the prompt is empty")
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load_for(args)
     generator = Generator(model, drafter=args.drafter, budget=args.budget)
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, temperature=sampling.temperature,
                    top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)

@@ -1,6 +1,7 @@
 """The decode loop: draft -> verify -> accept -> compact -> observe.
 
-This is the only module that knows both a drafter and a model backend.
+This is the only module that knows both a drafter and a model backend, and it knows the backend
+only through the protocol in ``adaspec.backends.base``: numpy arrays in and out, no tensors.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
-import torch
 
-from adaspec.backends.hf import HFBackend
+from adaspec.backends.base import Backend, Pick
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, StepFeedback, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 from adaspec.output import OutputTracker
-from adaspec.sampling import SamplingParams, target_probs
+from adaspec.sampling import SamplingParams
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
-from adaspec.verify import greedy_accept, sample_accept, sample_tokens, top_candidates
+from adaspec.verify import greedy_accept
 
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
@@ -67,6 +67,12 @@ class TextStream:
             self.result = done.value
             raise
 
+    def close(self) -> None:
+        """Stops generating now and frees the request's cache (for a caller that walks away)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
 
 class Generator:
     """Lossless speculative decoding (greedy or sampled) for one model with one drafter.
@@ -82,7 +88,9 @@ class Generator:
             expected tokens per second under the measured verify cost (possibly only the root).
         max_context: cap on prompt + output tokens; at most the model's own limit.
         profile: for ``"auto"``: a ``LatencyProfile`` or its JSON file; None measures one
-            at first use and caches it per model / device / dtype / thread count.
+            at first use and caches it per backend / model / device / dtype / thread count.
+        backend: the runtime to decode with; None makes a new one of the kind the model was
+            loaded for (``adaspec.load(..., backend=...)``).
 
     Raises:
         AdaspecError: for an unknown drafter or a budget < 1.
@@ -95,15 +103,16 @@ class Generator:
         budget: int | str = DEFAULT_BUDGET,
         max_context: int | None = None,
         profile: LatencyProfile | str | Path | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if budget != AUTO and (not isinstance(budget, int) or budget < 1):
             raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
         self.model = model
-        self.backend = HFBackend(model.model)
+        self.backend = backend if backend is not None else model.new_backend()
         self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
         self.sizer: TreeSizer | None = None  # sizes each step's tree when the budget is "auto"
         if budget == AUTO:
-            self.sizer = TreeSizer(load_or_measure_profile(model, self.backend, profile))
+            self.sizer = TreeSizer(load_or_measure_profile(self.backend, profile))
             budget = self.sizer.profile.max_size
         self.budget = int(budget)
         self.max_context = min(max_context or model.max_context, model.max_context)
@@ -220,24 +229,28 @@ class Generator:
         return TextStream(self._decode(prompt_ids, min(max_new_tokens, room), list(stop), sampling))
 
     def _decode(self, prompt_ids: np.ndarray, limit: int, stop: list[str], sampling: SamplingParams) -> Iterator[str]:
+        try:
+            return (yield from self._steps(prompt_ids, limit, stop, sampling))
+        finally:
+            self.backend.release()
+
+    def _steps(self, prompt_ids: np.ndarray, limit: int, stop: list[str], sampling: SamplingParams) -> Iterator[str]:
         stats = GenerationStats(prompt_tokens=int(prompt_ids.size))
         output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, stop, limit)
         context = np.empty(prompt_ids.size + limit, dtype=np.int64)  # [p + limit] prompt then output
         context[: prompt_ids.size] = prompt_ids
         length = prompt_ids.size
+        feedback_k = self.drafter.feedback_top_k
         started = time.perf_counter()
 
         # one uniform number per output position, drawn up front: the text depends on the seed only.
         # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
-        uniforms = None if sampling.greedy else torch.rand(limit, generator=sampling.make_generator(), dtype=torch.float64)  # [limit]
+        uniforms = None if sampling.greedy else sampling.uniforms(limit)  # [limit]
         self.drafter.begin(prompt_ids)
         if self.sizer is not None:
             self.sizer.begin((sampling.temperature, sampling.top_k, sampling.top_p))
-        logits = self.backend.prefill(prompt_ids)  # [V]
-        if uniforms is None:
-            pending = int(logits.argmax())
-        else:
-            pending = int(sample_tokens(target_probs(logits[None], sampling), uniforms[:1])[0])
+        first = self.backend.prefill(prompt_ids, Pick(sampling, None if uniforms is None else uniforms[:1], 0))
+        pending = int(first.tokens[0])
         stats.prefill_s = time.perf_counter() - started
         output.extend([pending])
         context[length] = pending
@@ -249,28 +262,25 @@ class Generator:
             tick = time.perf_counter()
             tree = self.drafter.propose(context[:length], budget)
             self._check_tree(tree, pending, budget)
+            if self.backend.chain_only:
+                tree = tree.first_chain()
             if self.sizer is not None:
                 tree = self.sizer.size(tree)
             tock = time.perf_counter()
             stats.draft_s += tock - tick
 
-            start = self.backend.cache_len
-            logits = self.backend.forward_tree(tree)  # [n, V]
-            if uniforms is None:
-                greedy = logits.argmax(dim=-1).cpu().numpy()  # [n]
-                accepted = greedy_accept(tree, greedy)  # [k]
-                pending = int(greedy[accepted[-1]])
-            else:
-                position = len(output.ids)  # the output index of the token after the root
-                accepted, pending = sample_accept(tree, target_probs(logits, sampling), uniforms[position:])
-            self.backend.commit(start, accepted)
+            position = len(output.ids)  # the output index of the token after the root
+            node_uniforms = None if uniforms is None else uniforms[position + tree.depth]  # [n]
+            verified = self.backend.verify(tree, Pick(sampling, node_uniforms, feedback_k))
+            accepted = greedy_accept(tree, verified.tokens)  # [k]
+            pending = int(verified.tokens[accepted[-1]])
+            self.backend.commit(accepted)
             tick = time.perf_counter()
             stats.verify_s += tick - tock
 
             if self.sizer is not None:
                 self.sizer.update(tree, accepted)
-            topk_ids, topk_probs = top_candidates(logits, self.drafter.feedback_top_k)  # [n, K] each
-            self.drafter.observe(StepFeedback(tree, accepted, pending, topk_ids, topk_probs))
+            self.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs))
             stats.draft_s += time.perf_counter() - tick
             stats.record_step(tree.size, accepted.size)
 

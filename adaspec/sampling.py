@@ -2,13 +2,14 @@
 
 The target distribution at a position is the model's next-token distribution after, in
 this order, temperature, top-k and top-p (the order transformers' ``generate`` applies
-them). Speculative sampling must reproduce exactly this distribution (``verify.sample_accept``).
+them). Speculative sampling must reproduce exactly this distribution (``verify.greedy_accept`` over tokens from ``sample_tokens``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from adaspec.errors import AdaspecError
@@ -55,6 +56,17 @@ class SamplingParams:
             generator.manual_seed(self.seed)
         return generator
 
+    def uniforms(self, count: int) -> np.ndarray:
+        """The request's uniform numbers, one per output position, drawn up front from its seed.
+
+        Args:
+            count: output positions.
+
+        Returns:
+            ``[count]`` float64 in [0, 1).
+        """
+        return torch.rand(count, generator=self.make_generator(), dtype=torch.float64).numpy()
+
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution to sample from at each position.
@@ -77,3 +89,20 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop[:, -1] = False  # always keep the most likely token
         scaled = scaled.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.softmax(scaled, dim=-1)
+
+
+def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling with the given uniform numbers.
+
+    Args:
+        probs: ``[n, V]`` float64 target distributions (rows sum to 1).
+        uniforms: ``[n]`` float64 numbers in [0, 1), one per row, on the same device.
+
+    Returns:
+        ``[n]`` int64 on the same device: per row, the first token whose cumulative probability
+        exceeds its uniform (never a zero-probability token).
+    """
+    cdf = probs.cumsum(dim=-1)  # [n, V]
+    thresholds = (uniforms * cdf[:, -1]).unsqueeze(-1)  # [n, 1]
+    picked = torch.searchsorted(cdf, thresholds, right=True).squeeze(-1)  # [n]
+    return picked.clamp_(max=probs.shape[-1] - 1)

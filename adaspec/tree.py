@@ -130,6 +130,19 @@ class DraftTree:
             return self
         return DraftTree(self.tokens[:size], self.parents[:size], None if self.scores is None else self.scores[:size])
 
+    def first_chain(self) -> DraftTree:
+        """The chain that follows each node's first child (the drafter's top-ranked one).
+
+        Returns:
+            The tree itself when it already is a chain, else the chain's nodes re-indexed.
+        """
+        if np.array_equal(self.parents, np.arange(-1, self.size - 1)):
+            return self
+        path = [0]
+        while self.children[path[-1]]:
+            path.append(self.children[path[-1]][0])
+        return self.subtree(np.array(path, dtype=np.int64))
+
     def subtree(self, keep: np.ndarray) -> DraftTree:
         """The nodes ``keep``, re-indexed.
 

@@ -33,10 +33,9 @@ def test_tree_forward_and_compaction(family) -> None:
     model = tiny(family)
     backend = HFBackend(model)
     prompt = np.arange(10, 30)
-    backend.prefill(prompt)
-    start = backend.cache_len
+    backend.prefill_logits(prompt)
     tree = DraftTree(np.array([5, 6, 7, 8, 9, 10]), np.array([-1, 0, 0, 1, 3, 2]))
-    logits = backend.forward_tree(tree)  # [n, V]
+    logits = backend.tree_logits(tree)  # [n, V]
     with torch.inference_mode():
         for node in range(tree.size):
             ids = prompt.tolist() + tree.tokens[tree.path_to(node)].tolist()
@@ -44,7 +43,7 @@ def test_tree_forward_and_compaction(family) -> None:
             assert torch.allclose(logits[node], expected, atol=TOLERANCE, rtol=0), (family, node)
 
     accepted = tree.path_to(4)  # [0, 1, 3, 4]
-    backend.commit(start, accepted)
+    backend.commit(accepted)
     reference = DynamicCache(config=model.config)
     with torch.inference_mode():
         model(torch.tensor([prompt.tolist() + tree.tokens[accepted].tolist()]), past_key_values=reference, use_cache=True)

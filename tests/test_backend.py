@@ -37,10 +37,10 @@ def sequential_logits(model, ids: list[int]) -> torch.Tensor:
 def test_tree_forward_matches_each_path_run_sequentially(model) -> None:
     backend = HFBackend(model.model)
     prompt = prompt_ids(model)
-    backend.prefill(prompt[:-1])  # the last prompt token plays the pending root
+    backend.prefill_logits(prompt[:-1])  # the last prompt token plays the pending root
     tree = sample_tree()
     tree = DraftTree(np.concatenate([[prompt[-1]], tree.tokens[1:]]), tree.parents)
-    logits = backend.forward_tree(tree)  # [n, V]
+    logits = backend.tree_logits(tree)  # [n, V]
     assert logits.shape == (tree.size, model.vocab_size)
     for node in range(tree.size):
         path_tokens = tree.tokens[tree.path_to(node)].tolist()
@@ -51,13 +51,13 @@ def test_tree_forward_matches_each_path_run_sequentially(model) -> None:
 def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
     backend = HFBackend(model.model)
     prompt = prompt_ids(model)
-    backend.prefill(prompt[:-1])
+    backend.prefill_logits(prompt[:-1])
     start = backend.cache_len
     tree = sample_tree()
     tree = DraftTree(np.concatenate([[prompt[-1]], tree.tokens[1:]]), tree.parents)
-    backend.forward_tree(tree)
+    backend.tree_logits(tree)
     accepted = tree.path_to(7)  # [0, 1, 3, 4, 7]: needs moving (node 7 sits after 5 and 6)
-    backend.commit(start, accepted)
+    backend.commit(accepted)
     assert backend.cache_len == start + accepted.size
 
     reference = DynamicCache(config=model.model.config)
@@ -70,14 +70,14 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
         assert torch.allclose(ours.values, theirs.values, atol=CACHE_TOLERANCE, rtol=0)
 
     # decoding continues correctly from the compacted cache
-    next_logits = backend.forward_tree(DraftTree.root_only(11))[0]
+    next_logits = backend.tree_logits(DraftTree.root_only(11))[0]
     assert torch.allclose(next_logits, sequential_logits(model, ids + [11]), atol=LOGIT_TOLERANCE, rtol=0)
 
 
 def test_prefill_in_chunks_matches_one_pass(model) -> None:
     prompt = prompt_ids(model, "One two three four five six seven eight nine ten eleven twelve.")
-    whole = HFBackend(model.model).prefill(prompt)
-    chunked = HFBackend(model.model, prefill_chunk=5).prefill(prompt)
+    whole = HFBackend(model.model).prefill_logits(prompt)
+    chunked = HFBackend(model.model, prefill_chunk=5).prefill_logits(prompt)
     assert torch.allclose(whole, chunked, atol=LOGIT_TOLERANCE, rtol=0)
 
 
@@ -89,9 +89,9 @@ def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(m
     plain = HFBackend(model.model)
     plain.head_weight = None  # the model's own forward
     prompt = prompt_ids(model)
-    assert torch.allclose(fast.prefill(prompt[:-1]), plain.prefill(prompt[:-1]), atol=LOGIT_TOLERANCE, rtol=0)
+    assert torch.allclose(fast.prefill_logits(prompt[:-1]), plain.prefill_logits(prompt[:-1]), atol=LOGIT_TOLERANCE, rtol=0)
     tree = DraftTree(np.concatenate([[prompt[-1]], sample_tree().tokens[1:]]), sample_tree().parents)
-    assert torch.allclose(fast.forward_tree(tree), plain.forward_tree(tree), atol=LOGIT_TOLERANCE, rtol=0)
+    assert torch.allclose(fast.tree_logits(tree), plain.tree_logits(tree), atol=LOGIT_TOLERANCE, rtol=0)
 
     model.model.config.logit_scale = 0.5  # a logit transform the head shortcut would miss
     try:

@@ -22,11 +22,18 @@ from adaspec.drafters import make_drafter
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
-from adaspec.sampling import SamplingParams, target_probs
+from adaspec.sampling import SamplingParams, sample_tokens, target_probs
 from adaspec.tree import DraftTree
-from adaspec.verify import sample_accept, sample_tokens
+from adaspec.verify import greedy_accept
 
 ALPHA = 1e-3  # significance level of every chi-square test here
+
+
+def sample_accept(tree: DraftTree, probs: torch.Tensor, uniforms: torch.Tensor) -> tuple[np.ndarray, int]:
+    """The engine's sampled acceptance: each node's token drawn with its position's uniform, then the walk."""
+    drawn = sample_tokens(probs, uniforms[torch.from_numpy(tree.depth)]).numpy()  # [n]
+    path = greedy_accept(tree, drawn)
+    return path, int(drawn[path[-1]])
 
 
 def chi_square_p_value(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> float:
@@ -129,7 +136,7 @@ def toy(model) -> LoadedModel:
     toy_model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         toy_model.lm_head.weight.mul_(8.0)  # spread the logits: 20-34 sequences of 3 tokens above 1%
-    return LoadedModel(toy_model, model.tokenizer, "toy", 64, frozenset())
+    return LoadedModel(model.tokenizer, "toy", 64, frozenset(), TOY_VOCAB, model=toy_model)
 
 
 def exact_joint(toy: LoadedModel, prompt: list[int], params: SamplingParams, length: int) -> np.ndarray:
@@ -179,10 +186,10 @@ def test_first_tokens_over_a_real_tree_follow_the_models_distribution(model) -> 
     warm = generator.generate(prompt, max_new_tokens=40)  # the drafter learns this answer
     context = np.concatenate([prompt, warm.token_ids[:6]])
     backend = HFBackend(model.model)
-    backend.prefill(context[:-1])
+    backend.prefill_logits(context[:-1])
     tree = generator.drafter.propose(context, budget=8)
     assert tree.size > 2
-    probs = target_probs(backend.forward_tree(tree), SamplingParams(0.7))  # [n, V]
+    probs = target_probs(backend.tree_logits(tree), SamplingParams(0.7))  # [n, V]
     draws = 20_000
     random = torch.Generator().manual_seed(0)
     first = np.zeros(model.vocab_size)

@@ -1,4 +1,4 @@
-"""One Hugging Face causal LM behind three calls: prefill, tree forward, commit.
+"""One Hugging Face causal LM behind the backend protocol: prefill, verify, commit.
 
 Tree attention uses only public transformers inputs: a 4-D additive ``attention_mask`` of
 shape ``[1, 1, n, L+n]`` (transformers passes 4-D masks through untouched) and
@@ -7,30 +7,53 @@ shape ``[1, 1, n, L+n]`` (transformers passes 4-D masks through untouched) and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
 from adaspec.backends.kv import compact
 from adaspec.tree import DraftTree
 
 
+def safe_name(text: str) -> str:
+    """A model name or path reduced to a file-name-safe word (its last path part).
+
+    Args:
+        text: the name or path.
+
+    Returns:
+        Letters, digits, ``-``, ``_`` and ``.`` only.
+    """
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(text).name or text)
+
+
 class HFBackend:
-    """Runs one model for one request at a time and owns its KV cache.
+    """Runs one transformers model for one request at a time and owns its KV cache.
 
     Args:
         model: a loaded ``AutoModelForCausalLM`` (any device, any float dtype).
         prefill_chunk: prompt tokens per prefill forward; bounds peak memory on long prompts.
+        model_name: the model's name or path, for ``profile_key``.
     """
 
-    def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096) -> None:
+    name = "hf"
+    chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
+
+    def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "") -> None:
         self.model = model
         self.device = model.device
         self.dtype = model.dtype
         self.prefill_chunk = prefill_chunk
         self.cache: DynamicCache | None = None
+        self._start = 0  # the cache length before the last tree forward
         self._mask_fill = torch.finfo(self.dtype).min  # additive "cannot attend" value
         self.head_weight = output_head_weight(model)  # [V, H] or None: use the model's own forward
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        dtype = str(self.dtype).removeprefix("torch.")
+        self.profile_key = f"hf-{safe_name(model_name or model.config.name_or_path or 'model')}-{self.device.type}-{dtype}-t{torch.get_num_threads()}"
 
     @property
     def cache_len(self) -> int:
@@ -41,8 +64,31 @@ class HFBackend:
         """Forgets the previous request's cache."""
         self.cache = DynamicCache(config=self.model.config)
 
+    def prefill(self, prompt_ids: np.ndarray, pick: Pick) -> NodeOutputs:
+        """Starts a request (see ``Backend.prefill``)."""
+        return pick_outputs(self.prefill_logits(prompt_ids)[None], pick)
+
+    def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
+        """One forward over the tree (see ``Backend.verify``)."""
+        return pick_outputs(self.tree_logits(tree), pick)
+
     @torch.inference_mode()
-    def prefill(self, token_ids: np.ndarray) -> torch.Tensor:
+    def commit(self, accepted: np.ndarray) -> None:
+        """Keeps only the accepted path's cache entries after a tree forward (see ``Backend.commit``)."""
+        keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
+        compact(self.cache, self._start, keep)
+
+    def release(self) -> None:
+        """Frees the request's cache."""
+        self.cache = None
+
+    def synchronize(self) -> None:
+        """Waits for queued CUDA work (timing)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def prefill_logits(self, token_ids: np.ndarray) -> torch.Tensor:
         """Runs the prompt into a fresh cache.
 
         Args:
@@ -60,10 +106,11 @@ class HFBackend:
         return logits[-1]  # [V]
 
     @torch.inference_mode()
-    def forward_tree(self, tree: DraftTree) -> torch.Tensor:
+    def tree_logits(self, tree: DraftTree) -> torch.Tensor:
         """Runs every tree node in one forward, each attending to the cache and its ancestors.
 
-        The cache grows by ``tree.size`` positions; ``commit`` must follow.
+        The cache grows by ``tree.size`` positions; ``commit`` must follow (it keeps what was
+        cached before this call).
 
         Args:
             tree: the draft tree; its root is the pending token.
@@ -71,7 +118,7 @@ class HFBackend:
         Returns:
             ``[n, V]`` float32 logits, row i predicting the token after node i's path.
         """
-        start = self.cache_len
+        start = self._start = self.cache_len
         n = tree.size
         ancestors = torch.from_numpy(tree.ancestor_mask).to(self.device)  # [n, n] bool
         mask = torch.zeros((1, 1, n, start + n), dtype=self.dtype, device=self.device)  # [1, 1, n, L+n]
@@ -98,17 +145,6 @@ class HFBackend:
         # W @ h^T rather than h @ W^T: same products, but for a few rows MKL then packs the
         # small activation instead of the [V, H] weight, 2-3x faster on CPU (README)
         return torch.mm(self.head_weight, hidden.t()).t().contiguous().float()  # [n, V]
-
-    @torch.inference_mode()
-    def commit(self, start: int, accepted: np.ndarray) -> None:
-        """Keeps only the accepted path's cache entries after a tree forward.
-
-        Args:
-            start: the cache length before the tree forward.
-            accepted: ``[k]`` int64 accepted node indices, root first, increasing.
-        """
-        keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
-        compact(self.cache, start, keep)
 
 
 # config fields that make a model's logits more than ``lm_head(hidden)``

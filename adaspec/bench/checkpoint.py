@@ -17,7 +17,7 @@ from adaspec.bench.metrics import RunRecord
 from adaspec.errors import AdaspecError
 
 # the settings that must match for old records to be comparable with new ones
-MATCHING = ("new_tokens", "budget", "dtype", "device", "temperature", "methods")
+MATCHING = ("new_tokens", "budget", "dtype", "device", "temperature", "methods", "backend")
 
 
 def turn_key(record: RunRecord) -> tuple[str, str, int]:

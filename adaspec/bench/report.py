@@ -23,6 +23,19 @@ def fmt(value: float | None, pattern: str) -> str:
     return "–" if value is None else pattern.format(value)
 
 
+def runtime(config: dict) -> str:
+    """What a report's methods ran on: ``hf float32``, ``llama.cpp exact``...
+
+    Args:
+        config: the report's config (reports made before ``backend`` was recorded ran on hf).
+
+    Returns:
+        The label.
+    """
+    backend = config.get("backend", "hf")
+    return f"{backend} {config['dtype']}" if backend == "hf" else backend
+
+
 def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile=None) -> str:
     """The Markdown report.
 
@@ -45,7 +58,7 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
     scope = (f"{config['prompts']} prompts ({config['generations']} turns)" if done == config["generations"] else
              f"partial run: {done} of {config['generations']} turns, taken in turn from each category")
     lines = [
-        f"Model: {meta['model']} · {decoding} · {config['new_tokens']} new tokens · {config['dtype']} · "
+        f"Model: {meta['model']} · {runtime(config)} · {decoding} · {config['new_tokens']} new tokens · "
         f"{meta['machine']['cpu_threads']} threads · {scope}",
         "",
         "| method | tokens/s | speedup | MAT | plain steps | draft ms/step | verify ms/step | other ms/step | peak MiB | outputs equal baseline |",
@@ -255,7 +268,7 @@ def write_report(out_dir: Path, records: Sequence[RunRecord], summary: dict, met
     extra = {"calibration": calibration or {}, "profile": asdict(profile) if profile is not None else None}
     (out_dir / "results.json").write_text(json.dumps({**meta, **extra, "summary": summary, "runs": [asdict(r) for r in records]}, indent=1))
     (out_dir / "results.md").write_text(markdown(summary, meta, calibration, profile))
-    title = f"{meta['model']} · {meta['config']['dtype']}"
+    title = f"{meta['model']} · {runtime(meta['config'])}"
     written = [out_dir / "results.json", out_dir / "results.md"] + plot(summary, out_dir, title)
     if calibration:
         write_calibration_plot(calibration, out_dir / "calibration.png")

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from adaspec.bench.checkpoint import turn_key
+from adaspec.bench.llamacpp_peers import LLAMACPP_PEERS, LlamaCppPeer
 from adaspec.bench.metrics import RunRecord
 from adaspec.bench.prompts import BenchPrompt
 from adaspec.drafters import drafter_names, parse_drafter_spec
@@ -128,9 +129,21 @@ class HFMethod:
 
 
 def method_names() -> list[str]:
-    """Every method ``build_methods`` knows: adaspec's drafter specs (``NAME[:key=value,...][@BUDGET]``)
-    and transformers' peers."""
-    return drafter_names() + list(HF_METHODS)
+    """Every method ``build_methods`` knows: adaspec's drafter specs (``NAME[:key=value,...][@BUDGET]``),
+    transformers' peers (hf backend) and llama-cpp-python's (llama.cpp backend)."""
+    return drafter_names() + list(HF_METHODS) + list(LLAMACPP_PEERS)
+
+
+def default_method_names(runtime: str) -> list[str]:
+    """What ``adaspec bench`` runs when no method is named: every drafter and the runtime's own peers.
+
+    Args:
+        runtime: ``hf`` or ``llama.cpp``.
+
+    Returns:
+        The method names.
+    """
+    return drafter_names() + list(HF_METHODS if runtime == "hf" else LLAMACPP_PEERS)
 
 
 def check_method_names(names: Sequence[str]) -> None:
@@ -145,7 +158,7 @@ def check_method_names(names: Sequence[str]) -> None:
     """
     for name in names:
         drafter, at, size = name.rpartition("@") if "@" in name else (name, "", "")
-        if drafter in HF_METHODS and not at:
+        if drafter in HF_METHODS + LLAMACPP_PEERS and not at:
             continue
         if drafter.partition(":")[0] not in drafter_names():
             raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
@@ -171,9 +184,15 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
         The methods, baseline first.
 
     Raises:
-        AdaspecError: for an unknown method or a malformed budget.
+        AdaspecError: for an unknown method, a malformed budget, or a peer of another runtime.
     """
     check_method_names(names)
+    for name in names:
+        if (name in HF_METHODS and model.runtime != "hf") or (name in LLAMACPP_PEERS and model.runtime != "llama.cpp"):
+            runtime = "hf" if name in HF_METHODS else "llama.cpp"
+            raise AdaspecError(f"method {name!r} runs on the {runtime} backend; this run uses {model.runtime}")
+    if temperature > 0 and any(name in LLAMACPP_PEERS for name in names):
+        raise AdaspecError("llama-cpp-python's peers are benchmarked greedy only (--temperature 0)")
     methods: list[Method] = []
     for name in dict.fromkeys([BASELINE, *names]):
         drafter, _, size = name.rpartition("@") if "@" in name else (name, "", "")
@@ -181,6 +200,8 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
             methods.append(HFMethod(model, name, None, temperature))
         elif name == "hf-prompt-lookup":
             methods.append(HFMethod(model, name, 10, temperature))
+        elif name in LLAMACPP_PEERS:
+            methods.append(LlamaCppPeer(model, name))
         else:
             chosen = 1 if drafter == BASELINE else (size if size == "auto" else int(size)) if size else budget
             methods.append(AdaspecMethod(model, name, drafter, chosen, temperature))

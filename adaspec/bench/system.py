@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 from pathlib import Path
 from typing import Sequence
@@ -35,15 +36,21 @@ def machine_description() -> dict:
 
 
 def versions() -> dict:
-    """Versions of Python, torch, transformers and adaspec."""
+    """Versions of Python, torch, transformers, adaspec and, when installed, llama-cpp-python."""
     from adaspec import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "adaspec": __version__}
+    found = {"python": platform.python_version(), "torch": torch.__version__,
+             "transformers": transformers.__version__, "adaspec": __version__}
+    try:
+        found["llama-cpp-python"] = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return found
 
 
 def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], method_names: Sequence[str],
-                new_tokens: int, budget: int, dtype: str, device: str, temperature: float = 0.0) -> dict:
+                new_tokens: int, budget: int, dtype: str, device: str, temperature: float = 0.0,
+                backend: str = "hf") -> dict:
     """Everything a report records besides the runs.
 
     Args:
@@ -52,6 +59,7 @@ def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], m
         prompts: the prompt turns run.
         method_names: the methods run, baseline first.
         new_tokens, budget, dtype, device, temperature: the run's settings.
+        backend: the runtime (``hf``, ``llama.cpp exact`` or ``llama.cpp fast``).
 
     Returns:
         A JSON-ready dict: command, model, config, machine and library versions.
@@ -59,7 +67,7 @@ def report_meta(command: str, model_name: str, prompts: Sequence[BenchPrompt], m
     return {
         "command": command,
         "model": model_name,
-        "config": {"new_tokens": new_tokens, "budget": budget, "dtype": dtype, "device": device, "temperature": temperature,
+        "config": {"new_tokens": new_tokens, "budget": budget, "dtype": dtype, "device": device, "temperature": temperature, "backend": backend,
                    "categories": sorted({p.category for p in prompts}), "methods": list(method_names),
                    "prompts": len(prompts), "generations": sum(len(p.turns) for p in prompts)},
         "machine": machine_description(),

@@ -4,7 +4,7 @@ A tree is worth verifying only while the tokens it is expected to add pay for th
 forward-pass time it costs. Three parts:
 
 * ``profile``: verify-step milliseconds as a function of tree size, measured once per
-  model / device / dtype / thread count and cached as JSON.
+  backend (runtime, model, device, dtype, threads, build) and cached as JSON.
 * ``calibration``: maps a drafter's node scores to the probability that the node is
   accepted, learned online from what the verifier accepted (per depth and score bin).
 * ``chooser``: takes nodes in decreasing calibrated acceptance (DySpec's greedy expansion)
@@ -20,10 +20,9 @@ from adaspec.budget.profile import (
     default_profile_path,
     load_or_measure_profile,
     measure_profile,
-    profile_key,
 )
 
 __all__ = [
     "PROFILE_SIZES", "AcceptanceCalibrator", "LatencyProfile", "Reliability", "TreeSizer", "best_nodes",
-    "choose_nodes", "default_profile_path", "load_or_measure_profile", "measure_profile", "profile_key",
+    "choose_nodes", "default_profile_path", "load_or_measure_profile", "measure_profile",
 ]

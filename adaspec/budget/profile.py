@@ -1,5 +1,5 @@
-"""The verify step's cost as a function of tree size, measured once per model / device /
-dtype / thread count and cached as JSON."""
+"""The verify step's cost as a function of tree size, measured once per backend (runtime, model,
+device, dtype, thread count, build) and cached as JSON."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from adaspec.backends.base import Backend, Pick
+from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
 
 PROFILE_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tree sizes measured by default
@@ -24,7 +25,7 @@ class LatencyProfile:
     Attributes:
         sizes: tree sizes measured, increasing, starting at 1.
         ms: the median milliseconds of one tree forward at each size.
-        key: what it was measured for (model, device, dtype, threads).
+        key: what it was measured for (``Backend.profile_key``).
     """
 
     sizes: tuple[int, ...]
@@ -88,59 +89,44 @@ class LatencyProfile:
             raise ValueError(f"{path} is not a latency profile: {error}") from None
 
 
-def profile_key(model_name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """What a profile depends on: model, device, dtype and thread count.
+def measure_profile(backend: Backend, sizes: tuple[int, ...] = PROFILE_SIZES, context: int = 256,
+                    repeats: int = 7) -> LatencyProfile:
+    """Times verify steps of each size after a ``context``-token prompt (median of ``repeats``).
 
     Args:
-        model_name: the model's name or path.
-        device: where it runs.
-        dtype: its weights' type.
-
-    Returns:
-        A file-name-safe key such as ``model-cpu-float32-t2``.
-    """
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model_name).name or model_name)
-    return f"{name}-{device.type}-{str(dtype).removeprefix('torch.')}-t{torch.get_num_threads()}"
-
-
-def measure_profile(backend, vocab_size: int, key: str, sizes: tuple[int, ...] = PROFILE_SIZES,
-                    context: int = 256, repeats: int = 7) -> LatencyProfile:
-    """Times tree forwards of each size after a ``context``-token prompt (median of ``repeats``).
-
-    Args:
-        backend: an ``HFBackend``.
-        vocab_size: the model's vocabulary size (random token ids are drawn below it).
-        key: recorded in the profile.
+        backend: the runtime to measure.
         sizes: tree sizes to time.
         context: prompt length before the trees.
         repeats: timings per size.
 
     Returns:
-        The profile. The backend's cache is left holding the dummy prompt.
+        The profile, keyed by ``backend.profile_key``. The backend's request is released.
     """
     rng = np.random.default_rng(0)
-    backend.prefill(rng.integers(0, vocab_size, size=context))
-    start = backend.cache_len
+    greedy = Pick(SamplingParams(), None, 0)
+    backend.prefill(rng.integers(0, backend.vocab_size, size=context), greedy)
     ms = []
-    for size in sizes:
-        tree = DraftTree(rng.integers(0, vocab_size, size=size), np.arange(-1, size - 1))  # a chain: cost depends on size only
-        times = []
-        for _ in range(repeats + 1):  # the first is a warm-up
-            tick = time.perf_counter()
-            backend.forward_tree(tree)
-            if backend.device.type == "cuda":
-                torch.cuda.synchronize(backend.device)
-            times.append(time.perf_counter() - tick)
-            backend.commit(start, np.zeros(0, dtype=np.int64))  # drop the tree again
-        ms.append(1000 * float(np.median(times[1:])))
-    return LatencyProfile(tuple(sizes), tuple(ms), key)
+    try:
+        for size in sizes:
+            tree = DraftTree(rng.integers(0, backend.vocab_size, size=size), np.arange(-1, size - 1))  # a chain: cost depends on size only
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                tick = time.perf_counter()
+                backend.verify(tree, greedy)
+                backend.synchronize()
+                times.append(time.perf_counter() - tick)
+                backend.commit(np.zeros(0, dtype=np.int64))  # drop the tree again
+            ms.append(1000 * float(np.median(times[1:])))
+    finally:
+        backend.release()
+    return LatencyProfile(tuple(sizes), tuple(ms), backend.profile_key)
 
 
 def default_profile_path(key: str) -> Path:
     """Where the profile for ``key`` is cached.
 
     Args:
-        key: ``profile_key``'s output.
+        key: a backend's ``profile_key``.
 
     Returns:
         A JSON path under ``$ADASPEC_CACHE/profiles`` or ``~/.cache/adaspec/profiles``.
@@ -150,12 +136,11 @@ def default_profile_path(key: str) -> Path:
     return cache_root() / "profiles" / f"{key}.json"
 
 
-def load_or_measure_profile(model, backend, profile: LatencyProfile | str | Path | None = None) -> LatencyProfile:
+def load_or_measure_profile(backend: Backend, profile: LatencyProfile | str | Path | None = None) -> LatencyProfile:
     """The verify-cost profile to size trees with.
 
     Args:
-        model: the ``LoadedModel``.
-        backend: its ``HFBackend`` (used to measure).
+        backend: the runtime (used to measure, and its ``profile_key`` names the cache file).
         profile: a profile, a profile file, or None for the cached one (measured and cached
             on first use, which takes a few seconds).
 
@@ -174,13 +159,12 @@ def load_or_measure_profile(model, backend, profile: LatencyProfile | str | Path
             return LatencyProfile.load(Path(profile))
         except ValueError as error:
             raise AdaspecError(str(error)) from None
-    key = profile_key(model.name, backend.device, backend.dtype)
-    path = default_profile_path(key)
+    path = default_profile_path(backend.profile_key)
     if path.exists():
         try:
             return LatencyProfile.load(path)
         except ValueError:
             pass  # a damaged cache entry is measured again
-    measured = measure_profile(backend, model.vocab_size, key)
+    measured = measure_profile(backend)
     measured.save(path)
     return measured

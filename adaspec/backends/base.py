@@ -1,0 +1,147 @@
+"""The backend protocol: the only thing the engine, the budget profile and the CLI know about a
+model runtime.
+
+A backend runs one model for one request at a time and owns that request's KV cache. Everything
+crossing the protocol is a numpy array: token ids in; per verified node, the model's chosen token
+and the top-K candidates the drafter learns from out. Whatever the runtime computes with (torch
+tensors on a GPU, llama.cpp's buffers) stays on its side, and each step copies back a few small
+arrays, never ``[n, V]`` logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from adaspec.sampling import SamplingParams, sample_tokens, target_probs
+from adaspec.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class Pick:
+    """How a backend turns a node's logits into the model's token.
+
+    Attributes:
+        sampling: the request's settings; greedy takes the argmax.
+        uniforms: ``[n]`` float64, for sampling only: node i's uniform number (that of its output
+            position), used by inverse-CDF sampling; None when greedy.
+        feedback_top_k: how many top candidates per node to return for the drafter (0: none).
+    """
+
+    sampling: SamplingParams
+    uniforms: np.ndarray | None
+    feedback_top_k: int
+
+
+@dataclass(frozen=True)
+class NodeOutputs:
+    """What one forward says about each of its ``n`` nodes.
+
+    Attributes:
+        tokens: ``[n]`` int64, the model's token after each node's path: the argmax when greedy,
+            the token drawn with the node's uniform when sampling.
+        topk_ids: ``[n, K]`` int64, the K likeliest next tokens at each node, best first.
+        topk_probs: ``[n, K]`` float32, their probabilities at temperature 1.
+    """
+
+    tokens: np.ndarray
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One model runtime behind prefill / verify / commit.
+
+    Attributes:
+        name: the runtime's name (``hf``, ``llama.cpp``).
+        vocab_size: the logits' width.
+        chain_only: True when only a chain (every node the child of the one before) verifies
+            exactly; the engine then sends chains, never branching trees.
+        profile_key: what a latency profile measured on this backend depends on (runtime,
+            model, device, dtype, threads, build), file-name safe.
+    """
+
+    name: str
+    vocab_size: int
+    chain_only: bool
+    profile_key: str
+
+    @property
+    def cache_len(self) -> int:
+        """Committed positions in the request's KV cache."""
+        ...
+
+    def prefill(self, prompt_ids: np.ndarray, pick: Pick) -> NodeOutputs:
+        """Starts a request: runs the prompt into a fresh cache.
+
+        Args:
+            prompt_ids: ``[p]`` int64 prompt ids (p >= 1).
+            pick: how to choose the token after the prompt (``uniforms`` has 1 entry).
+
+        Returns:
+            Outputs for one node: the prompt's last position.
+        """
+        ...
+
+    def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
+        """Runs every tree node in one forward, each attending to the cache and its ancestors.
+
+        The root is the pending token (emitted, not yet cached). ``commit`` must follow.
+
+        Args:
+            tree: the draft tree (a chain when ``chain_only``).
+            pick: how to choose each node's token (``uniforms`` has one entry per node).
+
+        Returns:
+            Outputs for every node, in the tree's node order.
+        """
+        ...
+
+    def commit(self, accepted: np.ndarray) -> None:
+        """Keeps the accepted path's cache entries and drops the rest of the last tree.
+
+        Args:
+            accepted: ``[k]`` int64 accepted node indices, root first, increasing (k may be 0
+                to drop the whole tree).
+        """
+        ...
+
+    def release(self) -> None:
+        """Ends the request and frees its cache."""
+        ...
+
+    def synchronize(self) -> None:
+        """Waits for queued device work (for timing); a no-op on synchronous runtimes."""
+        ...
+
+
+def pick_outputs(logits: torch.Tensor, pick: Pick) -> NodeOutputs:
+    """Per-node tokens and feedback from a forward's logits, on the logits' device, one copy back.
+
+    Args:
+        logits: ``[n, V]`` float logits (any device).
+        pick: greedy or sampling, and the feedback width.
+
+    Returns:
+        The node outputs as numpy arrays.
+    """
+    logits = logits.float()
+    n = logits.shape[0]
+    if pick.sampling.greedy:
+        tokens = logits.argmax(dim=-1)  # [n]
+    else:
+        uniforms = torch.from_numpy(np.asarray(pick.uniforms, dtype=np.float64)).to(logits.device)  # [n]
+        tokens = sample_tokens(target_probs(logits, pick.sampling), uniforms)  # [n]
+    k = pick.feedback_top_k
+    if k <= 0:
+        return NodeOutputs(tokens.cpu().numpy().astype(np.int64), np.zeros((n, 0), dtype=np.int64),
+                           np.zeros((n, 0), dtype=np.float32))
+    values, ids = torch.topk(logits, k, dim=-1)  # [n, k] each
+    probs = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True))  # [n, k]
+    # one device-to-host copy: ids and tokens side by side as [n, k + 1] int64
+    packed = torch.cat([tokens[:, None].to(ids.dtype), ids], dim=1).cpu().numpy()
+    return NodeOutputs(packed[:, 0].copy(), packed[:, 1:], probs.cpu().numpy().astype(np.float32))

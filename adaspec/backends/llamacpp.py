@@ -1,0 +1,320 @@
+"""A GGUF model on llama.cpp's kernels (through llama-cpp-python's C API) behind the backend protocol.
+
+Two configurations, chosen from what the installed llama.cpp build can do:
+
+* **exact** (a build with ``-DGGML_LLAMAFILE=OFF``, ``make llamacpp``): weight repacking and
+  flash attention off, drafts verified as **chains**. Each output row of every matmul is then one
+  dot product whatever the batch, and a chain's nodes sit in KV cells ``[L, L+n)``, exactly where
+  plain decoding puts those tokens; cutting the rejected tail (``seq_rm``) keeps the layout plain
+  decoding has. Speculative output equals this backend's plain greedy decoding token for token.
+  Branching trees cannot be exact here: a node's ancestors would not be contiguous cells, and the
+  attention's SIMD sums over cells would group the same numbers differently (README, "llama.cpp").
+* **fast** (llama.cpp's default kernels): trees in one ``llama_decode`` with a unified KV cache,
+  one sequence id per root-to-leaf path, every node carrying the ids of the leaves below it
+  (llama.cpp masks a query token by its first sequence id, so each node sees exactly its
+  ancestors), positions ``L + depth``. After acceptance the accepted leaf's sequence is kept and
+  folded back into sequence 0 (``seq_keep``, ``seq_cp``, ``seq_rm``). llamafile's sgemm gives a
+  token different logits in a batch than alone, so greedy near-ties can flip.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
+from adaspec.backends.hf import safe_name
+from adaspec.errors import AdaspecError
+from adaspec.tree import DraftTree
+
+INSTALL_HINT = "install it with: make llamacpp (builds llama-cpp-python for this CPU, ~12 min once)"
+MAX_TREE = 64  # the most nodes one verify step may hold (the budget profile's largest size)
+
+
+def llama_cpp_module():
+    """The ``llama_cpp`` package, imported on first use.
+
+    Returns:
+        The module.
+
+    Raises:
+        AdaspecError: when llama-cpp-python is not installed.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        raise AdaspecError(f"the llama.cpp backend needs llama-cpp-python; {INSTALL_HINT}") from None
+    return llama_cpp
+
+
+def build_is_batch_invariant() -> bool:
+    """True when the installed llama.cpp computes a token's logits the same in a batch as alone.
+
+    llamafile's sgemm, used for batches of 2+ rows, sums in another order than the one-row
+    kernel; a build without it (``-DGGML_LLAMAFILE=OFF``) has one kernel for every batch size.
+    """
+    info = llama_cpp_module().llama_print_system_info().decode()
+    return "LLAMAFILE = 1" not in info
+
+
+class LlamaWeights:
+    """A GGUF file loaded once by llama.cpp; every backend made from it shares the weights.
+
+    Args:
+        path: the ``.gguf`` file.
+        exact: True for the exact configuration, False for the fast one, None for exact
+            exactly when the build allows it (``build_is_batch_invariant``).
+        device: ``cpu``, or ``cuda`` to offload every layer (a CUDA build of llama.cpp).
+        threads: CPU threads per forward (default: every core).
+        n_ctx: KV cells per request, prompt and output together (default: the model's training
+            context, at most 8192).
+
+    Raises:
+        AdaspecError: if llama-cpp-python is missing, exact is asked of a build that cannot be
+            exact, or the file does not load.
+    """
+
+    def __init__(self, path: Path, exact: bool | None = None, device: str = "cpu", threads: int | None = None,
+                 n_ctx: int | None = None) -> None:
+        lib = llama_cpp_module()
+        invariant = build_is_batch_invariant()
+        if exact and not invariant:
+            raise AdaspecError("this llama.cpp build uses llamafile's sgemm, which is not batch-invariant; "
+                               f"exact verification needs a -DGGML_LLAMAFILE=OFF build ({INSTALL_HINT})")
+        self.exact = invariant if exact is None else exact
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads or os.cpu_count() or 1
+        lib.llama_log_set(_QUIET_LOG, ctypes.c_void_p())
+        lib.llama_backend_init()
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 0 if device == "cpu" else -1
+        params.use_extra_bufts = not self.exact  # weight repacking: another kernel from 4 rows on
+        self.handle = lib.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.handle:
+            raise AdaspecError(f"llama.cpp cannot load {self.path}")
+        vocab = lib.llama_model_get_vocab(self.handle)
+        self.vocab_size = int(lib.llama_vocab_n_tokens(vocab))
+        self.n_ctx = int(n_ctx or min(int(lib.llama_model_n_ctx_train(self.handle)) or 8192, 8192))
+        self.eos_token_ids = frozenset(t for t in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, t))
+        self._lib = lib
+
+    @property
+    def configuration(self) -> str:
+        """``exact`` or ``fast``."""
+        return "exact" if self.exact else "fast"
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids by the GGUF's own tokenizer (llama.cpp's), no BOS added.
+
+        Args:
+            text: the text.
+            special: parse special tokens such as ``<|im_start|>``.
+
+        Returns:
+            The ids.
+        """
+        data = text.encode()
+        room = len(data) + 8
+        out = (ctypes.c_int32 * room)()
+        vocab = self._lib.llama_model_get_vocab(self.handle)
+        n = self._lib.llama_tokenize(vocab, data, len(data), out, room, False, special)
+        return list(out[:n])
+
+    def __del__(self) -> None:
+        handle = getattr(self, "handle", None)
+        if handle:
+            self._lib.llama_model_free(handle)
+            self.handle = None
+
+    def new_backend(self) -> LlamaCppBackend:
+        """A backend (its own llama.cpp context and KV cache) over these weights."""
+        return LlamaCppBackend(self)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _QUIET_LOG(level: int, text: bytes, data: object) -> None:
+    """llama.cpp's log callback: errors to stderr, the rest (load chatter) dropped."""
+    if level == 4:  # GGML_LOG_LEVEL_ERROR
+        os.write(2, text)
+
+
+class LlamaCppBackend:
+    """One request at a time on a llama.cpp context over shared weights.
+
+    Args:
+        weights: the loaded GGUF model.
+        batch: tokens per ``llama_decode`` in the prefill (trees are at most ``MAX_TREE``).
+    """
+
+    name = "llama.cpp"
+
+    def __init__(self, weights: LlamaWeights, batch: int = 512) -> None:
+        lib = weights._lib
+        self.weights = weights
+        self.vocab_size = weights.vocab_size
+        self.chain_only = weights.exact
+        self.profile_key = (f"llama.cpp-{safe_name(weights.path.stem)}-{weights.device}-{weights.configuration}"
+                            f"-t{weights.threads}")
+        self.batch_size = max(batch, MAX_TREE)
+        self.max_seqs = 1 if weights.exact else MAX_TREE + 1  # sequence 0 plus one per leaf
+        params = lib.llama_context_default_params()
+        params.n_ctx = weights.n_ctx
+        params.n_batch = params.n_ubatch = self.batch_size
+        params.n_seq_max = self.max_seqs
+        params.n_threads = params.n_threads_batch = weights.threads
+        params.kv_unified = True
+        params.no_perf = True
+        if weights.exact:  # CPU flash attention splits a 1-row decode over threads but not a batch
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = lib.llama_init_from_model(weights.handle, params)
+        if not self.ctx:
+            raise AdaspecError(f"llama.cpp cannot create a context of {weights.n_ctx} cells for {weights.path}")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self._lib = lib
+        self._batch = lib.llama_batch_init(self.batch_size, 0, self.max_seqs)
+        b = self._batch
+        self._token = np.ctypeslib.as_array(b.token, shape=(self.batch_size,))  # [B] int32
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(self.batch_size,))  # [B] int32
+        self._n_seq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.batch_size,))  # [B] int32
+        self._wants_logits = np.ctypeslib.as_array(b.logits, shape=(self.batch_size,))  # [B] int8
+        self._seq_rows = [np.ctypeslib.as_array(b.seq_id[i], shape=(self.max_seqs,)) for i in range(self.batch_size)]  # B x [S]
+        self._length = 0  # committed cells of the request (positions 0 .. length-1, sequence 0)
+        self._tree: DraftTree | None = None  # the last verified tree, until commit
+        self._leaves: np.ndarray | None = None  # [m] its leaves' node indices; leaf j is sequence j + 1
+
+    @property
+    def cache_len(self) -> int:
+        """Committed positions of the request (sequence 0)."""
+        return self._length
+
+    def prefill(self, prompt_ids: np.ndarray, pick: Pick) -> NodeOutputs:
+        """Starts a request (see ``Backend.prefill``).
+
+        Raises:
+            AdaspecError: if the prompt does not fit the context.
+        """
+        if prompt_ids.size >= self.weights.n_ctx:
+            raise AdaspecError(f"the prompt has {prompt_ids.size} tokens; the llama.cpp context holds {self.weights.n_ctx}")
+        self._lib.llama_memory_clear(self.memory, True)
+        self._length = 0
+        for begin in range(0, prompt_ids.size, self.batch_size):
+            chunk = prompt_ids[begin : begin + self.batch_size]
+            n = chunk.size
+            self._token[:n] = chunk
+            self._pos[:n] = np.arange(begin, begin + n)
+            self._n_seq[:n] = 1
+            for i in range(n):
+                self._seq_rows[i][0] = 0
+            self._wants_logits[:n] = 0
+            self._wants_logits[n - 1] = begin + n == prompt_ids.size
+            self._decode(n)
+        self._length = int(prompt_ids.size)
+        return pick_outputs(self._logits(1), pick)
+
+    def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
+        """One ``llama_decode`` over the tree (see ``Backend.verify``).
+
+        Raises:
+            AdaspecError: for a branching tree in the exact configuration, a tree over
+                ``MAX_TREE`` nodes, or a full context.
+        """
+        n = tree.size
+        if n > MAX_TREE:
+            raise AdaspecError(f"a tree of {n} nodes exceeds the llama.cpp backend's {MAX_TREE}")
+        start = self._length
+        self._token[:n] = tree.tokens
+        self._pos[:n] = start + tree.depth
+        self._wants_logits[:n] = 1
+        chain = bool(np.array_equal(tree.parents, np.arange(-1, n - 1)))
+        if self.chain_only and not chain:
+            raise AdaspecError("the exact llama.cpp configuration verifies chains only")
+        if chain:  # every node on sequence 0: the cells plain decoding would use
+            self._leaves = None
+            self._n_seq[:n] = 1
+            for i in range(n):
+                self._seq_rows[i][0] = 0
+        else:
+            self._leaves = self._assign_sequences(tree)
+        self._tree = tree
+        self._decode(n)
+        return pick_outputs(self._logits(n), pick)
+
+    def _assign_sequences(self, tree: DraftTree) -> np.ndarray:
+        """Gives leaf j sequence j + 1 (holding the committed cells too) and each node its leaves' ids."""
+        leaves = np.array([i for i in range(tree.size) if not tree.children[i]], dtype=np.int64)  # [m]
+        below: list[list[int]] = [[] for _ in range(tree.size)]
+        for j, leaf in enumerate(leaves):
+            below[leaf].append(j + 1)
+        for i in range(tree.size - 1, 0, -1):  # children come after parents: sweep up once
+            below[int(tree.parents[i])].extend(below[i])
+        for i, seqs in enumerate(below):
+            self._n_seq[i] = len(seqs)
+            self._seq_rows[i][: len(seqs)] = seqs
+        for j in range(leaves.size):
+            self._lib.llama_memory_seq_cp(self.memory, 0, j + 1, -1, -1)
+        return leaves
+
+    def commit(self, accepted: np.ndarray) -> None:
+        """Keeps the accepted path's cells as sequence 0 and frees the rest of the tree (see ``Backend.commit``)."""
+        lib, memory, tree = self._lib, self.memory, self._tree
+        k = int(accepted.size)
+        end = self._length + k
+        if self._leaves is None:
+            lib.llama_memory_seq_rm(memory, 0, end, -1)
+        elif k == 0:
+            for j in range(self._leaves.size):
+                lib.llama_memory_seq_rm(memory, j + 1, -1, -1)
+        else:
+            last = int(accepted[-1])
+            leaf_seq = 1 + next(j for j, leaf in enumerate(self._leaves) if last in tree.path_to(int(leaf)))
+            lib.llama_memory_seq_rm(memory, leaf_seq, end, -1)  # the leaf's path past the accepted depth
+            lib.llama_memory_seq_keep(memory, leaf_seq)  # frees every other branch
+            lib.llama_memory_seq_cp(memory, leaf_seq, 0, -1, -1)
+            lib.llama_memory_seq_rm(memory, leaf_seq, -1, -1)
+        self._length = end
+        self._tree = self._leaves = None
+
+    def release(self) -> None:
+        """Frees the request's cells."""
+        self._lib.llama_memory_clear(self.memory, True)
+        self._length = 0
+
+    def synchronize(self) -> None:
+        """Waits for queued device work."""
+        self._lib.llama_synchronize(self.ctx)
+
+    def _decode(self, n: int) -> None:
+        self._batch.n_tokens = n
+        status = self._lib.llama_decode(self.ctx, self._batch)
+        if status != 0:
+            raise AdaspecError(f"llama_decode failed with status {status}"
+                               + (" (no free KV cells: the context is full)" if status == 1 else ""))
+
+    def _logits(self, n: int) -> torch.Tensor:
+        """``[n, V]`` float32 logits of the last decode's output rows (a view; used before the next decode)."""
+        pointer = self._lib.llama_get_logits(self.ctx)
+        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)))
+
+    def __del__(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "ctx", None):
+            lib.llama_free(self.ctx)
+            self.ctx = None
+
+    @cached_property
+    def description(self) -> str:
+        """One line: the configuration and what it means."""
+        if self.chain_only:
+            return "llama.cpp exact: chains, batch-invariant kernels (output equals plain decoding)"
+        return "llama.cpp fast: trees, default kernels (greedy near-ties may flip)"
