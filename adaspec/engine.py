@@ -13,7 +13,7 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from adaspec.backends.base import Backend, Pick
+from adaspec.backends.base import DEFAULT_BUDGET, Backend, Pick
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, StepFeedback, make_drafter
 from adaspec.errors import AdaspecError
@@ -27,7 +27,6 @@ from adaspec.verify import greedy_accept
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
-DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best on a 2-core AVX2 CPU (README)
 AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
 
 
@@ -83,7 +82,8 @@ class Generator:
         model: from ``adaspec.load``.
         drafter: a registry name (``none``, ``lookup``, ``recycling``, ``hybrid``) or a Drafter
             instance; ``hybrid`` was fastest on the benchmark.
-        budget: the most tree nodes per step, root included (1 = plain decoding), or
+        budget: the most tree nodes per step, root included (1 = plain decoding), None for
+            the backend's own default (``DEFAULT_BUDGET`` on hf, ``"auto"`` on llama.cpp), or
             ``"auto"``: each step verifies the part of the drafter's tree that maximises
             expected tokens per second under the measured verify cost (possibly only the root).
         max_context: cap on prompt + output tokens; at most the model's own limit.
@@ -100,15 +100,17 @@ class Generator:
         self,
         model: LoadedModel,
         drafter: str | Drafter = "hybrid",
-        budget: int | str = DEFAULT_BUDGET,
+        budget: int | str | None = None,
         max_context: int | None = None,
         profile: LatencyProfile | str | Path | None = None,
         backend: Backend | None = None,
     ) -> None:
-        if budget != AUTO and (not isinstance(budget, int) or budget < 1):
+        if budget is not None and budget != AUTO and (not isinstance(budget, int) or budget < 1):
             raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
         self.model = model
         self.backend = backend if backend is not None else model.new_backend()
+        if budget is None:  # plain decoding needs no budget, so no latency profile either
+            budget = 1 if drafter == "none" else self.backend.default_budget
         self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
         self.sizer: TreeSizer | None = None  # sizes each step's tree when the budget is "auto"
         if budget == AUTO:

@@ -19,6 +19,8 @@ import torch
 from adaspec.sampling import SamplingParams, sample_tokens, target_probs
 from adaspec.tree import DraftTree
 
+DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (README)
+
 
 @dataclass(frozen=True)
 class Pick:
@@ -63,12 +65,15 @@ class Backend(Protocol):
             exactly; the engine then sends chains, never branching trees.
         profile_key: what a latency profile measured on this backend depends on (runtime,
             model, device, dtype, threads, build), file-name safe.
+        default_budget: the tree budget a ``Generator`` uses when none is given: a node count,
+            or ``"auto"`` where extra nodes cost so much that each step must be sized.
     """
 
     name: str
     vocab_size: int
     chain_only: bool
     profile_key: str
+    default_budget: int | str
 
     @property
     def cache_len(self) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
+from adaspec.backends.base import DEFAULT_BUDGET, NodeOutputs, Pick, pick_outputs
 from adaspec.backends.kv import compact
 from adaspec.tree import DraftTree
 
@@ -41,6 +41,7 @@ class HFBackend:
 
     name = "hf"
     chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
+    default_budget = DEFAULT_BUDGET  # trees of up to 8 nodes cost about one GEMM step here
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "") -> None:
         self.model = model

@@ -18,6 +18,7 @@ from adaspec.errors import AdaspecError
 
 # the settings that must match for old records to be comparable with new ones
 MATCHING = ("new_tokens", "budget", "dtype", "device", "temperature", "methods", "backend")
+FORMER_DEFAULTS = {"backend": "hf"}  # settings older checkpoints did not record yet, as they were then
 
 
 def turn_key(record: RunRecord) -> tuple[str, str, int]:
@@ -64,7 +65,7 @@ class Checkpoint:
 
     def __init__(self, path: Path, model: str, config: dict) -> None:
         self.path = path
-        self.header = {"model": model, **{key: config[key] for key in MATCHING}}
+        self.header = {"model": model, **{key: config.get(key, FORMER_DEFAULTS.get(key)) for key in MATCHING}}
         self.records: list[RunRecord] = []
 
     def start(self) -> list[RunRecord]:
@@ -91,8 +92,9 @@ class Checkpoint:
         except (IndexError, json.JSONDecodeError):
             raise AdaspecError(f"{self.path} is not a benchmark checkpoint; use another --out or drop --resume") from None
         for key, value in self.header.items():
-            if header.get(key) != value:
-                raise AdaspecError(f"{self.path} was made with {key} {header.get(key)!r}, not {value!r}; "
+            found = header.get(key, FORMER_DEFAULTS.get(key))
+            if found != value:
+                raise AdaspecError(f"{self.path} was made with {key} {found!r}, not {value!r}; "
                                    "use another --out or drop --resume")
         records = []
         for line in lines[1:]:

@@ -27,7 +27,8 @@ class LlamaCppPeer:
     """
 
     def __init__(self, model: LoadedModel, name: str) -> None:
-        from llama_cpp import Llama, LlamaPromptLookupDecoding
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         weights = model.weights
         self.name = name
