@@ -1,4 +1,4 @@
-"""The decode loop: draft -> verify -> accept -> compact -> observe.
+"""The decode loop: draft -> verify -> accept -> commit -> observe.
 
 This is the only module that knows both a drafter and a model backend, and it knows the backend
 only through the protocol in ``adaspec.backends.base``: numpy arrays in and out, no tensors.

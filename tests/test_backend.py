@@ -19,6 +19,12 @@ def prompt_ids(model, text: str = "The quick brown fox jumps over the lazy dog b
     return np.array(model.tokenizer(text).input_ids, dtype=np.int64)
 
 
+def stored(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache layer's keys and values in use (a preallocated layer holds spare positions after them)."""
+    length = layer.get_seq_length()
+    return layer.keys[:, :, :length], layer.values[:, :, :length]
+
+
 def sample_tree() -> DraftTree:
     #        0
     #     1     2
@@ -65,9 +71,10 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
     with torch.inference_mode():
         model.model(torch.tensor([ids]), past_key_values=reference, use_cache=True)
     for ours, theirs in zip(backend.cache.layers, reference.layers):
-        assert ours.keys.shape == theirs.keys.shape
-        assert torch.allclose(ours.keys, theirs.keys, atol=CACHE_TOLERANCE, rtol=0)
-        assert torch.allclose(ours.values, theirs.values, atol=CACHE_TOLERANCE, rtol=0)
+        keys, values = stored(ours)
+        assert keys.shape == theirs.keys.shape
+        assert torch.allclose(keys, theirs.keys, atol=CACHE_TOLERANCE, rtol=0)
+        assert torch.allclose(values, theirs.values, atol=CACHE_TOLERANCE, rtol=0)
 
     # decoding continues correctly from the compacted cache
     next_logits = backend.tree_logits(DraftTree.root_only(11))[0]
@@ -98,3 +105,34 @@ def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(m
         assert output_head_weight(model.model) is None
     finally:
         del model.model.config.logit_scale
+
+
+def test_lean_cache_and_mask_give_the_same_logits_as_dynamic_cache(model) -> None:
+    """The preallocated cache and persistent mask change where numbers live, not what is computed:
+    over 30 random trees with random accepted paths, every logit equals DynamicCache's bit for bit."""
+    lean, dynamic = HFBackend(model.model, lean=True), HFBackend(model.model, lean=False)
+    assert lean.lean and not dynamic.lean
+    prompt = prompt_ids(model)
+    assert torch.equal(lean.prefill_logits(prompt[:-1]), dynamic.prefill_logits(prompt[:-1]))
+    rng = np.random.default_rng(0)
+    for step in range(30):
+        n = int(rng.integers(1, 12))
+        parents = np.array([-1] + [int(rng.integers(0, i)) for i in range(1, n)])
+        tree = DraftTree(np.concatenate([[prompt[-1] if step == 0 else 100 + step], rng.integers(0, 1000, n - 1)]), parents)
+        assert torch.equal(lean.tree_logits(tree), dynamic.tree_logits(tree)), step
+        accepted = tree.path_to(int(rng.integers(0, n)))
+        lean.commit(accepted)
+        dynamic.commit(accepted)
+        assert lean.cache_len == dynamic.cache_len
+    lean.release()  # the allocation stays for the next request, its contents do not
+    assert lean.cache_len == 0
+    assert torch.equal(lean.prefill_logits(prompt), dynamic.prefill_logits(prompt))
+
+
+def test_lean_cache_grows_past_its_first_capacity(model) -> None:
+    backend = HFBackend(model.model, lean=True)
+    prompt = np.arange(100, 1300)  # longer than the first allocation of 1024 positions
+    logits = backend.prefill_logits(prompt)
+    assert backend.cache.layers[0].capacity >= 1200 and backend.cache_len == 1200
+    reference = HFBackend(model.model, lean=False).prefill_logits(prompt)
+    assert torch.equal(logits, reference)

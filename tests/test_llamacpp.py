@@ -7,6 +7,7 @@ with that reason.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,6 +75,53 @@ def test_a_chain_gives_bit_identical_outputs_to_one_token_at_a_time(gguf) -> Non
         backend.commit(np.array([0]))
         assert np.array_equal(alone.topk_ids[0], together.topk_ids[i]), i
         assert np.array_equal(alone.topk_probs[0], together.topk_probs[i]), i  # exact, not close
+
+
+@pytest.fixture(scope="module")
+def kquant_gguf(tmp_path_factory) -> adaspec.LoadedModel:
+    """The embedded model requantised to Q4_K_M by llama.cpp's own quantiser (about 1 s).
+
+    K-quant matrices (Q4_K, Q6_K...) have a tiled kernel in ggml that takes over from 8 rows
+    up; the embedded Q4_1 file never reaches it, Qwen2.5-Coder's Q4_K_M file does.
+    """
+    from adaspec.loading import embedded_model_path
+
+    target = tmp_path_factory.mktemp("kquant") / "smollm2-q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.allow_requantize = True
+    assert llama_cpp.llama_model_quantize(str(embedded_model_path()).encode(), str(target).encode(), params) == 0
+    return adaspec.load(target, backend="llama.cpp")
+
+
+@needs_exact_build
+def test_a_chain_is_bit_identical_on_k_quants_too(kquant_gguf) -> None:
+    """A 12-node chain (past the 8 rows where ggml's tiled K-quant kernel would take over)."""
+    plain = adaspec.Generator(kquant_gguf, drafter="none")
+    prompt = plain.encode("Write a Python function that returns the n-th Fibonacci number.")
+    chain = np.array([int(prompt[-1])] + plain.generate(prompt, max_new_tokens=11).token_ids)  # [12]
+    pick = Pick(GREEDY, None, feedback_top_k=16)
+    backend = kquant_gguf.new_backend()
+    backend.prefill(prompt[:-1], pick)
+    together = backend.verify(DraftTree(chain, np.arange(-1, chain.size - 1)), pick)
+    backend.prefill(prompt[:-1], pick)
+    for i, token in enumerate(chain):
+        alone = backend.verify(DraftTree.root_only(int(token)), pick)
+        backend.commit(np.array([0]))
+        assert np.array_equal(alone.topk_probs[0], together.topk_probs[i]), i
+
+
+@needs_exact_build
+def test_greedy_output_on_k_quants_equals_plain_decoding(kquant_gguf) -> None:
+    plain = adaspec.Generator(kquant_gguf, drafter="none")
+    spec = adaspec.Generator(kquant_gguf, drafter="hybrid", budget=16)
+    accepted = 0
+    for case_id, prompt, chat in CASES[::3]:  # 7 of the 21 prompts
+        ids = plain.encode(prompt, chat)
+        out = spec.generate(ids, max_new_tokens=NEW_TOKENS)
+        accepted += out.stats.num_accepted_tokens
+        assert out.token_ids == plain.generate(ids, max_new_tokens=NEW_TOKENS).token_ids, case_id
+    assert accepted > 0
 
 
 def test_exact_configuration_sends_chains_and_refuses_trees(gguf) -> None:
@@ -162,6 +210,16 @@ def test_cli_generate_on_llama_cpp_compares_with_plain(tmp_path) -> None:
     assert out["new_tokens"] == 24
     if build_is_batch_invariant():
         assert out["identical"] is True
+
+
+def test_cli_profile_measures_the_llama_cpp_curve_in_its_own_cache(tmp_path) -> None:
+    env = {**os.environ, "ADASPEC_CACHE": str(tmp_path)}  # a profile measured under test load stays here
+    run = subprocess.run([sys.executable, "-m", "adaspec.cli", "profile", "--backend", "llama.cpp", "--plot", str(tmp_path / "p.png")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "llama.cpp-SmolLM2-135M-Instruct.Q4_1-cpu-" in run.stdout and "| × one node | 1.00 |" in run.stdout
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert list((tmp_path / "profiles").glob("llama.cpp-*.json"))
 
 
 def test_cli_refuses_a_directory_on_llama_cpp(tmp_path) -> None:

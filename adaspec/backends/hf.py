@@ -15,6 +15,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from adaspec.backends.base import DEFAULT_BUDGET, NodeOutputs, Pick, pick_outputs
 from adaspec.backends.kv import compact
+from adaspec.backends.tree_cache import TreeKVCache, supports_tree_cache
 from adaspec.tree import DraftTree
 
 
@@ -37,20 +38,29 @@ class HFBackend:
         model: a loaded ``AutoModelForCausalLM`` (any device, any float dtype).
         prefill_chunk: prompt tokens per prefill forward; bounds peak memory on long prompts.
         model_name: the model's name or path, for ``profile_key``.
+        lean: keep keys and values in a preallocated ``TreeKVCache`` and the attention mask in a
+            persistent buffer whose tree block alone changes each step; None: whenever every layer
+            is full attention (else transformers' ``DynamicCache``, rebuilt masks).
     """
 
     name = "hf"
     chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
     default_budget = DEFAULT_BUDGET  # trees of up to 8 nodes cost about one GEMM step here
 
-    def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "") -> None:
+    def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
+                 lean: bool | None = None) -> None:
         self.model = model
         self.device = model.device
         self.dtype = model.dtype
         self.prefill_chunk = prefill_chunk
-        self.cache: DynamicCache | None = None
+        self.lean = supports_tree_cache(model.config) if lean is None else lean
+        self.cache: DynamicCache | TreeKVCache | None = None
         self._start = 0  # the cache length before the last tree forward
+        self._tree_size = 0  # nodes of the last tree forward
         self._mask_fill = torch.finfo(self.dtype).min  # additive "cannot attend" value
+        # lean: [1, 1, rows, capacity] additive mask; columns < cache_len are 0 in every row, the rest
+        # the fill value, except the tree block [start, start + n) of the forward in flight
+        self._mask = torch.zeros((1, 1, 0, 0), dtype=self.dtype, device=self.device)
         self.head_weight = output_head_weight(model)  # [V, H] or None: use the model's own forward
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         dtype = str(self.dtype).removeprefix("torch.")
@@ -61,9 +71,26 @@ class HFBackend:
         """Committed positions in the KV cache."""
         return 0 if self.cache is None else self.cache.get_seq_length()
 
+    @torch.inference_mode()
     def reset(self) -> None:
-        """Forgets the previous request's cache."""
-        self.cache = DynamicCache(config=self.model.config)
+        """Forgets the previous request's cache (a lean cache keeps its allocation)."""
+        if not self.lean:
+            self.cache = DynamicCache(config=self.model.config)
+            return
+        if self.cache is None:
+            self.cache = TreeKVCache(self.model.config)
+        self._mask[..., : self.cache.length + self._tree_size] = self._mask_fill
+        self.cache.clear()
+        self._tree_size = 0
+
+    def _reserve_mask(self, rows: int, columns: int) -> None:
+        """Grows the persistent mask to at least ``[rows, columns]`` (doubling), keeping its invariant."""
+        _, _, have_rows, have_columns = self._mask.shape
+        if rows <= have_rows and columns <= have_columns:
+            return
+        shape = (1, 1, max(rows, 2 * have_rows, 64), max(columns, 2 * have_columns, 1024))
+        self._mask = torch.full(shape, self._mask_fill, dtype=self.dtype, device=self.device)
+        self._mask[..., : self.cache_len] = 0.0
 
     def prefill(self, prompt_ids: np.ndarray, pick: Pick) -> NodeOutputs:
         """Starts a request (see ``Backend.prefill``)."""
@@ -77,11 +104,21 @@ class HFBackend:
     def commit(self, accepted: np.ndarray) -> None:
         """Keeps only the accepted path's cache entries after a tree forward (see ``Backend.commit``)."""
         keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
-        compact(self.cache, self._start, keep)
+        if not self.lean:
+            compact(self.cache, self._start, keep)
+            return
+        start, k = self._start, int(keep.numel())
+        self.cache.keep(start, keep)
+        self._mask[..., start : start + k] = 0.0  # now committed: every later row sees them
+        self._mask[..., start + k : start + self._tree_size] = self._mask_fill
+        self._tree_size = 0
 
     def release(self) -> None:
-        """Frees the request's cache."""
-        self.cache = None
+        """Ends the request (a lean cache keeps its allocation for the next one)."""
+        if self.lean and self.cache is not None:
+            self.reset()
+        else:
+            self.cache = None
 
     def synchronize(self) -> None:
         """Waits for queued CUDA work (timing)."""
@@ -104,6 +141,9 @@ class HFBackend:
         for begin in range(0, ids.shape[1], self.prefill_chunk):
             chunk = ids[:, begin : begin + self.prefill_chunk]  # [1, c]
             logits = self._logits(last_only=True, input_ids=chunk, past_key_values=self.cache, use_cache=True)
+        if self.lean:
+            self._reserve_mask(1, ids.shape[1])
+            self._mask[..., : ids.shape[1]] = 0.0
         return logits[-1]  # [V]
 
     @torch.inference_mode()
@@ -120,10 +160,17 @@ class HFBackend:
             ``[n, V]`` float32 logits, row i predicting the token after node i's path.
         """
         start = self._start = self.cache_len
-        n = tree.size
+        n = self._tree_size = tree.size
         ancestors = torch.from_numpy(tree.ancestor_mask).to(self.device)  # [n, n] bool
-        mask = torch.zeros((1, 1, n, start + n), dtype=self.dtype, device=self.device)  # [1, 1, n, L+n]
-        mask[0, 0, :, start:] = torch.where(ancestors, 0.0, self._mask_fill)
+        block = torch.where(ancestors, 0.0, self._mask_fill).to(self.dtype)  # [n, n]
+        if self.lean:
+            self.cache.reserve(start + n)
+            self._reserve_mask(n, start + n)
+            self._mask[0, 0, :n, start : start + n] = block
+            mask = self._mask[:, :, :n, : start + n]  # [1, 1, n, L+n] a view of the persistent buffer
+        else:
+            mask = torch.zeros((1, 1, n, start + n), dtype=self.dtype, device=self.device)  # [1, 1, n, L+n]
+            mask[0, 0, :, start:] = block
         positions = torch.from_numpy(tree.depth + start).to(self.device)[None]  # [1, n]
         tokens = torch.from_numpy(tree.tokens).to(self.device)[None]  # [1, n]
         return self._logits(

@@ -2,8 +2,9 @@
 
 Two configurations, chosen from what the installed llama.cpp build can do:
 
-* **exact** (a build with ``-DGGML_LLAMAFILE=OFF``, ``make llamacpp``): weight repacking and
-  flash attention off, drafts verified as **chains**. Each output row of every matmul is then one
+* **exact** (a build with ``-DGGML_LLAMAFILE=OFF``, ``make llamacpp``): weight repacking, ggml's
+  tiled K-quant matmul (``GGML_CPU_TILED_MM=0``) and flash attention off, drafts verified as
+  **chains**. Each output row of every matmul is then one
   dot product whatever the batch, and a chain's nodes sit in KV cells ``[L, L+n)``, exactly where
   plain decoding puts those tokens; cutting the rejected tail (``seq_rm``) keeps the layout plain
   decoding has. Speculative output equals this backend's plain greedy decoding token for token.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,10 @@ class LlamaWeights:
             raise AdaspecError("this llama.cpp build uses llamafile's sgemm, which is not batch-invariant; "
                                f"exact verification needs a -DGGML_LLAMAFILE=OFF build ({INSTALL_HINT})")
         self.exact = invariant if exact is None else exact
+        if self.exact:
+            # ggml's tiled K-quant matmul (Q2_K..Q6_K, IQ*) takes over from 8 rows up and sums in
+            # another order than the one-row kernel; it reads this switch once, at its first use
+            os.environ["GGML_CPU_TILED_MM"] = "0"
         self.path = Path(path)
         self.device = device
         self.threads = threads or os.cpu_count() or 1
@@ -216,7 +220,7 @@ class LlamaCppBackend:
             self._wants_logits[n - 1] = begin + n == prompt_ids.size
             self._decode(n)
         self._length = int(prompt_ids.size)
-        return pick_outputs(self._logits(1), pick)
+        return pick_outputs(self.last_logits(1), pick)
 
     def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
         """One ``llama_decode`` over the tree (see ``Backend.verify``).
@@ -244,7 +248,7 @@ class LlamaCppBackend:
             self._leaves = self._assign_sequences(tree)
         self._tree = tree
         self._decode(n)
-        return pick_outputs(self._logits(n), pick)
+        return pick_outputs(self.last_logits(n), pick)
 
     def _assign_sequences(self, tree: DraftTree) -> np.ndarray:
         """Gives leaf j sequence j + 1 (holding the committed cells too) and each node its leaves' ids."""
@@ -297,7 +301,7 @@ class LlamaCppBackend:
             raise AdaspecError(f"llama_decode failed with status {status}"
                                + (" (no free KV cells: the context is full)" if status == 1 else ""))
 
-    def _logits(self, n: int) -> torch.Tensor:
+    def last_logits(self, n: int) -> torch.Tensor:
         """``[n, V]`` float32 logits of the last decode's output rows (a view; used before the next decode)."""
         pointer = self._lib.llama_get_logits(self.ctx)
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)))
@@ -312,10 +316,3 @@ class LlamaCppBackend:
         if getattr(self, "ctx", None):
             lib.llama_free(self.ctx)
             self.ctx = None
-
-    @cached_property
-    def description(self) -> str:
-        """One line: the configuration and what it means."""
-        if self.chain_only:
-            return "llama.cpp exact: chains, batch-invariant kernels (output equals plain decoding)"
-        return "llama.cpp fast: trees, default kernels (greedy near-ties may flip)"

@@ -16,6 +16,7 @@ from adaspec.bench.metrics import RunRecord
 from adaspec.loading import LoadedModel
 
 LLAMACPP_PEERS = ("llama.cpp-generate", "llama.cpp-prompt-lookup")
+PEER_CONTEXT = 4096  # cells of the peers' contexts: the benchmark's longest turn is ~2,000 tokens
 
 
 class LlamaCppPeer:
@@ -34,9 +35,13 @@ class LlamaCppPeer:
         self.name = name
         self.eos_token_ids = model.eos_token_ids
         draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if name == "llama.cpp-prompt-lookup" else None
-        self.llm = Llama(model_path=str(weights.path), n_ctx=weights.n_ctx, n_batch=512, n_threads=weights.threads,
-                         n_threads_batch=weights.threads, n_gpu_layers=0 if weights.device == "cpu" else -1,
-                         draft_model=draft, verbose=False)
+        # With a draft model, llama-cpp-python 0.3.36 stores every position's logits but sizes that
+        # buffer by the logits_all argument (n_batch rows when False), so prompts over 512 tokens
+        # overflow it: ask for logits_all explicitly. Its buffer is n_ctx x vocab floats, hence the cap.
+        self.llm = Llama(model_path=str(weights.path), n_ctx=min(weights.n_ctx, PEER_CONTEXT), n_batch=512,
+                         n_threads=weights.threads, n_threads_batch=weights.threads,
+                         n_gpu_layers=0 if weights.device == "cpu" else -1, draft_model=draft,
+                         logits_all=draft is not None, verbose=False)
 
     def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
         """Generates greedily with ``Llama.generate`` (see ``runner.Method.run``); no prefix is reused
