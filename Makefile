@@ -56,11 +56,11 @@ bench-full: setup
 speed: setup
 	$(PY) benchmarks/speed.py --out benchmarks/results
 
-# the llama.cpp benchmark: every category, adaspec's methods beside llama-cpp-python's own decoding
+# the llama.cpp benchmark: every category, adaspec's methods beside llama-cpp-python's own decoding (~21 min here)
 LLAMACPP_METHODS ?= lookup,aded,hybrid,hybrid@auto,lookup@auto,llama.cpp-generate,llama.cpp-prompt-lookup
 bench-llamacpp: llamacpp
-	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 3 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
-		--out benchmarks/llamacpp-limit3 --resume
+	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 10 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
+		--out benchmarks/llamacpp-limit10 --resume
 
 bench-llamacpp-qwen: llamacpp qwen
 	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 1 --new-tokens 128 \

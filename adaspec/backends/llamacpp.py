@@ -87,9 +87,11 @@ class LlamaWeights:
             raise AdaspecError("this llama.cpp build uses llamafile's sgemm, which is not batch-invariant; "
                                f"exact verification needs a -DGGML_LLAMAFILE=OFF build ({INSTALL_HINT})")
         self.exact = invariant if exact is None else exact
-        if self.exact:
+        if invariant:
             # ggml's tiled K-quant matmul (Q2_K..Q6_K, IQ*) takes over from 8 rows up and sums in
-            # another order than the one-row kernel; it reads this switch once, at its first use
+            # another order than the one-row kernel. ggml reads this switch once per process, at
+            # its first use, so it is set on every load from a batch-invariant build (the only
+            # builds that can be exact), before any model of the process has run
             os.environ["GGML_CPU_TILED_MM"] = "0"
         self.path = Path(path)
         self.device = device
