@@ -40,7 +40,7 @@ llamacpp: setup
 		&& $(PIP) install -q "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"
 
 demo-llamacpp: llamacpp
-	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --drafter hybrid --budget auto --max-new-tokens 256 --compare
+	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --max-new-tokens 256 --compare
 
 # every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~15 min here)
 bench: setup

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate text from a prompt, speculatively")
     gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
     gen.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded SmolLM2-135M-Instruct)")
-    gen.add_argument("--drafter", default="hybrid", help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
-        "as NAME:key=value,... (default: hybrid)")
+    gen.add_argument("--drafter", default=None, help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
+        "as NAME:key=value,... (default: hybrid on hf, lookup on llama.cpp)")
     gen.add_argument("--budget", type=budget_value, default=None,
                      help=f"tree nodes per step, root included, or 'auto' to size each step from measured cost "
                           f"(default: {DEFAULT_BUDGET} on hf, auto on llama.cpp)")
@@ -328,7 +328,8 @@ def run_generate(args: argparse.Namespace) -> int:
     Raises:
         AdaspecError: for a bad option or model.
     """
-    parse_drafter_spec(args.drafter)  # a bad drafter fails before the model loads
+    if args.drafter is not None:
+        parse_drafter_spec(args.drafter)  # a bad drafter fails before the model loads
     if args.max_new_tokens < 1:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # one seed for the run and its --compare baseline, so both sample the same text
@@ -339,6 +340,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AdaspecError("the prompt is empty")
     model = load_for(args)
     generator = Generator(model, drafter=args.drafter, budget=args.budget)
+    label = args.drafter or generator.drafter.name  # the backend's default when none was given
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, temperature=sampling.temperature,
                    top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
     generator.encode(prompt, args.chat)  # reject a bad prompt before any warm-up
@@ -359,9 +361,9 @@ def run_generate(args: argparse.Namespace) -> int:
     assert result is not None
 
     if args.json:
-        print(json.dumps(json_summary(args.drafter, result, baseline)))
+        print(json.dumps(json_summary(label, result, baseline)))
     else:
-        print(stats_line(args.drafter, result, baseline), file=sys.stderr)
+        print(stats_line(label, result, baseline), file=sys.stderr)
     return 0
 
 

@@ -80,8 +80,9 @@ class Generator:
 
     Args:
         model: from ``adaspec.load``.
-        drafter: a registry name (``none``, ``lookup``, ``recycling``, ``hybrid``) or a Drafter
-            instance; ``hybrid`` was fastest on the benchmark.
+        drafter: a registry name or spec (``none``, ``lookup``, ``recycling``, ``aded``,
+            ``hybrid``...), a Drafter instance, or None for the backend's default (``hybrid`` on
+            hf, ``lookup`` on llama.cpp: the fastest on each in the benchmark).
         budget: the most tree nodes per step, root included (1 = plain decoding), None for
             the backend's own default (``DEFAULT_BUDGET`` on hf, ``"auto"`` on llama.cpp), or
             ``"auto"``: each step verifies the part of the drafter's tree that maximises
@@ -99,7 +100,7 @@ class Generator:
     def __init__(
         self,
         model: LoadedModel,
-        drafter: str | Drafter = "hybrid",
+        drafter: str | Drafter | None = None,
         budget: int | str | None = None,
         max_context: int | None = None,
         profile: LatencyProfile | str | Path | None = None,
@@ -109,6 +110,8 @@ class Generator:
             raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
         self.model = model
         self.backend = backend if backend is not None else model.new_backend()
+        if drafter is None:
+            drafter = self.backend.default_drafter
         if budget is None:  # plain decoding needs no budget, so no latency profile either
             budget = 1 if drafter == "none" else self.backend.default_budget
         self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter

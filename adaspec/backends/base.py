@@ -67,6 +67,8 @@ class Backend(Protocol):
             model, device, dtype, threads, build), file-name safe.
         default_budget: the tree budget a ``Generator`` uses when none is given: a node count,
             or ``"auto"`` where extra nodes cost so much that each step must be sized.
+        default_drafter: the drafter a ``Generator`` uses when none is given (the fastest on
+            this runtime in the project's benchmark).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Backend(Protocol):
     chain_only: bool
     profile_key: str
     default_budget: int | str
+    default_drafter: str
 
     @property
     def cache_len(self) -> int:

@@ -46,6 +46,7 @@ class HFBackend:
     name = "hf"
     chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
     default_budget = DEFAULT_BUDGET  # trees of up to 8 nodes cost about one GEMM step here
+    default_drafter = "hybrid"  # 1.63x at budget 8 on the 599-turn run (README)
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
                  lean: bool | None = None) -> None:

@@ -160,6 +160,7 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
     default_budget = "auto"  # each extra node costs ~0.5 of a plain step on CPU: size every step
+    default_drafter = "lookup"  # lookup@auto 1.02x against hybrid@auto 0.95x on the 76-turn run (README)
 
     def __init__(self, weights: LlamaWeights, batch: int = 512) -> None:
         lib = weights._lib
