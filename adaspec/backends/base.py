@@ -11,6 +11,7 @@ arrays, never ``[n, V]`` logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -20,6 +21,18 @@ from adaspec.sampling import SamplingParams, sample_tokens, target_probs
 from adaspec.tree import DraftTree
 
 DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (README)
+
+
+def safe_name(text: str) -> str:
+    """A model name or path reduced to a file-name-safe word (its last path part).
+
+    Args:
+        text: the name or path.
+
+    Returns:
+        Letters, digits, ``-``, ``_`` and ``.`` only.
+    """
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(text).name or text)
 
 
 @dataclass(frozen=True)

@@ -7,28 +7,14 @@ shape ``[1, 1, n, L+n]`` (transformers passes 4-D masks through untouched) and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from adaspec.backends.base import DEFAULT_BUDGET, NodeOutputs, Pick, pick_outputs
+from adaspec.backends.base import DEFAULT_BUDGET, NodeOutputs, Pick, pick_outputs, safe_name
 from adaspec.backends.kv import compact
 from adaspec.backends.tree_cache import TreeKVCache, supports_tree_cache
 from adaspec.tree import DraftTree
-
-
-def safe_name(text: str) -> str:
-    """A model name or path reduced to a file-name-safe word (its last path part).
-
-    Args:
-        text: the name or path.
-
-    Returns:
-        Letters, digits, ``-``, ``_`` and ``.`` only.
-    """
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(text).name or text)
 
 
 class HFBackend:

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
-from adaspec.backends.hf import safe_name
+from adaspec.backends.base import NodeOutputs, Pick, pick_outputs, safe_name
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
 
@@ -216,9 +215,7 @@ class LlamaCppBackend:
             n = chunk.size
             self._token[:n] = chunk
             self._pos[:n] = np.arange(begin, begin + n)
-            self._n_seq[:n] = 1
-            for i in range(n):
-                self._seq_rows[i][0] = 0
+            self._on_sequence_zero(n)
             self._wants_logits[:n] = 0
             self._wants_logits[n - 1] = begin + n == prompt_ids.size
             self._decode(n)
@@ -244,14 +241,18 @@ class LlamaCppBackend:
             raise AdaspecError("the exact llama.cpp configuration verifies chains only")
         if chain:  # every node on sequence 0: the cells plain decoding would use
             self._leaves = None
-            self._n_seq[:n] = 1
-            for i in range(n):
-                self._seq_rows[i][0] = 0
+            self._on_sequence_zero(n)
         else:
             self._leaves = self._assign_sequences(tree)
         self._tree = tree
         self._decode(n)
         return pick_outputs(self.last_logits(n), pick)
+
+    def _on_sequence_zero(self, n: int) -> None:
+        """Puts the batch's first ``n`` tokens on sequence 0 alone."""
+        self._n_seq[:n] = 1
+        for i in range(n):
+            self._seq_rows[i][0] = 0
 
     def _assign_sequences(self, tree: DraftTree) -> np.ndarray:
         """Gives leaf j sequence j + 1 (holding the committed cells too) and each node its leaves' ids."""
