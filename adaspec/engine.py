@@ -6,47 +6,25 @@ only through the protocol in ``adaspec.backends.base``: numpy arrays in and out,
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from adaspec.backends.base import DEFAULT_BUDGET, Backend, Pick
+from adaspec.backends.base import DEFAULT_BUDGET, Backend
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
-from adaspec.drafters import Drafter, StepFeedback, make_drafter
+from adaspec.drafters import Drafter, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
-from adaspec.output import OutputTracker
+from adaspec.request import Generation, Request, check_tree_contract
 from adaspec.sampling import SamplingParams
-from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
-from adaspec.verify import greedy_accept
 
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
 AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
-
-
-@dataclass
-class Generation:
-    """The result of one request.
-
-    Attributes:
-        text: the generated text (special tokens and any stop string left out).
-        token_ids: the generated token ids (an ending EOS token included).
-        prompt_ids: the prompt's token ids as the model saw them.
-        finish_reason: ``eos``, ``stop`` or ``length``.
-        stats: what it cost.
-    """
-
-    text: str
-    token_ids: list[int]
-    prompt_ids: list[int]
-    finish_reason: str
-    stats: GenerationStats = field(default_factory=GenerationStats)
 
 
 class TextStream:
@@ -63,7 +41,8 @@ class TextStream:
         try:
             return next(self._pieces)
         except StopIteration as done:
-            self.result = done.value
+            if self.result is None:  # a finished generator answers later calls with None
+                self.result = done.value
             raise
 
     def close(self) -> None:
@@ -76,7 +55,11 @@ class TextStream:
 class Generator:
     """Lossless speculative decoding (greedy or sampled) for one model with one drafter.
 
-    The drafter's learned state persists across the requests made through this object.
+    The drafter's learned state and the tree sizer's calibration persist across the requests
+    made through this object and are shared by them; each request owns a backend (its KV
+    cache) taken from a pool, its context, output and random numbers. Requests may therefore
+    be interleaved step by step (``open`` / ``Request.step``, or several ``stream`` iterators),
+    and from several threads.
 
     Args:
         model: from ``adaspec.load``.
@@ -110,6 +93,9 @@ class Generator:
             raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
         self.model = model
         self.backend = backend if backend is not None else model.new_backend()
+        self._idle_backends: list[Backend] = [self.backend]  # backends no request holds now
+        self._pool_lock = threading.Lock()
+        self.shared_lock = threading.RLock()  # guards the drafter and the sizer's calibration
         if drafter is None:
             drafter = self.backend.default_drafter
         if budget is None:  # plain decoding needs no budget, so no latency profile either
@@ -219,6 +205,36 @@ class Generator:
         Raises:
             AdaspecError: as ``generate``, before the first piece.
         """
+        request = self.open(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return TextStream(self._run(request))
+
+    def open(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        chat: bool | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Request:
+        """Checks a request and prepares it, without running the model yet.
+
+        Drive it with ``start()`` and then ``step()`` until ``finished``; ``close()`` frees its
+        cache. A server interleaves many of these step by step.
+
+        Args:
+            prompt, max_new_tokens, stop, chat, temperature, top_k, top_p, seed: as for
+                ``generate``; ``max_new_tokens`` is cut to the room the context leaves.
+
+        Returns:
+            The request.
+
+        Raises:
+            AdaspecError: as ``generate``.
+        """
         if max_new_tokens < 1:
             raise AdaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         sampling = SamplingParams(temperature, top_k, top_p, seed)
@@ -231,88 +247,49 @@ class Generator:
                 f"the prompt has {prompt_ids.size} tokens but the context holds {self.max_context}; "
                 "no room is left to generate"
             )
-        return TextStream(self._decode(prompt_ids, min(max_new_tokens, room), list(stop), sampling))
+        return Request(self, prompt_ids, min(max_new_tokens, room), list(stop), sampling)
 
-    def _decode(self, prompt_ids: np.ndarray, limit: int, stop: list[str], sampling: SamplingParams) -> Iterator[str]:
+    @staticmethod
+    def _run(request: Request) -> Iterator[str]:
         try:
-            return (yield from self._steps(prompt_ids, limit, stop, sampling))
+            yield request.start()
+            while not request.finished:
+                yield request.step()
+            return request.result()
         finally:
-            self.backend.release()
+            request.close()
 
-    def _steps(self, prompt_ids: np.ndarray, limit: int, stop: list[str], sampling: SamplingParams) -> Iterator[str]:
-        stats = GenerationStats(prompt_tokens=int(prompt_ids.size))
-        output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, stop, limit)
-        context = np.empty(prompt_ids.size + limit, dtype=np.int64)  # [p + limit] prompt then output
-        context[: prompt_ids.size] = prompt_ids
-        length = prompt_ids.size
-        feedback_k = self.drafter.feedback_top_k
-        started = time.perf_counter()
+    def acquire_backend(self) -> Backend:
+        """A backend no other request holds (a new one when all are busy).
 
-        # one uniform number per output position, drawn up front: the text depends on the seed only.
-        # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
-        uniforms = None if sampling.greedy else sampling.uniforms(limit)  # [limit]
-        self.drafter.begin(prompt_ids)
-        if self.sizer is not None:
-            self.sizer.begin((sampling.temperature, sampling.top_k, sampling.top_p))
-        first = self.backend.prefill(prompt_ids, Pick(sampling, None if uniforms is None else uniforms[:1], 0))
-        pending = int(first.tokens[0])
-        stats.prefill_s = time.perf_counter() - started
-        output.extend([pending])
-        context[length] = pending
-        length += 1
-        yield output.text_delta()
+        Returns:
+            The backend, with an empty cache.
+        """
+        with self._pool_lock:
+            if self._idle_backends:
+                return self._idle_backends.pop()
+        return self.model.new_backend()
 
-        while not output.finished:
-            budget = min(self.budget, limit - len(output.ids))
-            tick = time.perf_counter()
-            tree = self.drafter.propose(context[:length], budget)
-            self._check_tree(tree, pending, budget)
-            if self.backend.chain_only:
-                tree = tree.first_chain()
-            if self.sizer is not None:
-                tree = self.sizer.size(tree)
-            tock = time.perf_counter()
-            stats.draft_s += tock - tick
+    def return_backend(self, backend: Backend) -> None:
+        """Frees a request's cache and keeps its backend for the next request.
 
-            position = len(output.ids)  # the output index of the token after the root
-            node_uniforms = None if uniforms is None else uniforms[position + tree.depth]  # [n]
-            verified = self.backend.verify(tree, Pick(sampling, node_uniforms, feedback_k))
-            accepted = greedy_accept(tree, verified.tokens)  # [k]
-            pending = int(verified.tokens[accepted[-1]])
-            self.backend.commit(accepted)
-            tick = time.perf_counter()
-            stats.verify_s += tick - tock
+        Args:
+            backend: from ``acquire_backend``.
+        """
+        backend.release()
+        with self._pool_lock:
+            self._idle_backends.append(backend)
 
-            if self.sizer is not None:
-                self.sizer.update(tree, accepted)
-            self.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs))
-            stats.draft_s += time.perf_counter() - tick
-            stats.record_step(tree.size, accepted.size)
+    def check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
+        """Rejects a drafter's tree that breaks the contract (a bug in the drafter).
 
-            new_ids = np.append(tree.tokens[accepted[1:]], pending)  # [k]
-            before = len(output.ids)
-            output.extend(new_ids)
-            emitted = len(output.ids) - before
-            context[length : length + emitted] = output.ids[before:]
-            length += emitted
-            yield output.text_delta()
+        Args:
+            tree: the proposed tree.
+            pending: the token it must be rooted at.
+            budget: the most nodes allowed.
 
-        stats.new_tokens = len(output.ids)
-        stats.total_s = time.perf_counter() - started
-        return Generation(
-            text=output.text,
-            token_ids=list(output.ids),
-            prompt_ids=prompt_ids.tolist(),
-            finish_reason=output.finish_reason or "length",
-            stats=stats,
-        )
-
-    def _check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
-        """Rejects a drafter's tree that breaks the contract (a bug in the drafter)."""
+        Raises:
+            ValueError: for a tree that is too big, wrongly rooted or outside the vocabulary.
+        """
         name = getattr(self.drafter, "name", type(self.drafter).__name__)
-        if tree.size > budget:
-            raise ValueError(f"drafter {name!r} returned {tree.size} nodes for a budget of {budget}")
-        if int(tree.tokens[0]) != pending:
-            raise ValueError(f"drafter {name!r} rooted its tree at {int(tree.tokens[0])}, not the pending token {pending}")
-        if int(tree.tokens.max()) >= self.model.vocab_size:
-            raise ValueError(f"drafter {name!r} proposed token {int(tree.tokens.max())} outside the vocabulary")
+        check_tree_contract(tree, pending, budget, self.model.vocab_size, name)

@@ -154,10 +154,11 @@ def test_builders_return_valid_trees_within_budget(edges, budget, builder, max_d
     assert first.tokens.tolist() == again.tokens.tolist() and first.parents.tolist() == again.parents.tolist()
 
 
-def feedback(tree: DraftTree, topk: list[list[int]], accepted: list[int], next_token: int) -> StepFeedback:
+def feedback(tree: DraftTree, topk: list[list[int]], accepted: list[int], next_token: int,
+             before_root: int = -1) -> StepFeedback:
     ids = np.array(topk, dtype=np.int64).reshape(len(topk), -1)
     probs = np.full(ids.shape, 1.0 / max(1, ids.shape[1]), dtype=np.float32)
-    return StepFeedback(tree, np.array(accepted), next_token, ids, probs)
+    return StepFeedback(tree, np.array(accepted), next_token, ids, probs, before_root)
 
 
 @pytest.mark.parametrize("builder", ["best-first", "mcts"])
@@ -165,7 +166,7 @@ def test_the_drafter_learns_the_verifiers_candidates_in_context(builder) -> None
     drafter = AdedDrafter(VOCAB, AdedConfig(builder=builder, prompt_rate=0, accepted_rate=0, top_k=2))
     drafter.begin(np.array([3, 4]))
     tree = DraftTree(np.array([9, 11]), np.array([-1, 0]))
-    drafter.observe(feedback(tree, [[11, 12], [21, 22]], accepted=[0, 1], next_token=21))
+    drafter.observe(feedback(tree, [[11, 12], [21, 22]], accepted=[0, 1], next_token=21, before_root=4))
     # learned: (4, 9) -> 11 / 12 and (9, 11) -> 21 / 22
     assert drafter.table.successors(4, 9)[0].tolist() == [11, 12]
     assert drafter.table.successors(9, 11)[0].tolist() == [21, 22]
@@ -187,7 +188,8 @@ def test_each_learning_source_can_be_switched_off() -> None:
     assert len(silent.table) == 0
     accepts = AdedDrafter(VOCAB, AdedConfig(topk_rate=0, prompt_rate=0))
     accepts.begin(np.array([1, 2]))
-    accepts.observe(feedback(DraftTree(np.array([3, 4]), np.array([-1, 0])), [[], []], accepted=[0, 1], next_token=8))
+    accepts.observe(feedback(DraftTree(np.array([3, 4]), np.array([-1, 0])), [[], []], accepted=[0, 1], next_token=8,
+                            before_root=2))
     assert accepts.table.successors(3, 4)[0].tolist() == [8]  # from the output 2 3 4 8
     assert accepts.table.successors(2, 3)[0].tolist() == [4]
 

@@ -108,7 +108,8 @@ def test_reliability_bins_predictions_and_reports_the_calibration_error() -> Non
 
 
 def test_sizer_explores_after_plain_steps_and_backs_off_when_explorations_fail() -> None:
-    sizer = TreeSizer(CPU, explore_every=4, explore_max=16, explore_nodes=3)
+    shared = TreeSizer(CPU, explore_every=4, explore_max=16, explore_nodes=3)
+    sizer = shared.begin("greedy")
     weak = chain([1.0, 0.05, 0.04, 0.03])  # never worth a tree on the CPU curve
     sizes = []
     for _ in range(40):
@@ -118,7 +119,7 @@ def test_sizer_explores_after_plain_steps_and_backs_off_when_explorations_fail()
     explored = [i for i, size in enumerate(sizes) if size > 1]
     assert all(sizes[i] == 3 for i in explored)
     assert np.diff(explored).tolist() == [9, 17]  # waits of 4, then 8, then 16 plain steps
-    assert sizer.plain_steps == 40 - len(explored)
+    assert shared.plain_steps == 40 - len(explored)
     sizer.size(weak)
     sizer.since_tree = sizer.wait + 1  # force the next exploration, and let it succeed
     verified = sizer.size(weak)
@@ -135,7 +136,7 @@ def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> 
         expected = plain.generate(prompt, max_new_tokens=40)
         got = auto.generate(prompt, max_new_tokens=40)
         assert got.token_ids == expected.token_ids
-    assert auto.sizer.calibrator.proposed.sum() > 0
+    assert all(c.proposed.sum() > 0 for c in auto.sizer.calibrators.values())
     with pytest.raises(AdaspecError, match="budget"):
         Generator(model, budget="big")
     with pytest.raises(AdaspecError, match="not a latency profile"):

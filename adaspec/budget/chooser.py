@@ -52,11 +52,15 @@ def best_nodes(acceptance: np.ndarray, count: int) -> np.ndarray:
 class TreeSizer:
     """Sizes every step's tree for ``budget="auto"``: calibrate, choose, and explore.
 
+    The sizer holds what all requests share (the cost profile, one acceptance calibration per
+    decoding setting, the reliability table); ``begin`` hands each request a ``RequestSizer``
+    with its own exploration state.
+
     While plain decoding wins, the calibration would never see a draft again; so after
-    ``explore_every`` plain steps in a row, one step verifies the
-    ``explore_nodes`` likeliest nodes anyway. An exploration that accepts nothing doubles
-    the wait (up to ``explore_max``); one that accepts resets it, so text that stays
-    unpredictable costs almost nothing and text that becomes predictable is noticed soon.
+    ``explore_every`` plain steps in a row, one step verifies the ``explore_nodes`` likeliest
+    nodes anyway. An exploration that accepts nothing doubles the wait (up to
+    ``explore_max``); one that accepts resets it, so text that stays unpredictable costs almost
+    nothing and text that becomes predictable is noticed soon.
 
     Calibration is kept per decoding setting (greedy, or each temperature / top-k / top-p),
     because acceptance depends on it.
@@ -75,23 +79,38 @@ class TreeSizer:
         self.explore_max = explore_max
         self.explore_nodes = explore_nodes
         self.calibrators: dict[Hashable, AcceptanceCalibrator] = {}
-        self.calibrator = AcceptanceCalibrator()
         self.reliability = Reliability()
-        self.wait = explore_every  # steps between explorations now
-        self.since_tree = 0  # plain steps in a row
-        self.plain_steps = 0  # steps that verified the root alone
+        self.plain_steps = 0  # steps that verified the root alone, over all requests
         self.explorations = 0
-        self._exploring = False
-        self._predicted: np.ndarray | None = None  # [n] estimates of the tree being verified
 
-    def begin(self, setting: Hashable) -> None:
+    def begin(self, setting: Hashable) -> RequestSizer:
         """Starts a request.
 
         Args:
             setting: the request's decoding setting (e.g. its temperature, top-k, top-p); each
-                setting keeps its own calibration.
+                setting keeps its own calibration, shared by the requests that use it.
+
+        Returns:
+            The request's sizer.
         """
-        self.calibrator = self.calibrators.setdefault(setting, AcceptanceCalibrator())
+        return RequestSizer(self, self.calibrators.setdefault(setting, AcceptanceCalibrator()))
+
+
+class RequestSizer:
+    """One request's side of ``TreeSizer``: its exploration wait and the tree in flight.
+
+    Args:
+        shared: the sizer whose profile, calibration and counters it uses.
+        calibrator: the calibration of the request's decoding setting.
+    """
+
+    def __init__(self, shared: TreeSizer, calibrator: AcceptanceCalibrator) -> None:
+        self.shared = shared
+        self.calibrator = calibrator
+        self.wait = shared.explore_every  # steps between explorations now
+        self.since_tree = 0  # plain steps in a row
+        self._exploring = False
+        self._predicted: np.ndarray | None = None  # [n] estimates of the tree being verified
 
     def size(self, tree: DraftTree) -> DraftTree:
         """Chooses the part of a drafted tree to verify this step.
@@ -102,15 +121,16 @@ class TreeSizer:
         Returns:
             A subtree of ``tree`` (possibly its root alone).
         """
+        shared = self.shared
         acceptance = self.calibrator.estimate(tree)  # [n]
-        keep = choose_nodes(acceptance, self.profile)
+        keep = choose_nodes(acceptance, shared.profile)
         self.since_tree = 0 if keep.size > 1 else self.since_tree + 1
         self._exploring = self.since_tree > self.wait and tree.size > 1
         if self._exploring:
-            keep = best_nodes(acceptance, self.explore_nodes)
+            keep = best_nodes(acceptance, shared.explore_nodes)
             self.since_tree = 0
-            self.explorations += 1
-        self.plain_steps += keep.size == 1
+            shared.explorations += 1
+        shared.plain_steps += keep.size == 1
         self._predicted = acceptance[keep]
         return tree.subtree(keep)
 
@@ -125,6 +145,7 @@ class TreeSizer:
         hit = np.zeros(tree.size)  # [n]
         hit[accepted] = 1.0
         if self._predicted is not None and self._predicted.size == tree.size:
-            self.reliability.add(self._predicted[1:], hit[1:])
+            self.shared.reliability.add(self._predicted[1:], hit[1:])
         if self._exploring:
-            self.wait = self.explore_every if accepted.size > 1 else min(2 * self.wait, self.explore_max)
+            shared = self.shared
+            self.wait = shared.explore_every if accepted.size > 1 else min(2 * self.wait, shared.explore_max)

@@ -85,7 +85,6 @@ class AdedDrafter:
         self.table = TrigramTable(vocab_size, self.config.capacity, self.config.slots)
         if self.config.prior_path is not None:
             self.table.load(self.config.prior_path)
-        self.before_root = -1  # the token before the next step's root; tracked through observe
         buffer_size = 1024
         self._tokens = np.empty(buffer_size, dtype=np.int64)  # [buffer] builder output
         self._parents = np.empty(buffer_size, dtype=np.int64)  # [buffer]
@@ -97,7 +96,6 @@ class AdedDrafter:
         Args:
             prompt: ``[p]`` int64 prompt token ids.
         """
-        self.before_root = int(prompt[-1]) if prompt.size else -1
         if self.config.prompt_rate > 0:
             self.learn_sequence(prompt, self.config.prompt_rate)
 
@@ -155,7 +153,7 @@ class AdedDrafter:
         config = self.config
         tree = step.tree
         if config.topk_rate > 0 and step.topk_ids.shape[1] > 0:
-            before = np.where(tree.parents >= 0, tree.tokens[np.maximum(tree.parents, 0)], self.before_root)  # [n]
+            before = np.where(tree.parents >= 0, tree.tokens[np.maximum(tree.parents, 0)], step.before_root)  # [n]
             probs = step.topk_probs.astype(np.float64)  # [n, K]
             if config.feedback_temperature != 1.0:
                 tempered = probs ** (1.0 / config.feedback_temperature)
@@ -166,10 +164,9 @@ class AdedDrafter:
                 config.topk_rate,
             )
             self.table.update(tree.tokens, step.topk_ids, probs, config.topk_rate)
-        produced = np.concatenate(([self.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
         if config.accepted_rate > 0:
-            self.learn_sequence(produced[1:] if self.before_root < 0 else produced, config.accepted_rate)
-        self.before_root = int(produced[-2])
+            produced = np.concatenate(([step.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
+            self.learn_sequence(produced[1:] if step.before_root < 0 else produced, config.accepted_rate)
 
     def save(self, path: str | Path) -> None:
         """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``).

@@ -21,6 +21,8 @@ class StepFeedback:
         topk_ids: ``[n, K]`` int64, the verifier's top-K token ids at every tree node, best first
             (K = the drafter's ``feedback_top_k``; K = 0 gives an ``[n, 0]`` array).
         topk_probs: ``[n, K]`` float32, their probabilities under the model (temperature 1).
+        before_root: the context token before the tree's root (-1 when the root is the first
+            token), so that a drafter learning n-grams across the root needs no per-request state.
     """
 
     tree: DraftTree
@@ -28,6 +30,7 @@ class StepFeedback:
     next_token: int
     topk_ids: np.ndarray
     topk_probs: np.ndarray
+    before_root: int = -1
 
     @property
     def accepted_tokens(self) -> np.ndarray:
@@ -39,8 +42,9 @@ class StepFeedback:
 class Drafter(Protocol):
     """Pure token-id logic that guesses what the model will say next.
 
-    A drafter never sees the model or its KV cache. Its state lives on the instance and may
-    persist across requests.
+    A drafter never sees the model or its KV cache. Its state lives on the instance, is learned
+    from every request and shared by all of them: what belongs to one request (its context,
+    the token before the root) comes in the arguments, so requests may interleave step by step.
 
     Attributes:
         name: the registry name (``"lookup"``...).

@@ -104,4 +104,5 @@ class HybridDrafter:
         """
         for part in self.parts:
             k = part.feedback_top_k
-            part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k]))
+            part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k],
+                                      step.before_root))

@@ -1,0 +1,52 @@
+"""Requests interleaved step by step on one Generator each get exactly what they get alone."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from adaspec import Generator
+
+PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List the planets of the solar system in order.",
+    "Explain in two sentences why the sky is blue.",
+]
+
+
+@pytest.mark.parametrize("drafter", ["hybrid", "aded", "recycling"])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.95}], ids=["greedy", "sampled"])
+def test_requests_stepped_in_turn_equal_their_solo_runs(model, drafter, sampling) -> None:
+    seeds = [{"seed": 11 + i} if sampling else {} for i in range(len(PROMPTS))]
+    alone = Generator(model, drafter="none")
+    expected = [alone.generate(p, max_new_tokens=40, **sampling, **s).token_ids for p, s in zip(PROMPTS, seeds)]
+
+    shared = Generator(model, drafter=drafter)
+    requests = [shared.open(p, max_new_tokens=40, **sampling, **s) for p, s in zip(PROMPTS, seeds)]
+    for request in requests:
+        request.start()
+    steps = 0
+    while not all(r.finished for r in requests):  # one step of each unfinished request in turn
+        for request in requests:
+            if not request.finished:
+                request.step()
+                steps += 1
+    for request in requests:
+        request.close()
+    assert steps > len(PROMPTS)  # they really were interleaved
+    assert [r.result().token_ids for r in requests] == expected
+    assert len(shared._idle_backends) == len(PROMPTS)  # each request had a cache of its own, now returned
+
+
+def test_two_streams_interleaved_on_one_generator_each_match_generate(model) -> None:
+    generator = Generator(model, drafter="hybrid")
+    expected = [Generator(model, drafter="none").generate(p, max_new_tokens=32).text for p in PROMPTS[:2]]
+    first, second = (generator.stream(p, max_new_tokens=32) for p in PROMPTS[:2])
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    for index, stream in itertools.chain.from_iterable(itertools.repeat(list(enumerate([first, second])), 64)):
+        piece = next(stream, None)
+        if piece is not None:
+            pieces[index].append(piece)
+    assert ["".join(pieces[0]), "".join(pieces[1])] == expected
+    assert first.result is not None and first.result.text == expected[0]
