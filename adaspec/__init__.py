@@ -10,7 +10,8 @@ Typical use::
 """
 
 from adaspec.drafters import Drafter, StepFeedback, drafter_names, make_drafter
-from adaspec.engine import DEFAULT_BUDGET, Generation, Generator, TextStream
+from adaspec.backends.base import DEFAULT_BUDGET
+from adaspec.engine import Generation, Generator, TextStream
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel, load
 from adaspec.sampling import SamplingParams

@@ -27,11 +27,13 @@ from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
 from adaspec.bench.report import write_profile_plot
 from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile
-from adaspec.engine import AUTO, DEFAULT_BUDGET, Generation, Generator
+from adaspec.backends.base import DEFAULT_BUDGET
+from adaspec.engine import AUTO, Generation, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import BACKENDS, DTYPES, load
 from adaspec.prior import build_prior, read_texts, write_prior
 from adaspec.sampling import SamplingParams
+from adaspec.state_store import DrafterStateStore, default_state_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (default: 0, all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens holding this probability (default: 1.0)")
     gen.add_argument("--seed", type=int, default=None, help="seed for sampling; the same seed gives the same text (default: random)")
+    gen.add_argument("--state-dir", type=Path, default=None,
+                     help="where the drafter's learned state is kept between runs (default: $ADASPEC_STATE_DIR or "
+                          "$ADASPEC_CACHE/drafter-state)")
+    gen.add_argument("--no-state", action="store_true", help="start the drafter cold and keep nothing")
     add_backend_options(gen)
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     gen.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
@@ -99,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--dtype", default="float32")
     profile.add_argument("--remeasure", action="store_true", help="measure again instead of using the cached profile")
     profile.add_argument("--plot", type=Path, default=None, help="also write the curve as a PNG")
+
+    serve = commands.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    serve.add_argument("--model", default=None, help="a .gguf file, a Hugging Face directory or a named model "
+                       "(default: the embedded SmolLM2-135M-Instruct)")
+    serve.add_argument("--drafter", default=None, help="drafter spec (default: the backend's default)")
+    serve.add_argument("--budget", type=budget_value, default=None, help="tree nodes per step, or auto")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--served-model-name", default=None, help="the model name clients use (default: the model's)")
+    serve.add_argument("--max-concurrency", type=int, default=8, help="requests decoded at once (default: 8)")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="requests waiting beyond those; more get 429 + Retry-After (default: 64)")
+    serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take (default: 600)")
+    serve.add_argument("--state-dir", type=Path, default=None,
+                       help="where the drafter's learned state is kept (default: $ADASPEC_CACHE/drafter-state)")
+    serve.add_argument("--no-state", action="store_true", help="start cold and keep nothing")
+    serve.add_argument("--save-every", type=float, default=300.0, help="seconds between state saves (default: 300)")
+    serve.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    serve.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    add_backend_options(serve)
 
     prior = commands.add_parser("prior", help="build a tri-gram prior for the aded drafter")
     prior_commands = prior.add_subparsers(dest="prior_command", required=True, parser_class=OneLineParser)
@@ -341,6 +367,9 @@ def run_generate(args: argparse.Namespace) -> int:
     model = load_for(args)
     generator = Generator(model, drafter=args.drafter, budget=args.budget)
     label = args.drafter or generator.drafter.name  # the backend's default when none was given
+    store = None if args.no_state else DrafterStateStore(args.state_dir or default_state_dir(), model.name, label)
+    if store is not None:
+        store.load_into(generator.drafter)  # warm: what earlier runs learned
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, temperature=sampling.temperature,
                    top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
     generator.encode(prompt, args.chat)  # reject a bad prompt before any warm-up
@@ -359,6 +388,8 @@ def run_generate(args: argparse.Namespace) -> int:
         print()
         result = stream.result
     assert result is not None
+    if store is not None:
+        store.save(generator.drafter)
 
     if args.json:
         print(json.dumps(json_summary(label, result, baseline)))
@@ -425,6 +456,43 @@ def stats_line(drafter: str, result: Generation, baseline: Generation | None) ->
     return line
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """Runs ``adaspec serve`` until interrupted.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code.
+
+    Raises:
+        AdaspecError: for a bad option or model.
+    """
+    from adaspec.serve import build_server, run_server, served_name
+
+    if args.drafter is not None:
+        parse_drafter_spec(args.drafter)
+    if not 0 < args.port < 65536:
+        raise AdaspecError(f"--port must lie in 1..65535, got {args.port}")
+    if args.max_concurrency < 1 or args.max_queue < 0 or args.request_timeout <= 0 or args.save_every <= 0:
+        raise AdaspecError("--max-concurrency must be >= 1, --max-queue >= 0, --request-timeout and --save-every > 0")
+    model = load_for(args)
+    generator = Generator(model, drafter=args.drafter, budget=args.budget)
+    spec = args.drafter or generator.drafter.name
+    state_dir = None if args.no_state else (args.state_dir or default_state_dir())
+    name = args.served_model_name or served_name(model.name)
+    aliases = tuple(a for a in (args.model, model.name) if a)
+    server = build_server(generator, name, spec, aliases=aliases, max_active=args.max_concurrency,
+                          max_waiting=args.max_queue, request_timeout=args.request_timeout, state_dir=state_dir,
+                          save_every=args.save_every)
+    print(f"adaspec: serving {name!r} on http://{args.host}:{args.port}/v1 (drafter {spec}, budget "
+          f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once; "
+          f"state: {server.scheduler.state_store.path if server.scheduler.state_store else 'not kept'})",
+          file=sys.stderr, flush=True)
+    run_server(server, args.host, args.port)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adaspec`` command.
 
@@ -444,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_profile(args)
         if args.command == "prior":
             return run_prior_build(args)
+        if args.command == "serve":
+            return run_serve(args)
         raise AdaspecError(f"unknown command {args.command!r}")
     except AdaspecError as error:
         print(f"adaspec: error: {error}", file=sys.stderr)

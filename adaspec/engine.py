@@ -12,7 +12,7 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from adaspec.backends.base import DEFAULT_BUDGET, Backend
+from adaspec.backends.base import Backend
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, make_drafter
 from adaspec.errors import AdaspecError

@@ -9,14 +9,13 @@ the other kind of prior: one learned from the model's own outputs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from adaspec.drafters.trigram import TrigramTable, trigrams
+from adaspec.atomic import atomic_writer
 from adaspec.errors import AdaspecError
 
 
@@ -96,15 +95,10 @@ def write_prior(table: TrigramTable, out: Path) -> None:
     if not folder.is_dir():
         raise AdaspecError(f"cannot write {out}: folder {folder} does not exist")
     try:
-        handle, staging = tempfile.mkstemp(dir=folder, prefix=".prior-", suffix=".npz")
-        with os.fdopen(handle, "wb") as file:
+        with atomic_writer(out) as file:
             table.save(file)
-        os.replace(staging, out)
     except OSError as error:
         raise AdaspecError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        if "staging" in locals() and os.path.exists(staging):
-            os.remove(staging)
 
 
 def read_texts(paths: Iterable[Path]) -> list[str]:

@@ -8,6 +8,12 @@ import torch
 import adaspec
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory, monkeypatch) -> None:
+    """Each test keeps any drafter state it saves in a folder of its own, never in the user's cache."""
+    monkeypatch.setenv("ADASPEC_STATE_DIR", str(tmp_path_factory.mktemp("drafter-state")))
+
+
 @pytest.fixture(scope="session")
 def model() -> adaspec.LoadedModel:
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+from adaspec.atomic import atomic_write_text
 from adaspec.bench.metrics import RunRecord
 from adaspec.errors import AdaspecError
 
@@ -108,10 +109,7 @@ class Checkpoint:
 
     def _rewrite(self, header: dict) -> None:
         """Replaces the file atomically with ``header`` and the records held."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_suffix(".tmp")
-        staging.write_text("".join(json.dumps(item) + "\n" for item in [header, *map(asdict, self.records)]))
-        staging.replace(self.path)
+        atomic_write_text(self.path, "".join(json.dumps(item) + "\n" for item in [header, *map(asdict, self.records)]))
 
     def append(self, record: RunRecord) -> None:
         """Adds one record, flushed to disk at once.

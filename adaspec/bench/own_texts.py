@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
+from adaspec.atomic import atomic_write_text
 from adaspec.errors import AdaspecError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # adaspec/
@@ -93,9 +93,7 @@ def write_snapshot(texts: dict, path: Path) -> None:
         texts: ``snapshot_own_texts``'s output.
         path: the file to write.
     """
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(texts, indent=1, ensure_ascii=False) + "\n")
-    os.replace(staging, path)
+    atomic_write_text(path, json.dumps(texts, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from adaspec.bench.llamacpp_peers import LLAMACPP_PEERS, LlamaCppPeer
 from adaspec.bench.metrics import RunRecord
 from adaspec.bench.prompts import BenchPrompt
 from adaspec.drafters import drafter_names, parse_drafter_spec
-from adaspec.engine import DEFAULT_BUDGET, Generator
+from adaspec.backends.base import DEFAULT_BUDGET
+from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 

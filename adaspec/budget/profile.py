@@ -4,13 +4,13 @@ device, dtype, thread count, build) and cached as JSON."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from adaspec.atomic import atomic_write_text
 from adaspec.backends.base import Backend, Pick
 from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
@@ -64,10 +64,7 @@ class LatencyProfile:
         Args:
             path: the file to write; its folder is created if missing.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(staging, path)
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> LatencyProfile:

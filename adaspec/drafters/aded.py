@@ -168,6 +168,25 @@ class AdedDrafter:
             produced = np.concatenate(([step.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
             self.learn_sequence(produced[1:] if step.before_root < 0 else produced, config.accepted_rate)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned table as arrays (what a server keeps across restarts).
+
+        Returns:
+            The table's arrays (see ``TrigramTable.state``).
+        """
+        return self.table.state()
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Replaces the learned table with arrays from ``state``.
+
+        Args:
+            state: from ``state()``.
+
+        Raises:
+            ValueError: if they are not a table for this vocabulary.
+        """
+        self.table.restore(state)
+
     def save(self, path: str | Path) -> None:
         """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``).
 

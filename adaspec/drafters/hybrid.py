@@ -106,3 +106,29 @@ class HybridDrafter:
             k = part.feedback_top_k
             part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k],
                                       step.before_root))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned state of every part that has one, keyed ``<part index>.<array>``.
+
+        Returns:
+            The arrays.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        for index, part in enumerate(self.parts):
+            if hasattr(part, "state"):
+                arrays.update({f"{index}.{name}": value for name, value in part.state().items()})
+        return arrays
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Gives every part with learned state its arrays back.
+
+        Args:
+            state: from ``state()``.
+
+        Raises:
+            ValueError: if a part's arrays are missing or do not fit it.
+        """
+        for index, part in enumerate(self.parts):
+            if hasattr(part, "restore"):
+                prefix = f"{index}."
+                part.restore({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)})

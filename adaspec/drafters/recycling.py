@@ -183,15 +183,45 @@ class TokenRecyclingDrafter:
                 self.rank_probabilities(), self.config.template_nodes, self.config.max_depth
             )
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The candidate table and rank statistics as arrays.
+
+        Returns:
+            ``candidates [V, K]``, ``rank_hits [K]``, ``rank_trials``.
+        """
+        return {"candidates": self.candidates, "rank_hits": self.rank_hits, "rank_trials": np.int64(self.rank_trials)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Replaces the learned state with arrays from ``state``.
+
+        Args:
+            state: from ``state()``.
+
+        Raises:
+            ValueError: if they were made for another vocabulary size or top-K.
+        """
+        try:
+            candidates, rank_hits, rank_trials = state["candidates"], state["rank_hits"], int(state["rank_trials"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a recycling state: missing or bad {error}") from None
+        if candidates.shape != self.candidates.shape or rank_hits.shape != self.rank_hits.shape:
+            raise ValueError(
+                f"recycling state has table shape {candidates.shape}, this drafter needs {self.candidates.shape}"
+            )
+        if candidates.size and (int(candidates.max()) >= self.vocab_size or int(candidates.min()) < -1):
+            raise ValueError("recycling state holds token ids outside the vocabulary")
+        self.candidates = candidates.astype(np.int64)
+        self.rank_hits = rank_hits.astype(np.int64)
+        self.rank_trials = rank_trials
+        self.template = build_template(self.rank_probabilities(), self.config.template_nodes, self.config.max_depth)
+
     def save(self, path: str | Path) -> None:
         """Writes the table and rank statistics to an ``.npz`` file.
 
         Args:
             path: the file to write.
         """
-        np.savez_compressed(
-            path, candidates=self.candidates, rank_hits=self.rank_hits, rank_trials=np.int64(self.rank_trials)
-        )
+        np.savez_compressed(path, **self.state())
 
     def load(self, path: str | Path) -> None:
         """Reads state written by ``save``.
@@ -203,13 +233,4 @@ class TokenRecyclingDrafter:
             ValueError: if the file was written for another vocabulary size or top-K.
         """
         with np.load(path) as data:
-            candidates = data["candidates"]
-            if candidates.shape != self.candidates.shape:
-                raise ValueError(
-                    f"recycling state {path} has table shape {candidates.shape}, "
-                    f"this drafter needs {self.candidates.shape}"
-                )
-            self.candidates = candidates.astype(np.int64)
-            self.rank_hits = data["rank_hits"].astype(np.int64)
-            self.rank_trials = int(data["rank_trials"])
-        self.template = build_template(self.rank_probabilities(), self.config.template_nodes, self.config.max_depth)
+            self.restore({name: data[name] for name in data.files})

@@ -286,17 +286,25 @@ class TrigramTable:
         used = self.ids[slot] >= 0
         return self.ids[slot][used].astype(np.int64), self.weights[slot][used].copy()
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The stored rows as arrays (``restore`` reads them back).
+
+        Returns:
+            ``vocab_size``, ``keys [r]``, ``ids [r, S]``, ``weights [r, S]``, ``stamps [r]``, ``clock``.
+        """
+        used = np.flatnonzero(self.keys != EMPTY)  # [r]
+        return {
+            "vocab_size": np.int64(self.vocab_size), "keys": self.keys[used], "ids": self.ids[used],
+            "weights": self.weights[used], "stamps": self.stamps[used], "clock": np.int64(self.clock),
+        }
+
     def save(self, path: str | Path | BinaryIO) -> None:
         """Writes the stored rows to an ``.npz`` file.
 
         Args:
             path: a path or an open binary file.
         """
-        used = np.flatnonzero(self.keys != EMPTY)
-        np.savez_compressed(
-            path, vocab_size=np.int64(self.vocab_size), keys=self.keys[used], ids=self.ids[used],
-            weights=self.weights[used], stamps=self.stamps[used], clock=np.int64(self.clock),
-        )
+        np.savez_compressed(path, **self.state())
 
     def load(self, path: str | Path) -> None:
         """Replaces the table's rows with those written by ``save`` (newest kept if over capacity).
@@ -309,15 +317,34 @@ class TrigramTable:
         """
         try:
             with np.load(path) as data:
-                vocab_size = int(data["vocab_size"])
-                keys, ids, weights, stamps = data["keys"], data["ids"], data["weights"], data["stamps"]
-                clock = int(data["clock"])
-        except (OSError, KeyError, ValueError) as error:
+                state = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as error:
             raise ValueError(f"{path} is not a tri-gram table file: {error}") from None
+        self.restore(state, str(path))
+
+    def restore(self, state: dict[str, np.ndarray], source: str = "the state") -> None:
+        """Replaces the table's rows with those of ``state()`` (newest kept if over capacity).
+
+        Args:
+            state: arrays from ``state()``.
+            source: what they came from, for error messages.
+
+        Raises:
+            ValueError: if they are not a tri-gram table for this vocabulary size.
+        """
+        path = source
+        try:
+            vocab_size = int(state["vocab_size"])
+            keys, ids, weights, stamps = state["keys"], state["ids"], state["weights"], state["stamps"]
+            clock = int(state["clock"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path} is not a tri-gram table: missing or bad {error}") from None
         if vocab_size != self.vocab_size:
             raise ValueError(f"{path} was built for a vocabulary of {vocab_size}, this model has {self.vocab_size}")
-        if ids.ndim != 2 or ids.shape[0] != keys.size:
+        if ids.ndim != 2 or ids.shape[0] != keys.size or weights.shape != ids.shape or stamps.shape != keys.shape:
             raise ValueError(f"{path} has inconsistent array shapes")
+        if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < EMPTY):
+            raise ValueError(f"{path} holds token ids outside the vocabulary")
         order = np.argsort(stamps, kind="stable")[-self.capacity:]
         slots = min(self.slots, ids.shape[1])
         self.keys[:] = EMPTY

@@ -1,0 +1,75 @@
+"""``adaspec serve``: an OpenAI-compatible HTTP server (chat and text completions, streaming,
+Prometheus metrics) whose drafter learns from every request and keeps what it learned across
+restarts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from adaspec.engine import Generator
+from adaspec.serve.app import OpenAIServer
+from adaspec.serve.metrics import ServerMetrics
+from adaspec.serve.scheduler import JobSpec, Scheduler, ServerBusy
+from adaspec.state_store import DrafterStateStore
+
+log = logging.getLogger("adaspec")
+
+
+def served_name(model_name: str) -> str:
+    """The name a model is served under by default: its file or folder name, without "embedded ".
+
+    Args:
+        model_name: ``LoadedModel.name``.
+
+    Returns:
+        e.g. ``SmolLM2-135M-Instruct`` or ``qwen2.5-coder-0.5b-instruct-q4_k_m.gguf``.
+    """
+    return Path(model_name.removeprefix("embedded ")).name or model_name
+
+
+def build_server(generator: Generator, model_name: str, drafter_spec: str, aliases: tuple[str, ...] = (),
+                 max_active: int = 8, max_waiting: int = 64, request_timeout: float = 600.0,
+                 state_dir: str | Path | None = None, save_every: float = 300.0) -> OpenAIServer:
+    """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
+
+    Args:
+        generator: the model, drafter and budget to serve.
+        model_name: the name clients use.
+        drafter_spec: the drafter's spec (names its state file).
+        aliases: other model names accepted in requests.
+        max_active: requests decoded at once.
+        max_waiting: requests queued beyond those before 429s.
+        request_timeout: seconds a request may take.
+        state_dir: where the drafter's learned state lives (None: not kept); it is loaded now.
+        save_every: seconds between periodic saves.
+
+    Returns:
+        The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
+    """
+    store = None
+    if state_dir is not None:
+        store = DrafterStateStore(state_dir, generator.model.name, drafter_spec)
+        if store.load_into(generator.drafter):
+            log.warning("adaspec: drafter state loaded from %s", store.path)
+    metrics = ServerMetrics(model_name)
+    scheduler = Scheduler(generator, metrics, max_active=max_active, max_waiting=max_waiting,
+                          request_timeout=request_timeout, state_store=store, save_every=save_every)
+    return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context)
+
+
+def run_server(server: OpenAIServer, host: str, port: int) -> None:
+    """Serves until interrupted (Ctrl-C or SIGTERM), then ends every request and saves the state.
+
+    Args:
+        server: from ``build_server``.
+        host: the address to listen on.
+        port: the port.
+    """
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning",
+                                  timeout_graceful_shutdown=5)).run()
+
+
+__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "ServerBusy", "ServerMetrics", "build_server", "run_server", "served_name"]

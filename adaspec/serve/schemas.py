@@ -1,0 +1,200 @@
+"""OpenAI's request shapes for ``/v1/chat/completions`` and ``/v1/completions``, checked with
+pydantic, and their translation to a scheduler ``JobSpec``.
+
+Everything that would change the model's distribution (penalties, logit bias) or that is not
+implemented (``n > 1``, logprobs, tools, echo) is refused with a 400 rather than ignored;
+unknown fields are refused too, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaspec.serve.scheduler import JobSpec
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class RequestError(Exception):
+    """A request that is well-formed JSON but cannot be served; becomes an OpenAI-style 4xx.
+
+    Args:
+        message: one line saying what is wrong.
+        param: the offending parameter, if one.
+        status: the HTTP status.
+        code: OpenAI's error code, if one applies.
+    """
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.code = code
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: only ``include_usage``."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class CommonRequest(BaseModel):
+    """Fields the two endpoints share."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1)  # an extension (vLLM's): 0 or -1 = all tokens
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    def refuse_unsupported(self) -> None:
+        """Raises for options that adaspec cannot honour exactly.
+
+        Raises:
+            RequestError: naming the option.
+        """
+        if self.n != 1:
+            raise RequestError("n must be 1: adaspec returns one choice per request", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0:
+                raise RequestError(f"{name} is not supported: it would change the model's distribution", name)
+        if self.logit_bias:
+            raise RequestError("logit_bias is not supported: it would change the model's distribution", "logit_bias")
+        stops = self.stop_list()
+        if len(stops) > 16 or any(not s for s in stops):
+            raise RequestError("stop takes at most 16 non-empty strings", "stop")
+
+    def stop_list(self) -> list[str]:
+        """``stop`` as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling(self) -> dict:
+        """The sampling settings as ``JobSpec`` fields."""
+        return {"temperature": self.temperature, "top_k": max(0, self.top_k), "top_p": self.top_p, "seed": self.seed}
+
+
+class ChatRequest(CommonRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[Message]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+    tool_choice: Union[str, dict, None] = None
+    response_format: dict | None = None
+    parallel_tool_calls: bool | None = None
+
+    def to_job(self, default_max_tokens: int) -> JobSpec:
+        """The scheduler's job for this request.
+
+        Args:
+            default_max_tokens: used when neither ``max_tokens`` nor ``max_completion_tokens`` is given.
+
+        Returns:
+            The job spec.
+
+        Raises:
+            RequestError: for unsupported options or unusable messages.
+        """
+        self.refuse_unsupported()
+        if self.logprobs or self.top_logprobs:
+            raise RequestError("logprobs are not supported", "logprobs")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise RequestError("tools are not supported", "tools")
+        if self.response_format and self.response_format.get("type") != "text":
+            raise RequestError("only the text response_format is supported", "response_format")
+        if not self.messages:
+            raise RequestError("messages must hold at least one message", "messages")
+        messages = []
+        for index, message in enumerate(self.messages):
+            if message.role not in ROLES:
+                raise RequestError(f"messages[{index}].role {message.role!r} is not one of {', '.join(ROLES)}",
+                                   "messages")
+            content = message.content
+            text = content if isinstance(content, str) else "".join(part.text for part in content or [])
+            role = "system" if message.role == "developer" else message.role
+            messages.append({"role": role, "content": text})
+        if not any(m["content"].strip() for m in messages):
+            raise RequestError("the messages hold no text", "messages")
+        limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
+        return JobSpec(messages, chat=True, max_tokens=limit, stop=self.stop_list(), **self.sampling())
+
+
+class CompletionRequest(CommonRequest):
+    """``POST /v1/completions``."""
+
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+
+    def to_job(self, default_max_tokens: int) -> JobSpec:
+        """The scheduler's job for this request.
+
+        Args:
+            default_max_tokens: used when ``max_tokens`` is null.
+
+        Returns:
+            The job spec.
+
+        Raises:
+            RequestError: for unsupported options or an unusable prompt.
+        """
+        self.refuse_unsupported()
+        if self.echo:
+            raise RequestError("echo is not supported", "echo")
+        if self.suffix:
+            raise RequestError("suffix is not supported", "suffix")
+        if self.best_of not in (None, 1):
+            raise RequestError("best_of must be 1", "best_of")
+        if self.logprobs is not None:
+            raise RequestError("logprobs are not supported", "logprobs")
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise RequestError("one prompt per request: send a list of prompts as separate requests", "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str) and not prompt.strip() or isinstance(prompt, list) and not prompt:
+            raise RequestError("the prompt is empty", "prompt")
+        return JobSpec(prompt, chat=False, max_tokens=self.max_tokens or default_max_tokens, stop=self.stop_list(),
+                       **self.sampling())
