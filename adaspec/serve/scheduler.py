@@ -222,12 +222,13 @@ class Scheduler:
             job.request = request
             self._active.append(job)
             self._set_running()
-            if not self._guarded(job, request.start):
+            piece = self._guarded(job, request.start)
+            if piece is None:
                 continue
             job.last_output = time.monotonic()
             self.metrics.observe_start(request.prompt_ids.size, job.last_output - job.arrived)
             job.send("started", int(request.prompt_ids.size))
-            self._after_output(job)
+            self._after_output(job, piece)
 
     def _advance(self, job: Job) -> None:
         """One step of one active request, or its end (finished, cancelled, timed out)."""
@@ -242,32 +243,33 @@ class Scheduler:
             return
         request = job.request
         assert request is not None
-        if not self._guarded(job, request.step):
+        piece = self._guarded(job, request.step)
+        if piece is None:
             return
         now = time.monotonic()
         assert request.last_step is not None
         self.metrics.observe_step(request.last_step, now - job.last_output)
         job.last_output = now
         self._unsaved_steps += 1
-        self._after_output(job)
+        self._after_output(job, piece)
 
-    def _guarded(self, job: Job, action) -> bool:
-        """Runs ``action`` (start or step) and sends its text; a failure ends only this request."""
+    def _guarded(self, job: Job, action) -> str | None:
+        """Runs ``action`` (start or step); a failure ends only this request and gives None."""
         try:
-            piece = action()
+            return action()
         except Exception as error:  # a bug must cost one request, never the server
             log.exception("adaspec: request %d failed", job.id)
             self.metrics.failed.labels(self.metrics.model_name, "internal").inc()
             job.send("error", (500, f"internal error: {type(error).__name__}: {error}"))
             self._retire(job)
-            return False
-        if piece:
-            job.send("text", piece)
-        return True
+            return None
 
-    def _after_output(self, job: Job) -> None:
+    def _after_output(self, job: Job, piece: str) -> None:
+        """Sends a step's text, and the result when the request has finished."""
         request = job.request
         assert request is not None
+        if piece:
+            job.send("text", piece)
         if request.finished:
             generation: Generation = request.result()
             self.metrics.observe_finish(generation, time.monotonic() - job.arrived)

@@ -1,0 +1,76 @@
+"""Runs an adaspec server in a background thread on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import httpx2 as httpx
+import uvicorn
+
+from adaspec import Generator, LoadedModel
+from adaspec.serve import OpenAIServer, build_server
+
+MODEL_NAME = "smollm2-test"
+
+
+def free_port() -> int:
+    """A port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def live_server(model: LoadedModel, drafter: str = "hybrid", **options) -> Iterator[tuple[str, OpenAIServer]]:
+    """Serves ``model`` on 127.0.0.1 until the block ends.
+
+    Args:
+        model: the loaded model.
+        drafter: the drafter spec.
+        options: ``build_server`` options (max_active, max_waiting, request_timeout, state_dir...).
+
+    Yields:
+        The base URL (``http://127.0.0.1:PORT``) and the server object.
+    """
+    server = build_server(Generator(model, drafter=drafter), MODEL_NAME, drafter, **options)
+    port = free_port()
+    runner = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start within 30 s")
+        time.sleep(0.05)
+    try:
+        yield url, server
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=30)
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample's value from ``/metrics`` (0 when absent).
+
+    Args:
+        url: the server's base URL.
+        name: the sample name, e.g. ``vllm:num_requests_running``.
+        labels: text that must appear in the sample's label set, e.g. ``reason="timeout"``.
+
+    Returns:
+        The value.
+    """
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

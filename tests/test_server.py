@@ -1,0 +1,238 @@
+"""adaspec serve, through real clients (the official ``openai`` package and raw HTTP) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import time
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+
+from adaspec import Generator
+from adaspec.drafters import make_drafter
+from adaspec.state_store import DrafterStateStore
+from tests.server_harness import MODEL_NAME, live_server, metric
+
+PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List the planets of the solar system in order.",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about autumn leaves.",
+    "What is the capital of France? Answer in one sentence.",
+    "Give three tips for writing clear code.",
+    "Translate 'good morning' into Spanish, French and German.",
+    "Write a SQL query that counts the rows of a table named users.",
+]
+TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    with live_server(model, state_dir=tmp_path_factory.mktemp("state"), max_active=8, max_waiting=16) as (url, srv):
+        yield url, srv
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def solo(model) -> list[str]:
+    """Each prompt's greedy chat answer from plain decoding, alone."""
+    plain = Generator(model, drafter="none")
+    return [plain.generate([{"role": "user", "content": p}], max_new_tokens=TOKENS).text for p in PROMPTS]
+
+
+def test_chat_and_completions_equal_generate_through_the_openai_client(client, model, solo) -> None:
+    chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                          max_tokens=TOKENS, temperature=0)
+    assert chat.choices[0].message.content == solo[0]
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.completion_tokens > 0 and chat.usage.prompt_tokens > 10
+
+    expected = Generator(model, drafter="none").generate("def fibonacci(n):", max_new_tokens=24, chat=False)
+    completion = client.completions.create(model=MODEL_NAME, prompt="def fibonacci(n):", max_tokens=24, temperature=0)
+    assert completion.choices[0].text == expected.text
+    assert completion.usage.completion_tokens == len(expected.token_ids)
+
+    pieces, reasons, usages = [], [], []
+    for chunk in client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPTS[1]}],
+                                                max_tokens=TOKENS, temperature=0, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            reasons.append(choice.finish_reason)
+    assert "".join(pieces) == solo[1]
+    assert reasons[-1] in ("stop", "length") and all(r is None for r in reasons[:-1])
+    assert len(usages) == 1 and usages[0].completion_tokens > 0
+
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL_NAME, prompt="def fibonacci(n):", max_tokens=24, temperature=0, stream=True) if c.choices)
+    assert streamed == expected.text
+
+
+def test_seeded_sampling_through_the_server_equals_generate(client, model) -> None:
+    messages = [{"role": "user", "content": PROMPTS[3]}]
+    expected = Generator(model, drafter="none").generate(messages, max_new_tokens=TOKENS, temperature=0.8, top_p=0.95,
+                                                         seed=7)
+    got = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=TOKENS, temperature=0.8,
+                                         top_p=0.95, seed=7)
+    assert got.choices[0].message.content == expected.text
+
+
+def test_eight_concurrent_streams_each_get_their_solo_output(server, client, solo) -> None:
+    url, _ = server
+    drafts_before = metric(url, "vllm:spec_decode_num_drafts_total")
+    started = time.monotonic()
+
+    def run(prompt: str) -> tuple[str, int, float]:
+        pieces, chunks, first = [], 0, 0.0
+        stream = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=TOKENS, temperature=0, stream=True)
+        for chunk in stream:
+            chunks += 1
+            text = chunk.choices[0].delta.content if chunk.choices else None
+            if text and not first:
+                first = time.monotonic()
+            pieces.append(text or "")
+        return "".join(pieces), chunks, first
+
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        results = list(pool.map(run, PROMPTS))
+    assert [text for text, _, _ in results] == solo  # nothing lost, mixed or changed
+    # continuous scheduling: every stream had its first text long before the last stream ended
+    last_end = time.monotonic()
+    assert all(0 < first < last_end for _, _, first in results)
+    assert max(first for _, _, first in results) - started < 0.8 * (last_end - started)
+    assert metric(url, "vllm:spec_decode_num_drafts_total") > drafts_before
+    assert metric(url, "vllm:num_requests_running") == 0
+
+
+def test_metrics_use_vllm_names(server, client) -> None:
+    url, _ = server
+    client.completions.create(model=MODEL_NAME, prompt="1, 2, 3, 4, 5,", max_tokens=16, temperature=0)
+    text = httpx.get(f"{url}/metrics").text
+    for name in ("vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
+                 "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_accepted_tokens_per_pos_total",
+                 "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:request_success_total",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
+        assert name in text, name
+    accepted = metric(url, "vllm:spec_decode_num_accepted_tokens_total")
+    per_position = sum(metric(url, "vllm:spec_decode_num_accepted_tokens_per_pos_total", f'position="{p}"')
+                       for p in range(16))
+    assert accepted > 0 and per_position == accepted  # depth counts add up (accepted paths are < 16 deep here)
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == MODEL_NAME
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", "/v1/chat/completions", b'{"messages": [', 400),
+    ("non-UTF-8 bytes", "/v1/chat/completions", b'{"messages": "\xff\xfe"}', 400),
+    ("max_tokens of the wrong type", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, 400),
+    ("messages of the wrong type", "/v1/chat/completions", {"messages": "hi"}, 400),
+    ("empty messages", "/v1/chat/completions", {"messages": []}, 400),
+    ("messages without text", "/v1/chat/completions", {"messages": [{"role": "user", "content": "  "}]}, 400),
+    ("an unknown role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    ("huge max_tokens", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12}, 400),
+    ("n > 1", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400),
+    ("presence_penalty", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}, 400),
+    ("frequency_penalty", "/v1/completions", {"prompt": "hi", "frequency_penalty": 1.0}, 400),
+    ("logit_bias", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"42": 5}}, 400),
+    ("logprobs", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400),
+    ("an unknown parameter", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400),
+    ("a negative temperature", "/v1/completions", {"prompt": "hi", "temperature": -1}, 400),
+    ("top_p of zero", "/v1/completions", {"prompt": "hi", "top_p": 0}, 400),
+    ("an empty prompt", "/v1/completions", {"prompt": ""}, 400),
+    ("two prompts", "/v1/completions", {"prompt": ["a", "b"]}, 400),
+    ("token ids outside the vocabulary", "/v1/completions", {"prompt": [1, 2, 10**9]}, 400),
+    ("a prompt longer than the context", "/v1/completions", {"prompt": "word " * 9000, "max_tokens": 4}, 400),
+    ("another model", "/v1/completions", {"model": "gpt-4", "prompt": "hi"}, 404),
+]
+
+
+@pytest.mark.parametrize("path, body, status", [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_is_a_clean_4xx_and_the_server_keeps_serving(server, path, body, status) -> None:
+    url, _ = server
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and "\n" not in error["message"] and error["type"]
+    assert httpx.get(f"{url}/health").status_code == 200
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "temperature": 0}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(server) -> None:
+    url, _ = server
+    before = metric(url, "adaspec:requests_failed_total", 'reason="disconnected"')
+    body = {"prompt": "Count from one to one thousand in words:", "max_tokens": 2000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")  # generation is under way; now walk away
+    deadline = time.monotonic() + 10
+    while metric(url, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(url, "vllm:num_requests_running") == 0
+    assert metric(url, "adaspec:requests_failed_total", 'reason="disconnected"') == before + 1
+    assert metric(url, "vllm:generation_tokens_total") < 10**4
+
+
+def test_a_full_queue_answers_429_with_retry_after_then_recovers(model, tmp_path) -> None:
+    with live_server(model, max_active=1, max_waiting=1, state_dir=None) as (url, _):
+        body = {"prompt": "Write a long story about a dragon.", "max_tokens": 60, "temperature": 0}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body, timeout=120), range(4)))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses.count(200) >= 2 and 429 in statuses, statuses  # one decodes, one waits, the rest are refused
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_exceeded"
+        texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
+        assert len(texts) == 1  # the requests that ran all got the one greedy answer
+        again = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+        assert again.status_code == 200 and again.json()["choices"][0]["text"] in texts
+
+
+def test_a_request_past_its_timeout_ends_with_504_and_others_are_unharmed(model) -> None:
+    with live_server(model, max_active=2, request_timeout=1.0, state_dir=None) as (url, _):
+        slow = {"prompt": "Count from one to one thousand in words:", "max_tokens": 4000, "temperature": 0}
+        response = httpx.post(f"{url}/v1/completions", json=slow, timeout=60)
+        assert response.status_code == 504 and "timeout" in response.json()["error"]["message"]
+        quick = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3, "temperature": 0}, timeout=60)
+        assert quick.status_code == 200
+        assert metric(url, "adaspec:requests_failed_total", 'reason="timeout"') == 1
+
+
+def test_learned_state_survives_a_restart_and_bad_files_are_ignored(model, tmp_path, caplog) -> None:
+    with live_server(model, drafter="aded", state_dir=tmp_path) as (url, srv):
+        httpx.post(f"{url}/v1/completions", json={"prompt": "def add(a, b):", "max_tokens": 24, "temperature": 0},
+                   timeout=60).raise_for_status()
+        learned = len(srv.scheduler.generator.drafter.table)
+    store = DrafterStateStore(tmp_path, model.name, "aded")
+    assert learned > 0 and store.path.is_file()
+    warm = make_drafter("aded", model.vocab_size)
+    assert store.load_into(warm) and len(warm.table) == learned
+
+    foreign = DrafterStateStore(tmp_path, "another model", "aded")
+    foreign.path.parent.mkdir(parents=True, exist_ok=True)
+    foreign.path.write_bytes(store.path.read_bytes())  # learned on another model
+    corrupt = DrafterStateStore(tmp_path, model.name, "aded:capacity=4096")
+    corrupt.path.write_bytes(store.path.read_bytes()[: store.path.stat().st_size // 2])  # cut short
+    for bad in (foreign, corrupt):
+        cold = make_drafter("aded", model.vocab_size)
+        with caplog.at_level(logging.WARNING, logger="adaspec"):
+            caplog.clear()
+            assert not bad.load_into(cold)
+        assert len(cold.table) == 0
+        assert len(caplog.records) == 1 and "ignoring drafter state" in caplog.records[0].getMessage()
+    # a server started on the bad file still serves
+    with live_server(model, drafter="aded:capacity=4096", state_dir=tmp_path) as (url, _):
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60).status_code == 200
+    assert np.load(corrupt.path)["meta.drafter"] == "aded:capacity=4096"  # rewritten whole on shutdown
