@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the drafter's learned state is kept (default: $ADASPEC_CACHE/drafter-state)")
     serve.add_argument("--no-state", action="store_true", help="start cold and keep nothing")
     serve.add_argument("--save-every", type=float, default=300.0, help="seconds between state saves (default: 300)")
+    serve.add_argument("--no-batch", action="store_true",
+                       help="verify one request per forward (default: all active requests in one forward, where a "
+                            "start-up check shows it gives each request exactly its solo logits)")
     serve.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     serve.add_argument("--dtype", default="float32", choices=list(DTYPES))
     add_backend_options(serve)
@@ -484,9 +487,10 @@ def run_serve(args: argparse.Namespace) -> int:
     aliases = tuple(a for a in (args.model, model.name) if a)
     server = build_server(generator, name, spec, aliases=aliases, max_active=args.max_concurrency,
                           max_waiting=args.max_queue, request_timeout=args.request_timeout, state_dir=state_dir,
-                          save_every=args.save_every)
+                          save_every=args.save_every, batch=not args.no_batch)
     print(f"adaspec: serving {name!r} on http://{args.host}:{args.port}/v1 (drafter {spec}, budget "
-          f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once; "
+          f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once, "
+          f"{'batched' if server.scheduler.runner else 'one per forward'}; "
           f"state: {server.scheduler.state_store.path if server.scheduler.state_store else 'not kept'})",
           file=sys.stderr, flush=True)
     run_server(server, args.host, args.port)

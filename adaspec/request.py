@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adaspec.backends.base import Backend, Pick
+from adaspec.backends.base import Backend, NodeOutputs, Pick
 from adaspec.drafters import StepFeedback
 from adaspec.output import OutputTracker
 from adaspec.sampling import SamplingParams
@@ -125,11 +125,24 @@ class Request:
         Returns:
             The text that became final (possibly empty).
         """
+        tree, pick = self.draft()
+        tick = time.perf_counter()
+        verified = self.backend.verify(tree, pick)
+        return self.finish(tree, verified, time.perf_counter() - tick)
+
+    def draft(self) -> tuple[DraftTree, Pick]:
+        """The first half of a step: the tree to verify and how to pick its tokens.
+
+        A caller that verifies several requests' trees in one forward (the server) calls
+        ``draft`` on each, verifies, then ``finish`` on each.
+
+        Returns:
+            The tree (sized for this step) and the pick for ``Backend.verify``.
+        """
         generator = self.generator
         assert self.backend is not None, "start() first"
         budget = min(generator.budget, self.limit - len(self.output.ids))
         context = self.context[: self.length]  # [L]
-        before_root = int(context[-2]) if context.size >= 2 else -1
         tick = time.perf_counter()
         with generator.shared_lock:
             tree = generator.drafter.propose(context, budget)
@@ -138,19 +151,29 @@ class Request:
                 tree = tree.first_chain()
             if self._sizer is not None:
                 tree = self._sizer.size(tree)
-        tock = time.perf_counter()
-        self.stats.draft_s += tock - tick
-
+        self.stats.draft_s += time.perf_counter() - tick
         position = len(self.output.ids)  # the output index of the token after the root
         node_uniforms = None if self._uniforms is None else self._uniforms[position + tree.depth]  # [n]
-        feedback_k = generator.drafter.feedback_top_k
-        verified = self.backend.verify(tree, Pick(self.sampling, node_uniforms, feedback_k))
+        return tree, Pick(self.sampling, node_uniforms, generator.drafter.feedback_top_k)
+
+    def finish(self, tree: DraftTree, verified: NodeOutputs, verify_s: float) -> str:
+        """The second half of a step: accept, commit, teach the drafter, emit.
+
+        Args:
+            tree: the tree from ``draft``.
+            verified: the backend's outputs for it.
+            verify_s: the seconds its verification took (for the stats).
+
+        Returns:
+            The text that became final (possibly empty).
+        """
+        generator = self.generator
+        before_root = int(self.context[self.length - 2]) if self.length >= 2 else -1
         accepted = greedy_accept(tree, verified.tokens)  # [k]
         self.pending = int(verified.tokens[accepted[-1]])
         self.backend.commit(accepted)
+        self.stats.verify_s += verify_s
         tick = time.perf_counter()
-        self.stats.verify_s += tick - tock
-
         with generator.shared_lock:
             if self._sizer is not None:
                 self._sizer.update(tree, accepted)

@@ -88,8 +88,10 @@ def test_seeded_sampling_through_the_server_equals_generate(client, model) -> No
 
 
 def test_eight_concurrent_streams_each_get_their_solo_output(server, client, solo) -> None:
-    url, _ = server
+    url, srv = server
+    assert srv.scheduler.runner is not None  # the start-up check found batching exact here
     drafts_before = metric(url, "vllm:spec_decode_num_drafts_total")
+    steps_before, forwards_before = metric(url, "adaspec:verify_steps_total"), metric(url, "adaspec:verify_forwards_total")
     started = time.monotonic()
 
     def run(prompt: str) -> tuple[str, int, float]:
@@ -113,6 +115,9 @@ def test_eight_concurrent_streams_each_get_their_solo_output(server, client, sol
     assert max(first for _, _, first in results) - started < 0.8 * (last_end - started)
     assert metric(url, "vllm:spec_decode_num_drafts_total") > drafts_before
     assert metric(url, "vllm:num_requests_running") == 0
+    steps = metric(url, "adaspec:verify_steps_total") - steps_before
+    forwards = metric(url, "adaspec:verify_forwards_total") - forwards_before
+    assert forwards < steps / 2  # the streams' trees were verified together, mostly several per forward
 
 
 def test_metrics_use_vllm_names(server, client) -> None:
@@ -186,7 +191,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server) -> None:
 
 
 def test_a_full_queue_answers_429_with_retry_after_then_recovers(model, tmp_path) -> None:
-    with live_server(model, max_active=1, max_waiting=1, state_dir=None) as (url, _):
+    with live_server(model, max_active=1, max_waiting=1, state_dir=None, batch=False) as (url, _):
         body = {"prompt": "Write a long story about a dragon.", "max_tokens": 60, "temperature": 0}
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             responses = list(pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body, timeout=120), range(4)))
@@ -201,7 +206,7 @@ def test_a_full_queue_answers_429_with_retry_after_then_recovers(model, tmp_path
 
 
 def test_a_request_past_its_timeout_ends_with_504_and_others_are_unharmed(model) -> None:
-    with live_server(model, max_active=2, request_timeout=1.0, state_dir=None) as (url, _):
+    with live_server(model, max_active=2, request_timeout=1.0, state_dir=None, batch=False) as (url, _):
         slow = {"prompt": "Count from one to one thousand in words:", "max_tokens": 4000, "temperature": 0}
         response = httpx.post(f"{url}/v1/completions", json=slow, timeout=60)
         assert response.status_code == 504 and "timeout" in response.json()["error"]["message"]
@@ -211,7 +216,7 @@ def test_a_request_past_its_timeout_ends_with_504_and_others_are_unharmed(model)
 
 
 def test_learned_state_survives_a_restart_and_bad_files_are_ignored(model, tmp_path, caplog) -> None:
-    with live_server(model, drafter="aded", state_dir=tmp_path) as (url, srv):
+    with live_server(model, drafter="aded", state_dir=tmp_path, batch=False) as (url, srv):
         httpx.post(f"{url}/v1/completions", json={"prompt": "def add(a, b):", "max_tokens": 24, "temperature": 0},
                    timeout=60).raise_for_status()
         learned = len(srv.scheduler.generator.drafter.table)
@@ -233,6 +238,6 @@ def test_learned_state_survives_a_restart_and_bad_files_are_ignored(model, tmp_p
         assert len(cold.table) == 0
         assert len(caplog.records) == 1 and "ignoring drafter state" in caplog.records[0].getMessage()
     # a server started on the bad file still serves
-    with live_server(model, drafter="aded:capacity=4096", state_dir=tmp_path) as (url, _):
+    with live_server(model, drafter="aded:capacity=4096", state_dir=tmp_path, batch=False) as (url, _):
         assert httpx.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60).status_code == 200
     assert np.load(corrupt.path)["meta.drafter"] == "aded:capacity=4096"  # rewritten whole on shutdown

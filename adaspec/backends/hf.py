@@ -146,6 +146,26 @@ class HFBackend:
         Returns:
             ``[n, V]`` float32 logits, row i predicting the token after node i's path.
         """
+        tokens, positions, mask = self.prepare_tree(tree)
+        return self._logits(
+            last_only=False,
+            input_ids=torch.from_numpy(tokens).to(self.device)[None],  # [1, n]
+            attention_mask=mask,
+            position_ids=torch.from_numpy(positions).to(self.device)[None],  # [1, n]
+            past_key_values=self.cache,
+            use_cache=True,
+        )  # [n, V]
+
+    def prepare_tree(self, tree: DraftTree) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Readies the cache and mask for a tree forward (``tree_logits``, or a batch of requests).
+
+        Args:
+            tree: the draft tree; its root is the pending token.
+
+        Returns:
+            ``[n]`` int64 tokens, ``[n]`` int64 positions (cache length + depth), and the
+            ``[1, 1, n, L + n]`` additive mask: every cached position and the node's ancestors.
+        """
         start = self._start = self.cache_len
         n = self._tree_size = tree.size
         ancestors = torch.from_numpy(tree.ancestor_mask).to(self.device)  # [n, n] bool
@@ -158,16 +178,11 @@ class HFBackend:
         else:
             mask = torch.zeros((1, 1, n, start + n), dtype=self.dtype, device=self.device)  # [1, 1, n, L+n]
             mask[0, 0, :, start:] = block
-        positions = torch.from_numpy(tree.depth + start).to(self.device)[None]  # [1, n]
-        tokens = torch.from_numpy(tree.tokens).to(self.device)[None]  # [1, n]
-        return self._logits(
-            last_only=False,
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-        )  # [n, V]
+        return tree.tokens, tree.depth + start, mask
+
+    def forward_logits(self, **inputs) -> torch.Tensor:
+        """Float32 logits ``[n, V]`` of every row of a batch-1 forward (model inputs as keywords)."""
+        return self._logits(last_only=False, **inputs)
 
     def _logits(self, last_only: bool, **inputs) -> torch.Tensor:
         """Float32 logits ``[n, V]`` (``[1, V]`` with ``last_only``) for one batch-1 forward."""

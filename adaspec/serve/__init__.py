@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from adaspec.backends.hf import HFBackend
+from adaspec.backends.hf_batch import ATTENTION_NAME, BatchRunner
 from adaspec.engine import Generator
 from adaspec.serve.app import OpenAIServer
 from adaspec.serve.metrics import ServerMetrics
@@ -28,9 +30,31 @@ def served_name(model_name: str) -> str:
     return Path(model_name.removeprefix("embedded ")).name or model_name
 
 
+def batch_runner(generator: Generator) -> tuple[BatchRunner | None, str]:
+    """A runner that verifies several requests in one forward, if that is exact for this model here.
+
+    Args:
+        generator: the generator to serve.
+
+    Returns:
+        The runner, or None and the reason there is none.
+    """
+    backend = generator.backend
+    if not isinstance(backend, HFBackend) or not backend.lean:
+        return None, f"the {backend.name} backend verifies one request per forward"
+    implementation = backend.model.config._attn_implementation
+    if implementation not in ("sdpa", ATTENTION_NAME):
+        return None, f"the model runs {implementation} attention, and batching runs SDPA"
+    runner = BatchRunner(backend.model)
+    if generator.budget > runner.max_rows:
+        return None, f"a budget of {generator.budget} nodes exceeds the {runner.max_rows} rows of one forward"
+    reason = runner.check_exact(generator.model.new_backend)
+    return (None, reason) if reason else (runner, "")
+
+
 def build_server(generator: Generator, model_name: str, drafter_spec: str, aliases: tuple[str, ...] = (),
                  max_active: int = 8, max_waiting: int = 64, request_timeout: float = 600.0,
-                 state_dir: str | Path | None = None, save_every: float = 300.0) -> OpenAIServer:
+                 state_dir: str | Path | None = None, save_every: float = 300.0, batch: bool = True) -> OpenAIServer:
     """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
 
     Args:
@@ -43,6 +67,7 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
         request_timeout: seconds a request may take.
         state_dir: where the drafter's learned state lives (None: not kept); it is loaded now.
         save_every: seconds between periodic saves.
+        batch: verify the active requests' trees in one forward where that is exact (checked now).
 
     Returns:
         The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
@@ -52,9 +77,14 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
         store = DrafterStateStore(state_dir, generator.model.name, drafter_spec)
         if store.load_into(generator.drafter):
             log.warning("adaspec: drafter state loaded from %s", store.path)
+    runner = None
+    if batch:
+        runner, reason = batch_runner(generator)
+        if runner is None:
+            log.warning("adaspec: verifying requests one at a time: %s", reason)
     metrics = ServerMetrics(model_name)
     scheduler = Scheduler(generator, metrics, max_active=max_active, max_waiting=max_waiting,
-                          request_timeout=request_timeout, state_store=store, save_every=save_every)
+                          request_timeout=request_timeout, state_store=store, save_every=save_every, runner=runner)
     return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context)
 
 
@@ -72,4 +102,4 @@ def run_server(server: OpenAIServer, host: str, port: int) -> None:
                                   timeout_graceful_shutdown=5)).run()
 
 
-__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "ServerBusy", "ServerMetrics", "build_server", "run_server", "served_name"]
+__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "ServerBusy", "ServerMetrics", "batch_runner", "build_server", "run_server", "served_name"]

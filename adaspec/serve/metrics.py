@@ -50,6 +50,8 @@ class ServerMetrics:
         self.failed = counter("adaspec:requests_failed", "Requests ended by an error, timeout or disconnect.",
                               ["reason"])
         self.steps = counter("adaspec:verify_steps", "Verification steps (with or without a draft).")
+        self.forwards = counter("adaspec:verify_forwards", "Model forwards that verified trees (one per step "
+                                "when requests are verified alone, fewer when batched).")
         for gauge_metric in (self.running, self.waiting):
             gauge_metric.labels(model_name).set(0)
 

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
+from adaspec.backends.hf_batch import BatchRunner
 from adaspec.engine import Generator, Prompt
 from adaspec.errors import AdaspecError
 from adaspec.request import Generation, Request
@@ -25,6 +26,7 @@ from adaspec.serve.metrics import ServerMetrics
 from adaspec.state_store import DrafterStateStore
 
 log = logging.getLogger("adaspec")
+T = TypeVar("T")
 
 
 class ServerBusy(Exception):
@@ -108,11 +110,13 @@ class Scheduler:
         request_timeout: seconds from arrival after which a request is ended with an error.
         state_store: where the drafter's learned state is saved (None: not kept).
         save_every: seconds between periodic saves of the learned state (when it changed).
+        runner: verifies every active request's tree in one forward (None: one request at a
+            time). Its results must equal each request's solo ones (``BatchRunner.check_exact``).
     """
 
     def __init__(self, generator: Generator, metrics: ServerMetrics, max_active: int = 8, max_waiting: int = 64,
                  request_timeout: float = 600.0, state_store: DrafterStateStore | None = None,
-                 save_every: float = 300.0) -> None:
+                 save_every: float = 300.0, runner: BatchRunner | None = None) -> None:
         if max_active < 1 or max_waiting < 0 or request_timeout <= 0:
             raise AdaspecError("need max_active >= 1, max_waiting >= 0 and a positive request timeout")
         self.generator = generator
@@ -122,6 +126,7 @@ class Scheduler:
         self.request_timeout = request_timeout
         self.state_store = state_store
         self.save_every = save_every
+        self.runner = runner
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._wake = threading.Condition()
@@ -180,10 +185,14 @@ class Scheduler:
                         self._save_if_due()
                     if self._stopping:
                         break
-                for job in list(self._active):
-                    self._admit_waiting()  # between steps, so a new request waits at most one step
-                    self._advance(job)
                 self._admit_waiting()
+                if self.runner is None:
+                    for job in list(self._active):
+                        self._admit_waiting()  # between steps, so a new request waits at most one step
+                        if self._still_wanted(job):
+                            self._advance(job)
+                else:
+                    self._advance_together([job for job in list(self._active) if self._still_wanted(job)])
                 self._save_if_due()
         finally:
             for job in self._active + list(self._waiting):
@@ -230,31 +239,66 @@ class Scheduler:
             job.send("started", int(request.prompt_ids.size))
             self._after_output(job, piece)
 
-    def _advance(self, job: Job) -> None:
-        """One step of one active request, or its end (finished, cancelled, timed out)."""
+    def _still_wanted(self, job: Job) -> bool:
+        """False (and the job retired) when its client left or its time is up."""
         if job.cancelled.is_set():
             self.metrics.failed.labels(self.metrics.model_name, "disconnected").inc()
             self._retire(job)
-            return
+            return False
         if time.monotonic() - job.arrived > self.request_timeout:
             self.metrics.failed.labels(self.metrics.model_name, "timeout").inc()
             job.send("error", (504, f"the request took longer than the server's {self.request_timeout:g} s timeout"))
             self._retire(job)
-            return
+            return False
+        return True
+
+    def _advance(self, job: Job) -> None:
+        """One step of one active request, verified alone."""
         request = job.request
         assert request is not None
-        piece = self._guarded(job, request.step)
+        self.metrics.forwards.labels(self.metrics.model_name).inc()
+        self._emit(job, self._guarded(job, request.step))
+
+    def _advance_together(self, jobs: list[Job]) -> None:
+        """One step of every given request, their trees verified in as few forwards as fit."""
+        assert self.runner is not None
+        drafted = []
+        for job in jobs:
+            draft = self._guarded(job, job.request.draft)
+            if draft is not None:
+                drafted.append((job, *draft))
+        for group in self.runner.split([tree.size for _, tree, _ in drafted]):
+            members = [drafted[i] for i in group]
+            tick = time.perf_counter()
+            self.metrics.forwards.labels(self.metrics.model_name).inc()
+            try:
+                outputs = self.runner.verify([job.request.backend for job, _, _ in members],
+                                             [tree for _, tree, _ in members], [pick for _, _, pick in members])
+            except Exception as error:  # a bug must cost these requests, never the server
+                log.exception("adaspec: a batched verification failed")
+                for job, _, _ in members:
+                    self.metrics.failed.labels(self.metrics.model_name, "internal").inc()
+                    job.send("error", (500, f"internal error: {type(error).__name__}: {error}"))
+                    self._retire(job)
+                continue
+            seconds = time.perf_counter() - tick
+            for (job, tree, _), verified in zip(members, outputs):
+                self._emit(job, self._guarded(job, lambda: job.request.finish(tree, verified, seconds)))
+
+    def _emit(self, job: Job, piece: str | None) -> None:
+        """Records a finished step and sends its text (nothing when the step failed)."""
         if piece is None:
             return
+        request = job.request
         now = time.monotonic()
-        assert request.last_step is not None
+        assert request is not None and request.last_step is not None
         self.metrics.observe_step(request.last_step, now - job.last_output)
         job.last_output = now
         self._unsaved_steps += 1
         self._after_output(job, piece)
 
-    def _guarded(self, job: Job, action) -> str | None:
-        """Runs ``action`` (start or step); a failure ends only this request and gives None."""
+    def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
+        """Runs ``action`` (start, step, draft or finish); a failure ends only this request and gives None."""
         try:
             return action()
         except Exception as error:  # a bug must cost one request, never the server
