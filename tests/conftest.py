@@ -6,12 +6,24 @@ import pytest
 import torch
 
 import adaspec
+import adaspec.loading
+
+
+SHARED_CACHE_PARTS = ("models", "tokenizers")  # content-keyed conversions, written atomically: safe to share
 
 
 @pytest.fixture(autouse=True)
-def private_state_dir(tmp_path_factory, monkeypatch) -> None:
-    """Each test keeps any drafter state it saves in a folder of its own, never in the user's cache."""
-    monkeypatch.setenv("ADASPEC_STATE_DIR", str(tmp_path_factory.mktemp("drafter-state")))
+def private_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test gets its own ``ADASPEC_CACHE``: a latency profile measured under test load or a
+    drafter state learned by a test never lands in the user's cache. Converted models and
+    tokenizers are linked from the user's cache, so they are converted once, not per test."""
+    user_cache = adaspec.loading.cache_root()
+    private = tmp_path_factory.mktemp("adaspec-cache")
+    for part in SHARED_CACHE_PARTS:
+        (user_cache / part).mkdir(parents=True, exist_ok=True)
+        (private / part).symlink_to(user_cache / part, target_is_directory=True)
+    monkeypatch.setenv("ADASPEC_CACHE", str(private))
+    monkeypatch.delenv("ADASPEC_STATE_DIR", raising=False)
 
 
 @pytest.fixture(scope="session")

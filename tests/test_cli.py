@@ -91,3 +91,17 @@ def test_error_from_a_real_process_has_no_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"adaspec: error: {bad} is not a GGUF file (it does not start with the GGUF magic bytes)"]
+
+
+def test_generate_keeps_the_drafters_state_between_runs_unless_told_not_to(capsys, tmp_path) -> None:
+    args = ["generate", "Write a Python function that adds two numbers.", "--max-new-tokens", "24", "--drafter", "aded",
+            "--json", "--state-dir", str(tmp_path)]
+    assert main([*args, "--no-state"]) == 0
+    assert not any(tmp_path.rglob("*.npz"))  # --no-state keeps nothing
+    assert main(args) == 0
+    saved = list(tmp_path.rglob("aded.npz"))
+    assert len(saved) == 1 and saved[0].stat().st_size > 100
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(args) == 0  # warm: starts from what the first run learned, same text
+    second = json.loads(capsys.readouterr().out)
+    assert second["text"] == first["text"] and second["mat"] > first["mat"]

@@ -158,6 +158,9 @@ class BatchRunner:
         Returns:
             Per request, ``[n, V]`` float32 logits (row i: the token after node i's path).
         """
+        total = sum(tree.size for tree in trees)
+        if total > self.max_rows:
+            raise ValueError(f"a forward holds at most {self.max_rows} nodes, got {total}; split the batch")
         spans, masks, tokens, positions = [], [], [], []
         row = 0
         for backend, tree in zip(backends, trees):
@@ -167,8 +170,6 @@ class BatchRunner:
             tokens.append(node_tokens)
             positions.append(node_positions)
             row += tree.size
-        if row > self.max_rows:
-            raise ValueError(f"a forward holds at most {self.max_rows} nodes, got {row}; split the batch")
         padding = next(bucket for bucket in self.buckets if bucket >= row) - row
         device = self.model.device
         ids = torch.from_numpy(np.concatenate(tokens + [np.zeros(padding, dtype=np.int64)])).to(device)[None]  # [1, M]
