@@ -36,10 +36,14 @@ class OutputTracker:
         self.stop = [s for s in stop if s]
         self.limit = limit
         self.ids: list[int] = []
-        self.text = ""
+        self.text = ""  # the text of ids[:read offset], whole characters only
         self.finish_reason: str | None = None  # "eos", "stop" or "length" once finished
         self._streamed = 0  # characters of text already released by text_delta
         self._stop_search_from = 0  # text offset before which no stop string can start
+        # incremental detokenisation: ids[prefix:read] is the context window already in the text,
+        # ids[read:] the tokens not yet turned into whole characters
+        self._prefix_offset = 0
+        self._read_offset = 0
 
     @property
     def finished(self) -> bool:
@@ -47,42 +51,51 @@ class OutputTracker:
         return self.finish_reason is not None
 
     def extend(self, new_ids: Sequence[int]) -> None:
-        """Adds one step's accepted tokens, cutting them where generation ends.
+        """Adds one step's accepted tokens one by one, cutting them where generation ends.
+
+        Each token costs two decodes of a few-token window (the serving engines' prefix / read
+        offsets), so a step's cost does not grow with the output's length.
 
         Args:
             new_ids: the tokens accepted this step, in order.
         """
-        before = len(self.ids)
         for token in new_ids:
             self.ids.append(int(token))
             if token in self.eos_token_ids:
-                self.finish_reason = "eos"
-                break
+                self._finish("eos")
+                return
+            self._decode_new_tokens()
+            if self.stop and self._cut_at_stop_string():
+                return
             if len(self.ids) >= self.limit:
-                self.finish_reason = "length"
-                break
-        self.text = self._decode(self.ids)
-        if self.stop:
-            self._cut_at_stop_string(before)
+                self._finish("length")
+                return
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _cut_at_stop_string(self, before: int) -> None:
-        hits = [(self.text.find(s, self._stop_search_from), s) for s in self.stop]
-        hits = [(at, s) for at, s in hits if at >= 0]
+    def _decode_new_tokens(self, flush: bool = False) -> None:
+        """Appends the text of the tokens after the read offset once it is whole characters."""
+        known = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        window = self._decode(self.ids[self._prefix_offset :])
+        if len(window) > len(known) and (flush or not window.endswith("\ufffd")):
+            self.text += window[len(known) :]
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self.ids)
+
+    def _finish(self, reason: str) -> None:
+        self._decode_new_tokens(flush=True)  # bytes of an unfinished character become U+FFFD, as in a full decode
+        self.finish_reason = reason
+
+    def _cut_at_stop_string(self) -> bool:
+        """Ends generation at this token if the text now holds a stop string; True if it did."""
+        hits = [at for at in (self.text.find(s, self._stop_search_from) for s in self.stop) if at >= 0]
         if not hits:
             self._stop_search_from = max(0, len(self.text) - max(map(len, self.stop)) + 1)
-            return
-        at, _ = min(hits)
-        # the first token whose text completes a stop string is where plain decoding stops
-        for count in range(before + 1, len(self.ids) + 1):
-            prefix = self._decode(self.ids[:count])
-            if any(prefix.find(s, self._stop_search_from) >= 0 for s in self.stop):
-                del self.ids[count:]
-                break
-        self.text = self.text[:at]
+            return False
+        self.text = self.text[: min(hits)]  # the ids end with the token that completed it
         self.finish_reason = "stop"
+        return True
 
     def text_delta(self) -> str:
         """Text that is final since the last call (held back while it may still change)."""

@@ -25,18 +25,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(model: LoadedModel, drafter: str = "hybrid", **options) -> Iterator[tuple[str, OpenAIServer]]:
+def live_server(model: LoadedModel, drafter: str = "hybrid", budget: int | None = None,
+                **options) -> Iterator[tuple[str, OpenAIServer]]:
     """Serves ``model`` on 127.0.0.1 until the block ends.
 
     Args:
         model: the loaded model.
         drafter: the drafter spec.
+        budget: the tree budget (None: the backend's default).
         options: ``build_server`` options (max_active, max_waiting, request_timeout, state_dir...).
 
     Yields:
         The base URL (``http://127.0.0.1:PORT``) and the server object.
     """
-    server = build_server(Generator(model, drafter=drafter), MODEL_NAME, drafter, **options)
+    attention = model.model.config._attn_implementation if model.model is not None else None
+    server = build_server(Generator(model, drafter=drafter, budget=budget), MODEL_NAME, drafter, **options)
     port = free_port()
     runner = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -57,6 +60,8 @@ def live_server(model: LoadedModel, drafter: str = "hybrid", **options) -> Itera
     finally:
         runner.should_exit = True
         thread.join(timeout=30)
+        if attention is not None and model.model.config._attn_implementation != attention:
+            model.model.set_attn_implementation(attention)  # a batching server switched it; the next test gets it back
 
 
 def metric(url: str, name: str, labels: str = "") -> float:

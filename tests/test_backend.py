@@ -100,12 +100,15 @@ def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(m
     tree = DraftTree(np.concatenate([[prompt[-1]], sample_tree().tokens[1:]]), sample_tree().parents)
     assert torch.allclose(fast.tree_logits(tree), plain.tree_logits(tree), atol=LOGIT_TOLERANCE, rtol=0)
 
-    model.model.config.logit_scale = 0.5  # a logit transform the head shortcut would miss
-    try:
-        assert output_head_weight(model.model) is None
-    finally:
-        del model.model.config.logit_scale
+    # a logit transform the head shortcut would miss, on a tiny model of its own (the shared one stays as it is)
+    from transformers import LlamaConfig, LlamaForCausalLM
 
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    tiny = LlamaForCausalLM(config).eval()
+    assert output_head_weight(tiny) is not None
+    config.logit_scale = 0.5
+    assert output_head_weight(tiny) is None
 
 def test_lean_cache_and_mask_give_the_same_logits_as_dynamic_cache(model) -> None:
     """The preallocated cache and persistent mask change where numbers live, not what is computed:

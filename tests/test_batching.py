@@ -12,8 +12,10 @@ from adaspec.tree import DraftTree
 
 
 @pytest.fixture(scope="module")
-def runner(model) -> BatchRunner:
-    return BatchRunner(model.model)
+def runner(model):
+    attention = model.model.config._attn_implementation
+    yield BatchRunner(model.model)  # switches the model to its SDPA-per-request attention
+    model.model.set_attn_implementation(attention)  # other tests get the model as it was
 
 
 def random_tree(rng: np.random.Generator, size: int, vocab: int) -> DraftTree:

@@ -127,9 +127,12 @@ def test_sigterm_keeps_a_partial_report_and_exits_130(tmp_path) -> None:
         [sys.executable, "-m", "adaspec.cli", "bench", "--categories", "math", "--limit", "6", "--new-tokens", "16",
          "--methods", "lookup", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     records = out / "records.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not records.is_file() or len(records.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+    deadline = time.monotonic() + 300  # a bound for a stuck run only: the signal goes as soon as a turn is recorded
+    while not records.is_file() or len(records.read_text().splitlines()) < 3:  # the header and one turn's 2 records
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"no turn was recorded before the deadline: {process.communicate()[1][-500:]}")
+        time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

@@ -246,3 +246,28 @@ def test_bench_runs_llama_cpp_python_peers_beside_adaspec(gguf, tmp_path) -> Non
     assert by_method["hybrid"].token_ids == by_method["none"].token_ids
     with pytest.raises(adaspec.AdaspecError, match="runs on the hf backend"):
         build_methods(gguf, ["hf-generate"])
+
+
+def test_the_server_on_llama_cpp_gives_concurrent_streams_their_solo_outputs(gguf) -> None:
+    import concurrent.futures
+
+    import openai
+
+    from adaspec.serve import batch_runner
+    from server_harness import MODEL_NAME, live_server
+
+    prompts = ["List the planets of the solar system in order.", "Write a haiku about autumn leaves.",
+               "Give three tips for writing clear code."]
+    plain = adaspec.Generator(gguf, drafter="none")
+    solo = [plain.generate([{"role": "user", "content": p}], max_new_tokens=NEW_TOKENS).text for p in prompts]
+    assert batch_runner(adaspec.Generator(gguf, drafter="lookup", budget=4))[0] is None  # one request per forward
+    with live_server(gguf, drafter="lookup", budget=4, state_dir=None) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def ask(prompt: str) -> str:
+            reply = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}],
+                                                   max_tokens=NEW_TOKENS, temperature=0)
+            return reply.choices[0].message.content
+
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            assert list(pool.map(ask, prompts)) == solo  # each request on a llama.cpp context of its own

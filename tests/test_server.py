@@ -15,7 +15,7 @@ import pytest
 from adaspec import Generator
 from adaspec.drafters import make_drafter
 from adaspec.state_store import DrafterStateStore
-from tests.server_harness import MODEL_NAME, live_server, metric
+from server_harness import MODEL_NAME, live_server, metric
 
 PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number.",
