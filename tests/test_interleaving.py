@@ -15,8 +15,8 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("drafter", ["hybrid", "aded", "recycling"])
-@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.95}], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("drafter, sampling", [("hybrid", {}), ("recycling", {}), ("hybrid", {"temperature": 0.8, "top_p": 0.95})],
+                         ids=["hybrid-greedy", "recycling-greedy", "hybrid-sampled"])
 def test_requests_stepped_in_turn_equal_their_solo_runs(model, drafter, sampling) -> None:
     seeds = [{"seed": 11 + i} if sampling else {} for i in range(len(PROMPTS))]
     alone = Generator(model, drafter="none")

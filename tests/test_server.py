@@ -201,6 +201,7 @@ def test_a_full_queue_answers_429_with_retry_after_then_recovers(model, tmp_path
         assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_exceeded"
         texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
         assert len(texts) == 1  # the requests that ran all got the one greedy answer
+        assert metric(url, "adaspec:requests_rejected_total", 'reason="queue_full"') == statuses.count(429)
         again = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
         assert again.status_code == 200 and again.json()["choices"][0]["text"] in texts
 

@@ -1,1 +1,1 @@
-"""Benchmark harness: prompt sets by category and the metric arithmetic (issue 3, in progress)."""
+"""Benchmark harness: prompt sets by category, the runner that interleaves methods, metrics, resumable records and reports."""

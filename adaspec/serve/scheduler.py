@@ -170,6 +170,8 @@ class Scheduler:
         job = Job(spec, asyncio.Queue(), loop, id=next(self._ids))
         with self._wake:
             if self._stopping or len(self._waiting) + len(self._active) >= self.max_active + self.max_waiting:
+                reason = "stopping" if self._stopping else "queue_full"
+                self.metrics.rejected.labels(self.metrics.model_name, reason).inc()
                 raise ServerBusy()
             self._waiting.append(job)
             self.metrics.waiting.labels(self.metrics.model_name).set(len(self._waiting))
