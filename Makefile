@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test llamacpp demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve llamacpp demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# an OpenAI-compatible server on 127.0.0.1:8000 (Ctrl-C stops it and saves the drafter's state)
+serve: setup
+	$(VENV)/bin/adaspec serve --host 127.0.0.1 --port 8000
+
+# the committed benchmarks/serve-concurrency and benchmarks/warm-start (~15 min here; run alone)
+bench-serve: setup
+	$(PY) benchmarks/serve_concurrency.py --out benchmarks/serve-concurrency
+	$(PY) benchmarks/warm_start.py --out benchmarks/warm-start
 
 # optional: the llama.cpp backend. Builds llama-cpp-python without llamafile's sgemm, so that a
 # token's logits are the same in a batch as alone (exact verification); ~12 min on 2 cores once,

