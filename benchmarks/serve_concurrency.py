@@ -32,12 +32,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """Starts ``adaspec serve`` in a fresh process; returns it and its base URL once healthy."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "adaspec.cli", "serve", "--port", str(port), "--no-state",
                                 "--served-model-name", "bench", *extra], stderr=subprocess.PIPE, text=True)
@@ -54,6 +56,7 @@ def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def run_level(url: str, prompts: list[str], streams: int, tokens: int) -> dict:
+    """Sends every prompt with ``streams`` clients at a time; returns throughput and each reply."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
 
     def one(prompt: str) -> dict:

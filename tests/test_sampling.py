@@ -18,7 +18,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from adaspec.backends import HFBackend
-from adaspec.drafters import make_drafter
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel

@@ -53,7 +53,14 @@ def error_response(message: str, status: int, param: str | None = None, code: st
 
 
 def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
-    """One line (and the parameter) from pydantic's list of complaints."""
+    """One line (and the parameter) from pydantic's list of complaints.
+
+    Args:
+        error: what FastAPI raised for the body.
+
+    Returns:
+        The message and the offending parameter (None when it is the body as a whole).
+    """
     problems = error.errors()
     if not problems:
         return "the request body is invalid", None
@@ -69,13 +76,27 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
 
 
 def usage(generation: Generation) -> dict:
-    """OpenAI's usage block."""
+    """OpenAI's usage block.
+
+    Args:
+        generation: a finished request.
+
+    Returns:
+        Prompt, completion and total token counts.
+    """
     prompt, completion = len(generation.prompt_ids), len(generation.token_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def sse(payload: dict | str) -> str:
-    """One server-sent event."""
+    """One server-sent event.
+
+    Args:
+        payload: a JSON-able dict, or a literal such as ``[DONE]``.
+
+    Returns:
+        ``data: ...`` and a blank line.
+    """
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
