@@ -17,9 +17,8 @@ from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
-from adaspec.request import Generation, Request, check_tree_contract
+from adaspec.request import Generation, Request
 from adaspec.sampling import SamplingParams
-from adaspec.tree import DraftTree
 
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
@@ -279,17 +278,3 @@ class Generator:
         backend.release()
         with self._pool_lock:
             self._idle_backends.append(backend)
-
-    def check_tree(self, tree: DraftTree, pending: int, budget: int) -> None:
-        """Rejects a drafter's tree that breaks the contract (a bug in the drafter).
-
-        Args:
-            tree: the proposed tree.
-            pending: the token it must be rooted at.
-            budget: the most nodes allowed.
-
-        Raises:
-            ValueError: for a tree that is too big, wrongly rooted or outside the vocabulary.
-        """
-        name = getattr(self.drafter, "name", type(self.drafter).__name__)
-        check_tree_contract(tree, pending, budget, self.model.vocab_size, name)

@@ -146,7 +146,8 @@ class Request:
         tick = time.perf_counter()
         with generator.shared_lock:
             tree = generator.drafter.propose(context, budget)
-            generator.check_tree(tree, self.pending, budget)
+            drafter_name = getattr(generator.drafter, "name", type(generator.drafter).__name__)
+            check_tree_contract(tree, self.pending, budget, generator.model.vocab_size, drafter_name)
             if self.backend.chain_only:
                 tree = tree.first_chain()
             if self._sizer is not None:

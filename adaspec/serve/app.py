@@ -207,14 +207,11 @@ class OpenAIServer:
                     return None
 
     async def _complete(self, job: Job, request: Request, identity: dict, chat: bool) -> Response:
-        pieces: list[str] = []
-        while True:
+        while True:  # text events are skipped: the result carries the whole text
             event = await self._next_event(job, request)
             if event is None:
                 return Response(status_code=499)
-            if event.kind == "text":
-                pieces.append(event.data)
-            elif event.kind == "error":
+            if event.kind == "error":
                 status, message = event.data
                 return error_response(message, status)
             elif event.kind == "done":
