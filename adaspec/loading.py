@@ -306,7 +306,7 @@ def load(
     model: str | os.PathLike | None = None,
     device: str = "cpu",
     dtype: str = "float32",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     backend: str = "hf",
     exact: bool | None = None,
 ) -> LoadedModel:
@@ -319,7 +319,9 @@ def load(
         device: where to run it (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
         dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu); ``hf`` only (llama.cpp
             runs the GGUF's own types).
-        attn_implementation: transformers' attention backend (``sdpa`` or ``eager``).
+        attn_implementation: transformers' attention backend (``sdpa`` or ``eager``); None for
+            transformers' choice for the architecture (``sdpa`` where it is supported, else
+            ``eager``: Gemma2's soft-capped attention, for one).
         backend: the runtime, ``hf`` or ``llama.cpp`` (a GGUF file only).
         exact: for ``llama.cpp``: True for batch-invariant chain verification, False for trees
             on the default kernels, None for exact whenever the build allows it.
@@ -355,14 +357,14 @@ def load(
     except Exception as exc:  # corrupt weights, unknown architecture, missing files...
         raise AdaspecError(f"cannot load model from {directory}: {first_line(exc)}") from None
     network = network.to(torch_device).eval()
-    window = attention_window(network.config)
-    if window is not None:
+    max_context = context_limit(network, tokenizer)
+    if max_context < position_limit(network, tokenizer):
         log.warning("adaspec: %s uses sliding-window attention; the context is capped at its %d-token window, "
-                    "where tree verification is exact", name, window)
+                    "where tree verification is exact", name, max_context)
     return LoadedModel(
         tokenizer=tokenizer,
         name=name,
-        max_context=context_limit(network, tokenizer),
+        max_context=max_context,
         eos_token_ids=eos_ids(network, tokenizer),
         vocab_size=int(network.get_output_embeddings().weight.shape[0]),
         model=network,
@@ -405,8 +407,26 @@ def load_llamacpp(path: Path, name: str, device: torch.device, exact: bool | Non
     )
 
 
+def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's maximum number of positions (config first, then the tokenizer, else 2048).
+
+    Args:
+        model: the loaded model.
+        tokenizer: its tokenizer.
+
+    Returns:
+        The positions the model was built for.
+    """
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not (isinstance(limit, int) and limit > 0):
+        limit = getattr(tokenizer, "model_max_length", None)
+        if not (isinstance(limit, int) and 0 < limit < 10**7):
+            limit = 2048
+    return limit
+
+
 def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The model's maximum number of positions (config first, then the tokenizer), capped at its
+    """The most tokens prompt and output may hold together: the model's positions, capped at its
     sliding attention window if it has one (see ``attention_window``).
 
     Args:
@@ -414,13 +434,9 @@ def context_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
         tokenizer: its tokenizer.
 
     Returns:
-        The most tokens prompt and output may hold together.
+        The context limit in tokens.
     """
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not (isinstance(limit, int) and limit > 0):
-        limit = getattr(tokenizer, "model_max_length", None)
-        if not (isinstance(limit, int) and 0 < limit < 10**7):
-            limit = 2048
+    limit = position_limit(model, tokenizer)
     window = attention_window(model.config)
     return limit if window is None else min(limit, window)
 

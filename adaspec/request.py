@@ -155,7 +155,7 @@ class Request:
         self.stats.draft_s += time.perf_counter() - tick
         position = len(self.output.ids)  # the output index of the token after the root
         node_uniforms = None if self._uniforms is None else self._uniforms[position + tree.depth]  # [n]
-        return tree, Pick(self.sampling, node_uniforms, generator.drafter.feedback_top_k)
+        return tree, Pick(self.sampling, node_uniforms, generator.drafter.feedback_width)
 
     def finish(self, tree: DraftTree, verified: NodeOutputs, verify_s: float) -> str:
         """The second half of a step: accept, commit, teach the drafter, emit.

@@ -163,7 +163,7 @@ def feedback(tree: DraftTree, topk: list[list[int]], accepted: list[int], next_t
 
 @pytest.mark.parametrize("builder", ["best-first", "mcts"])
 def test_the_drafter_learns_the_verifiers_candidates_in_context(builder) -> None:
-    drafter = AdedDrafter(VOCAB, AdedConfig(builder=builder, prompt_rate=0, accepted_rate=0, top_k=2))
+    drafter = AdedDrafter(VOCAB, AdedConfig(builder=builder, prompt_rate=0, accepted_rate=0, feedback_width=2))
     drafter.begin(np.array([3, 4]))
     tree = DraftTree(np.array([9, 11]), np.array([-1, 0]))
     drafter.observe(feedback(tree, [[11, 12], [21, 22]], accepted=[0, 1], next_token=21, before_root=4))
@@ -182,7 +182,7 @@ def test_each_learning_source_can_be_switched_off() -> None:
     learns_prompt.begin(prompt)
     assert learns_prompt.propose(prompt, budget=4).tokens.tolist()[:3] == [6, 7, 5]
     silent = AdedDrafter(VOCAB, AdedConfig(topk_rate=0, accepted_rate=0, prompt_rate=0))
-    assert silent.feedback_top_k == 0
+    assert silent.feedback_width == 0
     silent.begin(prompt)
     silent.observe(feedback(DraftTree(np.array([6]), np.array([-1])), [[]], accepted=[0], next_token=7))
     assert len(silent.table) == 0

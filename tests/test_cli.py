@@ -20,7 +20,7 @@ def test_generate_json_with_compare(capsys) -> None:
         assert key in out
     assert out["identical"] is True
     assert out["new_tokens"] == len(out["token_ids"]) <= 12
-    assert out["speedup"] == pytest.approx(out["tokens_per_s"] / out["baseline_tokens_per_s"])
+    assert out["text"] and out["tokens_per_s"] > 0 and out["baseline_tokens_per_s"] > 0 and out["mat"] >= 1
 
 
 def test_sampled_generation_with_a_seed_equals_plain_sampling(capsys) -> None:

@@ -66,7 +66,7 @@ def feedback_for(tree: DraftTree, topk: np.ndarray, accepted: list[int], next_to
 
 
 def test_recycling_learns_from_every_node_and_drafts_from_its_table() -> None:
-    drafter = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(top_k=3))
+    drafter = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(feedback_width=3))
     assert drafter.propose(np.array([4, 7]), budget=8).size == 1  # nothing learned yet
     tree = DraftTree(np.array([7, 11]), np.array([-1, 0]))
     topk = np.array([[11, 12, 13], [21, 22, 23]])
@@ -81,7 +81,7 @@ def test_recycling_learns_from_every_node_and_drafts_from_its_table() -> None:
 
 
 def test_recycling_rank_statistics_count_what_the_model_said() -> None:
-    drafter = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(top_k=3))
+    drafter = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(feedback_width=3))
     drafter.candidates[7] = [11, 12, 13]
     tree = DraftTree(np.array([7, 12]), np.array([-1, 0]))
     drafter.observe(feedback_for(tree, np.array([[12, 11, 13], [1, 2, 3]]), accepted=[0, 1], next_token=1))
@@ -93,7 +93,7 @@ def test_recycling_rank_statistics_count_what_the_model_said() -> None:
 @given(st.integers(0, 2**31 - 1), st.integers(1, 40))
 def test_recycling_trees_are_valid_on_random_tables(seed, budget) -> None:
     rng = np.random.default_rng(seed)
-    drafter = TokenRecyclingDrafter(vocab_size=30, config=RecyclingConfig(top_k=4))
+    drafter = TokenRecyclingDrafter(vocab_size=30, config=RecyclingConfig(feedback_width=4))
     for _ in range(5):
         tokens = rng.integers(0, 30, size=6)
         tree = DraftTree(tokens, np.array([-1, 0, 0, 1, 2, 4]))
@@ -104,17 +104,17 @@ def test_recycling_trees_are_valid_on_random_tables(seed, budget) -> None:
 
 
 def test_recycling_state_round_trips(tmp_path) -> None:
-    drafter = TokenRecyclingDrafter(vocab_size=20, config=RecyclingConfig(top_k=2))
+    drafter = TokenRecyclingDrafter(vocab_size=20, config=RecyclingConfig(feedback_width=2))
     drafter.candidates[3] = [4, 5]
     drafter.rank_hits[:] = [7, 2]
     drafter.rank_trials = 11
     drafter.save(tmp_path / "state.npz")
-    restored = TokenRecyclingDrafter(vocab_size=20, config=RecyclingConfig(top_k=2))
+    restored = TokenRecyclingDrafter(vocab_size=20, config=RecyclingConfig(feedback_width=2))
     restored.load(tmp_path / "state.npz")
     assert np.array_equal(restored.candidates, drafter.candidates)
     assert restored.rank_hits.tolist() == [7, 2] and restored.rank_trials == 11
     with pytest.raises(ValueError, match="table shape"):
-        TokenRecyclingDrafter(vocab_size=21, config=RecyclingConfig(top_k=2)).load(tmp_path / "state.npz")
+        TokenRecyclingDrafter(vocab_size=21, config=RecyclingConfig(feedback_width=2)).load(tmp_path / "state.npz")
 
 
 def test_unknown_drafter_name_is_a_clear_error() -> None:
@@ -125,7 +125,7 @@ def test_unknown_drafter_name_is_a_clear_error() -> None:
 def test_hybrid_puts_the_context_match_first_and_fills_with_recycled_branches() -> None:
     from adaspec.drafters import HybridDrafter
 
-    recycling = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(top_k=2))
+    recycling = TokenRecyclingDrafter(vocab_size=50, config=RecyclingConfig(feedback_width=2))
     recycling.candidates[9] = [3, 4]
     lookup = PromptLookupDrafter(LookupConfig(max_matches=1, max_depth=3))
     hybrid = HybridDrafter([lookup, recycling], shares=[0.5, 1.0])
@@ -133,7 +133,7 @@ def test_hybrid_puts_the_context_match_first_and_fills_with_recycled_branches() 
     tree = hybrid.propose(context, budget=5)
     assert tree.tokens.tolist() == [9, 3, 5, 4]  # lookup's 2 of 4 draft slots; recycling adds 4 (3 is shared)
     assert tree.parents.tolist() == [-1, 0, 1, 0]
-    assert hybrid.feedback_top_k == 2
+    assert hybrid.feedback_width == 2
 
 
 @settings(max_examples=30, deadline=None)
@@ -141,7 +141,7 @@ def test_hybrid_puts_the_context_match_first_and_fills_with_recycled_branches() 
 def test_hybrid_trees_are_valid(context, budget, learned) -> None:
     drafter = make_drafter(f"hybrid:learned={learned}", vocab_size=10)
     if learned == "recycling":
-        drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.top_k]
+        drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.feedback_width]
     else:
         drafter.parts[1].begin(np.arange(10)[::-1])  # a prompt to learn tri-grams from
     tree = drafter.propose(np.array(context), budget)

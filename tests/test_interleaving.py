@@ -15,12 +15,22 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def plain_greedy(model) -> list:
+    """Each prompt's 40 greedy tokens from plain decoding, alone."""
+    alone = Generator(model, drafter="none")
+    return [alone.generate(p, max_new_tokens=40) for p in PROMPTS]
+
+
 @pytest.mark.parametrize("drafter, sampling", [("hybrid", {}), ("recycling", {}), ("hybrid", {"temperature": 0.8, "top_p": 0.95})],
                          ids=["hybrid-greedy", "recycling-greedy", "hybrid-sampled"])
-def test_requests_stepped_in_turn_equal_their_solo_runs(model, drafter, sampling) -> None:
+def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, drafter, sampling) -> None:
     seeds = [{"seed": 11 + i} if sampling else {} for i in range(len(PROMPTS))]
-    alone = Generator(model, drafter="none")
-    expected = [alone.generate(p, max_new_tokens=40, **sampling, **s).token_ids for p, s in zip(PROMPTS, seeds)]
+    if sampling:
+        alone = Generator(model, drafter="none")
+        expected = [alone.generate(p, max_new_tokens=40, **sampling, **s).token_ids for p, s in zip(PROMPTS, seeds)]
+    else:
+        expected = [out.token_ids for out in plain_greedy]
 
     shared = Generator(model, drafter=drafter)
     requests = [shared.open(p, max_new_tokens=40, **sampling, **s) for p, s in zip(PROMPTS, seeds)]
@@ -39,10 +49,10 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, drafter, sampling
     assert len(shared._idle_backends) == len(PROMPTS)  # each request had a cache of its own, now returned
 
 
-def test_two_streams_interleaved_on_one_generator_each_match_generate(model) -> None:
+def test_two_streams_interleaved_on_one_generator_each_match_generate(model, plain_greedy) -> None:
     generator = Generator(model, drafter="hybrid")
-    expected = [Generator(model, drafter="none").generate(p, max_new_tokens=32).text for p in PROMPTS[:2]]
-    first, second = (generator.stream(p, max_new_tokens=32) for p in PROMPTS[:2])
+    expected = [out.text for out in plain_greedy[:2]]
+    first, second = (generator.stream(p, max_new_tokens=40) for p in PROMPTS[:2])
     pieces: dict[int, list[str]] = {0: [], 1: []}
     for index, stream in itertools.chain.from_iterable(itertools.repeat(list(enumerate([first, second])), 64)):
         piece = next(stream, None)

@@ -64,7 +64,7 @@ def test_a_chain_gives_bit_identical_outputs_to_one_token_at_a_time(gguf) -> Non
     """Batch invariance: every node of one chain forward equals plain decoding's step, bit for bit."""
     prompt = adaspec.Generator(gguf, drafter="none").encode("The quick brown fox jumps over the lazy dog because")
     chain = np.array([int(prompt[-1]), 578, 314, 2364, 1012, 253, 30, 1012, 16, 314, 578, 9])  # [12]
-    pick = Pick(GREEDY, None, feedback_top_k=16)
+    pick = Pick(GREEDY, None, feedback_width=16)
     backend = gguf.new_backend()
     backend.prefill(prompt[:-1], pick)
     together = backend.verify(DraftTree(chain, np.arange(-1, chain.size - 1)), pick)
@@ -101,7 +101,7 @@ def test_a_chain_is_bit_identical_on_k_quants_too(kquant_gguf) -> None:
     plain = adaspec.Generator(kquant_gguf, drafter="none")
     prompt = plain.encode("Write a Python function that returns the n-th Fibonacci number.")
     chain = np.array([int(prompt[-1])] + plain.generate(prompt, max_new_tokens=11).token_ids)  # [12]
-    pick = Pick(GREEDY, None, feedback_top_k=16)
+    pick = Pick(GREEDY, None, feedback_width=16)
     backend = kquant_gguf.new_backend()
     backend.prefill(prompt[:-1], pick)
     together = backend.verify(DraftTree(chain, np.arange(-1, chain.size - 1)), pick)
@@ -143,7 +143,7 @@ def test_a_tree_in_one_decode_matches_each_path_and_folds_back_into_sequence_0(g
     #   4
     #   7
     tree = DraftTree(np.array([int(prompt[-1]), 314, 2364, 1012, 253, 30, 1012, 16]), np.array([-1, 0, 0, 1, 3, 2, 1, 4]))
-    pick = Pick(GREEDY, None, feedback_top_k=8)
+    pick = Pick(GREEDY, None, feedback_width=8)
     backend = gguf_trees.new_backend()
     backend.prefill(prompt[:-1], pick)
     outputs = backend.verify(tree, pick)

@@ -9,7 +9,6 @@ distribution.
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -102,7 +101,7 @@ class RandomTreeDrafter:
     """Proposes random trees that mix deep chains and duplicate siblings (for tests only)."""
 
     name = "random-trees"
-    feedback_top_k = 0
+    feedback_width = 0
 
     def __init__(self, vocab_size: int, seed: int) -> None:
         self.vocab_size = vocab_size
@@ -204,23 +203,33 @@ def test_first_tokens_over_a_real_tree_follow_the_models_distribution(model) -> 
     z = (first[top] / draws - exact[top]) / np.sqrt(exact[top] * (1 - exact[top]) / draws)
     assert abs(z) < 3.29
     assert chi_square_p_value(first, exact) > ALPHA
+    children_checked = 0
     for child, counts in second_after_child.items():  # after an accepted child: that node's distribution
         if counts.sum() >= 200:
             assert chi_square_p_value(counts, probs[child].numpy()) > ALPHA
+            children_checked += 1
+    assert children_checked >= 1  # the warm drafter's first child holds the model's top token
     shifted = exact.copy()
     shifted[top] -= 0.02
     shifted[int(np.argsort(exact)[-2])] += 0.02
     assert chi_square_p_value(first, shifted) < ALPHA  # power: a 2-point shift is caught
 
 
-def near_boundary(model: LoadedModel, prompt: np.ndarray, tokens: list[int], position: int, params: SamplingParams,
-                  uniform: float) -> bool:
-    """True if plain decoding's CDF puts ``uniform`` within float noise of a token boundary."""
+# A tree forward's CDF differs from a plain forward's by summation order only: measured here at
+# most 3.3e-6 over the first 20 positions of both cases below. A uniform closer than this to a
+# CDF boundary may pick the neighbouring token; one farther away may not.
+BOUNDARY_TOLERANCE = 5e-6
+MAX_BOUNDARY_MISSES = 0  # per drafter; none is measured on these two cases
+
+
+def distance_to_boundary(model: LoadedModel, prompt: np.ndarray, tokens: list[int], position: int,
+                         params: SamplingParams, uniform: float) -> float:
+    """How far plain decoding's CDF at ``position`` puts ``uniform`` from the nearest token boundary."""
     with torch.inference_mode():
         ids = torch.tensor([prompt.tolist() + tokens[:position]])
         probs = target_probs(model.model(ids).logits[:, -1], params)[0]
     cdf = probs.cumsum(0)
-    return bool(torch.min(torch.abs(cdf - uniform * cdf[-1])) < 1e-4)
+    return float(torch.min(torch.abs(cdf - uniform * cdf[-1])))
 
 
 SAME_SEED_CASES = [  # prompt, temperature, top_p, seed
@@ -236,22 +245,33 @@ def plain_samples(model) -> list:
 
 
 @pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "hybrid"])
-def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samples, drafter) -> None:
-    """Randomness is fixed per output position, so every drafter reproduces plain sampling's text."""
+def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samples, drafter, float_noise_log) -> None:
+    """Randomness is fixed per output position, so every drafter reproduces plain sampling's text.
+
+    A mismatch is explained only if its position's uniform lay within BOUNDARY_TOLERANCE of a
+    CDF boundary; at most MAX_BOUNDARY_MISSES of those pass, and any other mismatch fails.
+    """
     spec = Generator(model, drafter=drafter)
-    accepted = 0
+    accepted, mismatches, boundary_misses = 0, [], 0
     for (prompt, temperature, top_p, seed), expected in zip(SAME_SEED_CASES, plain_samples):
         options = dict(max_new_tokens=40, temperature=temperature, top_p=top_p, seed=seed)
         got = spec.generate(prompt, **options)
         again = spec.generate(prompt, **options)  # the drafter has learned more: same text all the same
         accepted += got.stats.num_accepted_tokens + again.stats.num_accepted_tokens
         for result in (got, again):
-            if result.token_ids != expected.token_ids:
-                position = next(i for i, (a, b) in enumerate(zip(expected.token_ids, result.token_ids)) if a != b)
-                uniform = float(torch.rand(40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[position])
-                params = SamplingParams(temperature, 0, top_p)
-                assert near_boundary(model, np.array(expected.prompt_ids), expected.token_ids, position, params, uniform), (
-                    f"{drafter}: sampled text differs from plain sampling at token {position}"
-                )
-                warnings.warn(f"{drafter}: a uniform fell within float noise of a CDF boundary at token {position}")
+            if result.token_ids == expected.token_ids:
+                continue
+            position = next((i for i, (a, b) in enumerate(zip(expected.token_ids, result.token_ids)) if a != b), None)
+            if position is None:
+                mismatches.append(f"lengths {len(expected.token_ids)} vs {len(result.token_ids)}")
+                continue
+            uniform = float(torch.rand(40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[position])
+            distance = distance_to_boundary(model, np.array(expected.prompt_ids), expected.token_ids, position,
+                                            SamplingParams(temperature, 0, top_p), uniform)
+            what = f"token {position}: uniform {distance:.1e} from a CDF boundary"
+            mismatches.append(what)
+            if distance < BOUNDARY_TOLERANCE:
+                boundary_misses += 1
+                float_noise_log.append(f"sampling {drafter}: {what}")
+    assert boundary_misses <= MAX_BOUNDARY_MISSES and len(mismatches) == boundary_misses, "\n".join(mismatches)
     assert accepted > 0  # speculation really happened

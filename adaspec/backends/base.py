@@ -43,12 +43,12 @@ class Pick:
         sampling: the request's settings; greedy takes the argmax.
         uniforms: ``[n]`` float64, for sampling only: node i's uniform number (that of its output
             position), used by inverse-CDF sampling; None when greedy.
-        feedback_top_k: how many top candidates per node to return for the drafter (0: none).
+        feedback_width: how many top candidates per node to return for the drafter (0: none).
     """
 
     sampling: SamplingParams
     uniforms: np.ndarray | None
-    feedback_top_k: int
+    feedback_width: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def pick_outputs(logits: torch.Tensor, pick: Pick) -> NodeOutputs:
     else:
         uniforms = torch.from_numpy(np.asarray(pick.uniforms, dtype=np.float64)).to(logits.device)  # [n]
         tokens = sample_tokens(target_probs(logits, pick.sampling), uniforms)  # [n]
-    k = pick.feedback_top_k
+    k = pick.feedback_width
     if k <= 0:
         return NodeOutputs(tokens.cpu().numpy().astype(np.int64), np.zeros((n, 0), dtype=np.int64),
                            np.zeros((n, 0), dtype=np.float32))

@@ -39,7 +39,7 @@ class AdedConfig:
     builder: str = "best-first"  # "best-first" or "mcts"
     capacity: int = 1 << 17  # contexts kept in the table (~21 MB); least recently updated evicted
     slots: int = 8  # successors kept per context
-    top_k: int = 8  # verifier candidates learned per tree node
+    feedback_width: int = 8  # verifier candidates learned per tree node (the K of source "topk")
     topk_rate: float = 0.8  # source "topk"
     accepted_rate: float = 0.5  # source "accepted"
     prompt_rate: float = 0.3  # source "prompt"
@@ -60,8 +60,8 @@ class AdedConfig:
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {rate}")
         positive = ("capacity", "slots", "max_depth", "width", "simulations")
-        if min(getattr(self, name) for name in positive) < 1 or self.top_k < 0:
-            raise ValueError(f"{', '.join(positive)} must be >= 1 and top_k >= 0")
+        if min(getattr(self, name) for name in positive) < 1 or self.feedback_width < 0:
+            raise ValueError(f"{', '.join(positive)} must be >= 1 and feedback_width >= 0")
         if self.feedback_temperature <= 0:
             raise ValueError(f"feedback_temperature must be > 0, got {self.feedback_temperature}")
 
@@ -81,7 +81,7 @@ class AdedDrafter:
 
     def __init__(self, vocab_size: int, config: AdedConfig | None = None) -> None:
         self.config = config or AdedConfig()
-        self.feedback_top_k = self.config.top_k if self.config.topk_rate > 0 else 0
+        self.feedback_width = self.config.feedback_width if self.config.topk_rate > 0 else 0
         self.table = TrigramTable(vocab_size, self.config.capacity, self.config.slots)
         if self.config.prior_path is not None:
             self.table.load(self.config.prior_path)

@@ -19,7 +19,7 @@ class StepFeedback:
         accepted: ``[k]`` int64, node indices of the accepted path, root first (k >= 1).
         next_token: the model's token after the accepted path (the new pending token).
         topk_ids: ``[n, K]`` int64, the verifier's top-K token ids at every tree node, best first
-            (K = the drafter's ``feedback_top_k``; K = 0 gives an ``[n, 0]`` array).
+            (K = the drafter's ``feedback_width``; K = 0 gives an ``[n, 0]`` array).
         topk_probs: ``[n, K]`` float32, their probabilities under the model (temperature 1).
         before_root: the context token before the tree's root (-1 when the root is the first
             token), so that a drafter learning n-grams across the root needs no per-request state.
@@ -48,12 +48,12 @@ class Drafter(Protocol):
 
     Attributes:
         name: the registry name (``"lookup"``...).
-        feedback_top_k: how many top candidates per tree node the drafter wants in
+        feedback_width: how many top candidates per tree node the drafter wants in
             ``StepFeedback`` (0 when it does not learn from them).
     """
 
     name: str
-    feedback_top_k: int
+    feedback_width: int
 
     def begin(self, prompt: np.ndarray) -> None:
         """Starts a new request.

@@ -66,7 +66,7 @@ class HybridDrafter:
             raise ValueError(f"need one share per drafter, got {len(parts)} drafters and {len(shares)} shares")
         self.parts = list(parts)
         self.shares = list(shares)
-        self.feedback_top_k = max(p.feedback_top_k for p in self.parts)
+        self.feedback_width = max(p.feedback_width for p in self.parts)
 
     def begin(self, prompt: np.ndarray) -> None:
         """Starts a request in every part.
@@ -103,7 +103,7 @@ class HybridDrafter:
             step: what the verifier said about the merged tree.
         """
         for part in self.parts:
-            k = part.feedback_top_k
+            k = part.feedback_width
             part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k],
                                       step.before_root))
 

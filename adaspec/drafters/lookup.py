@@ -65,7 +65,7 @@ class PromptLookupDrafter:
     """
 
     name = "lookup"
-    feedback_top_k = 0
+    feedback_width = 0
 
     def __init__(self, config: LookupConfig | None = None) -> None:
         self.config = config or LookupConfig()

@@ -12,7 +12,7 @@ class PlainDrafter:
     """Proposes only the root: plain autoregressive decoding through the same engine."""
 
     name = "none"
-    feedback_top_k = 0
+    feedback_width = 0
 
     def begin(self, prompt: np.ndarray) -> None:
         """Nothing to prepare.

@@ -28,7 +28,7 @@ from adaspec.tree import DraftTree
 class RecyclingConfig:
     """Tunables of the Token Recycling drafter."""
 
-    top_k: int = 8  # candidates kept per token (columns of the table)
+    feedback_width: int = 8  # candidates kept per token (columns of the table)
     template_nodes: int = 128  # size of the tree template; a step uses its first `budget` nodes
     max_depth: int = 12  # deepest template node
     # prior probability that the rank-r candidate is the model's next token, before any evidence
@@ -37,10 +37,10 @@ class RecyclingConfig:
     refresh_every: int = 16  # steps between template rebuilds
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.template_nodes < 1 or self.max_depth < 1:
+        if self.feedback_width < 1 or self.template_nodes < 1 or self.max_depth < 1:
             raise ValueError(
-                f"top_k, template_nodes and max_depth must be >= 1, got "
-                f"{self.top_k}, {self.template_nodes}, {self.max_depth}"
+                f"feedback_width, template_nodes and max_depth must be >= 1, got "
+                f"{self.feedback_width}, {self.template_nodes}, {self.max_depth}"
             )
 
 
@@ -113,9 +113,9 @@ class TokenRecyclingDrafter:
 
     def __init__(self, vocab_size: int, config: RecyclingConfig | None = None) -> None:
         self.config = config or RecyclingConfig()
-        self.feedback_top_k = self.config.top_k
+        self.feedback_width = self.config.feedback_width
         self.vocab_size = vocab_size
-        k = self.config.top_k
+        k = self.config.feedback_width
         self.candidates = np.full((vocab_size, k), -1, dtype=np.int64)  # [V, K], -1 = never seen
         self.rank_hits = np.zeros(k, dtype=np.int64)  # [K] times rank r was the model's next token
         self.rank_trials = 0  # accepted nodes whose token had candidates
@@ -124,7 +124,7 @@ class TokenRecyclingDrafter:
 
     def rank_probabilities(self) -> np.ndarray:
         """``[K]`` float64, posterior mean chance that the rank-r candidate is accepted."""
-        k = self.config.top_k
+        k = self.config.feedback_width
         prior = np.zeros(k)
         given = np.array(self.config.rank_prior[:k], dtype=np.float64)
         prior[: given.size] = given
