@@ -64,7 +64,7 @@ def test_the_cap_evicts_the_least_recently_updated_contexts() -> None:
     assert len(table) == 8
     one_row(table, 3, [2], [1.0], rate=1.0)  # refresh 3
     one_row(table, 20, [1], [1.0], rate=1.0)  # over the cap: keep the newest half
-    assert len(table) <= 8 and table.evictions > 0
+    assert len(table) <= 8
     kept = {token for token in range(VOCAB) if table.successors(-1, token)[0].size}
     assert {3, 20} <= kept and 0 not in kept and 1 not in kept
 

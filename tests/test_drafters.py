@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaspec.drafters import StepFeedback, make_drafter
-from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter, find_continuations
+from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter, continuations, recent_matches
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter, build_template
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
@@ -19,11 +19,27 @@ def no_duplicate_siblings(tree: DraftTree) -> bool:
     return len(pairs) == len(set(pairs))
 
 
+def find_continuations(context: np.ndarray, ngram: int, max_matches: int, max_depth: int) -> list[np.ndarray]:
+    return continuations(context, recent_matches(context, ngram, max_matches)[ngram], max_depth)
+
+
 def test_find_continuations_most_recent_first() -> None:
     context = np.array([1, 2, 3, 9, 1, 2, 4, 8, 1, 2])
     found = find_continuations(context, ngram=2, max_matches=5, max_depth=3)
     assert [f.tolist() for f in found] == [[4, 8, 1], [3, 9, 1]]
     assert find_continuations(context, ngram=3, max_matches=5, max_depth=3) == []
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.integers(1, 5), st.integers(1, 4), st.integers(1, 6))
+def test_find_continuations_equals_a_brute_force_search(tokens, ngram, max_matches, max_depth) -> None:
+    context = np.array(tokens, dtype=np.int64)  # [L] a small alphabet: many repeats and overlaps
+    suffix = tokens[-ngram:] if len(tokens) > ngram else None
+    expected = []
+    for start in range(len(tokens) - ngram - 1, -1, -1):  # every earlier window that has a successor
+        if tokens[start : start + ngram] == suffix:
+            expected.append(tokens[start + ngram : start + ngram + max_depth])
+    found = find_continuations(context, ngram, max_matches, max_depth)
+    assert [f.tolist() for f in found] == expected[:max_matches]
 
 
 def test_lookup_prefers_the_longest_match() -> None:

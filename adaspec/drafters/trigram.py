@@ -208,7 +208,6 @@ class TrigramTable:
         self.stamps = np.zeros(table_size, dtype=np.int64)  # [T]
         self.clock = 0
         self.count = 0
-        self.evictions = 0
 
     def __len__(self) -> int:
         """The number of stored contexts."""
@@ -267,7 +266,6 @@ class TrigramTable:
         stamps = np.zeros_like(self.stamps)
         reinsert(self.keys, self.ids, self.weights, self.stamps, keys, ids, weights, stamps, newest)
         self.keys, self.ids, self.weights, self.stamps = keys, ids, weights, stamps
-        self.evictions += self.count - newest.size
         self.count = newest.size
 
     def successors(self, before: int, token: int) -> tuple[np.ndarray, np.ndarray]:
