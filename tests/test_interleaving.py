@@ -13,13 +13,14 @@ PROMPTS = [
     "List the planets of the solar system in order.",
     "Explain in two sentences why the sky is blue.",
 ]
+TOKENS = 32
 
 
 @pytest.fixture(scope="module")
 def plain_greedy(model) -> list:
-    """Each prompt's 40 greedy tokens from plain decoding, alone."""
+    """Each prompt's TOKENS greedy tokens from plain decoding, alone."""
     alone = Generator(model, drafter="none")
-    return [alone.generate(p, max_new_tokens=40) for p in PROMPTS]
+    return [alone.generate(p, max_new_tokens=TOKENS) for p in PROMPTS]
 
 
 @pytest.mark.parametrize("drafter, sampling", [("hybrid", {}), ("recycling", {}), ("hybrid", {"temperature": 0.8, "top_p": 0.95})],
@@ -28,12 +29,12 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, dra
     seeds = [{"seed": 11 + i} if sampling else {} for i in range(len(PROMPTS))]
     if sampling:
         alone = Generator(model, drafter="none")
-        expected = [alone.generate(p, max_new_tokens=40, **sampling, **s).token_ids for p, s in zip(PROMPTS, seeds)]
+        expected = [alone.generate(p, max_new_tokens=TOKENS, **sampling, **s).token_ids for p, s in zip(PROMPTS, seeds)]
     else:
         expected = [out.token_ids for out in plain_greedy]
 
     shared = Generator(model, drafter=drafter)
-    requests = [shared.open(p, max_new_tokens=40, **sampling, **s) for p, s in zip(PROMPTS, seeds)]
+    requests = [shared.open(p, max_new_tokens=TOKENS, **sampling, **s) for p, s in zip(PROMPTS, seeds)]
     for request in requests:
         request.start()
     steps = 0
@@ -52,7 +53,7 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, dra
 def test_two_streams_interleaved_on_one_generator_each_match_generate(model, plain_greedy) -> None:
     generator = Generator(model, drafter="hybrid")
     expected = [out.text for out in plain_greedy[:2]]
-    first, second = (generator.stream(p, max_new_tokens=40) for p in PROMPTS[:2])
+    first, second = (generator.stream(p, max_new_tokens=TOKENS) for p in PROMPTS[:2])
     pieces: dict[int, list[str]] = {0: [], 1: []}
     for index, stream in itertools.chain.from_iterable(itertools.repeat(list(enumerate([first, second])), 64)):
         piece = next(stream, None)

@@ -27,7 +27,7 @@ PROMPTS = [
     "Translate 'good morning' into Spanish, French and German.",
     "Write a SQL query that counts the rows of a table named users.",
 ]
-TOKENS = 40
+TOKENS = 32
 
 
 @pytest.fixture(scope="module")
