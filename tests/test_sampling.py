@@ -232,6 +232,7 @@ def distance_to_boundary(model: LoadedModel, prompt: np.ndarray, tokens: list[in
     return float(torch.min(torch.abs(cdf - uniform * cdf[-1])))
 
 
+SAMPLED_TOKENS = 32
 SAME_SEED_CASES = [  # prompt, temperature, top_p, seed
     ("Write a short poem about the sea.", 0.7, 1.0, 0),
     ("Explain what a hash table is.", 1.0, 0.9, 1),
@@ -241,7 +242,7 @@ SAME_SEED_CASES = [  # prompt, temperature, top_p, seed
 @pytest.fixture(scope="module")
 def plain_samples(model) -> list:
     plain = Generator(model, drafter="none")
-    return [plain.generate(prompt, max_new_tokens=40, temperature=t, top_p=p, seed=seed) for prompt, t, p, seed in SAME_SEED_CASES]
+    return [plain.generate(prompt, max_new_tokens=SAMPLED_TOKENS, temperature=t, top_p=p, seed=seed) for prompt, t, p, seed in SAME_SEED_CASES]
 
 
 @pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "hybrid"])
@@ -254,7 +255,7 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
     spec = Generator(model, drafter=drafter)
     accepted, mismatches, boundary_misses = 0, [], 0
     for (prompt, temperature, top_p, seed), expected in zip(SAME_SEED_CASES, plain_samples):
-        options = dict(max_new_tokens=40, temperature=temperature, top_p=top_p, seed=seed)
+        options = dict(max_new_tokens=SAMPLED_TOKENS, temperature=temperature, top_p=top_p, seed=seed)
         got = spec.generate(prompt, **options)
         again = spec.generate(prompt, **options)  # the drafter has learned more: same text all the same
         accepted += got.stats.num_accepted_tokens + again.stats.num_accepted_tokens
@@ -265,7 +266,7 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
             if position is None:
                 mismatches.append(f"lengths {len(expected.token_ids)} vs {len(result.token_ids)}")
                 continue
-            uniform = float(torch.rand(40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[position])
+            uniform = float(torch.rand(SAMPLED_TOKENS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[position])
             distance = distance_to_boundary(model, np.array(expected.prompt_ids), expected.token_ids, position,
                                             SamplingParams(temperature, 0, top_p), uniform)
             what = f"token {position}: uniform {distance:.1e} from a CDF boundary"
