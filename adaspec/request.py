@@ -146,8 +146,7 @@ class Request:
         tick = time.perf_counter()
         with generator.shared_lock:
             tree = generator.drafter.propose(context, budget)
-            drafter_name = getattr(generator.drafter, "name", type(generator.drafter).__name__)
-            check_tree_contract(tree, self.pending, budget, generator.model.vocab_size, drafter_name)
+            check_tree_contract(tree, self.pending, budget, generator.model.vocab_size, generator.drafter.name)
             if self.backend.chain_only:
                 tree = tree.first_chain()
             if self._sizer is not None:
