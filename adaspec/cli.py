@@ -25,6 +25,7 @@ from adaspec.bench.runner import (AdaspecMethod, BenchInterrupted, build_methods
                                   default_method_names, method_names, run_benchmark)
 from adaspec.bench.system import report_meta
 from adaspec.drafters import AdedConfig, drafter_names, parse_drafter_spec
+from adaspec.drafters.trigram import MAX_CAPACITY
 from adaspec.bench.report import write_profile_plot
 from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile
 from adaspec.backends.base import DEFAULT_BUDGET
@@ -32,6 +33,7 @@ from adaspec.engine import AUTO, Generation, Generator
 from adaspec.errors import AdaspecError
 from adaspec.loading import BACKENDS, DTYPES, load
 from adaspec.prior import build_prior, read_texts, write_prior
+from adaspec.options import RequestOptions
 from adaspec.sampling import SamplingParams
 from adaspec.state_store import DrafterStateStore, default_state_dir
 
@@ -317,8 +319,8 @@ def run_prior_build(args: argparse.Namespace) -> int:
     Raises:
         AdaspecError: for a bad capacity, an unreadable text file or an unwritable output.
     """
-    if args.capacity < 1:
-        raise AdaspecError(f"--capacity must be at least 1, got {args.capacity}")
+    if not 1 <= args.capacity <= MAX_CAPACITY:
+        raise AdaspecError(f"--capacity must lie in 1..{MAX_CAPACITY}, got {args.capacity}")
     if not args.out.resolve().parent.is_dir():
         raise AdaspecError(f"cannot write {args.out}: folder {args.out.resolve().parent} does not exist")
     texts = read_texts(args.files)
@@ -363,7 +365,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # one seed for the run and its --compare baseline, so both sample the same text
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed)  # validates them
+    options = RequestOptions(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), chat=args.chat,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed)
     prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise AdaspecError("the prompt is empty")
@@ -373,19 +376,17 @@ def run_generate(args: argparse.Namespace) -> int:
     store = None if args.no_state else DrafterStateStore(args.state_dir or default_state_dir(), model.name, label)
     if store is not None:
         store.load_into(generator.drafter)  # warm: what earlier runs learned
-    options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, temperature=sampling.temperature,
-                   top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
     generator.encode(prompt, args.chat)  # reject a bad prompt before any warm-up
     baseline: Generation | None = None
     if args.compare:
         plain = Generator(model, drafter="none")
-        plain.generate(prompt, **{**options, "max_new_tokens": 8})  # warm-up: first calls are slow
-        baseline = plain.generate(prompt, **options)
+        plain.generate(prompt, options, max_new_tokens=8)  # warm-up: first calls are slow
+        baseline = plain.generate(prompt, options)
 
     if args.json:
-        result = generator.generate(prompt, **options)
+        result = generator.generate(prompt, options)
     else:
-        stream = generator.stream(prompt, **options)
+        stream = generator.stream(prompt, options)
         for piece in stream:
             print(piece, end="", flush=True)
         print()
@@ -480,19 +481,23 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_concurrency < 1 or args.max_queue < 0 or args.request_timeout <= 0 or args.save_every <= 0:
         raise AdaspecError("--max-concurrency must be >= 1, --max-queue >= 0, --request-timeout and --save-every > 0")
     model = load_for(args)
-    generator = Generator(model, drafter=args.drafter, budget=args.budget)
+    generator = Generator(model, drafter=args.drafter, budget=args.budget, max_requests=args.max_concurrency,
+                          max_idle_backends=args.max_concurrency)
     spec = args.drafter or generator.drafter.name
     state_dir = None if args.no_state else (args.state_dir or default_state_dir())
     name = args.served_model_name or served_name(model.name)
     aliases = tuple(a for a in (args.model, model.name) if a)
+    if not args.no_batch:
+        print("adaspec: checking that batched verification is exact on this machine (cached after the first time)...",
+              file=sys.stderr, flush=True)
     server = build_server(generator, name, spec, aliases=aliases, max_active=args.max_concurrency,
                           max_waiting=args.max_queue, request_timeout=args.request_timeout, state_dir=state_dir,
                           save_every=args.save_every, batch=not args.no_batch)
+    saver = server.scheduler.saver
     print(f"adaspec: serving {name!r} on http://{args.host}:{args.port}/v1 (drafter {spec}, budget "
           f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once, "
-          f"{'batched' if server.scheduler.runner else 'one per forward'}; "
-          f"state: {server.scheduler.state_store.path if server.scheduler.state_store else 'not kept'})",
-          file=sys.stderr, flush=True)
+          f"{'batched' if server.scheduler.batch else 'one request per forward: ' + server.batching.reason}; "
+          f"state: {saver.store.path if saver else 'not kept'})", file=sys.stderr, flush=True)
     run_server(server, args.host, args.port)
     return 0
 

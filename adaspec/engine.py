@@ -1,29 +1,34 @@
 """The decode loop: draft -> verify -> accept -> commit -> observe.
 
-This is the only module that knows both a drafter and a model backend, and it knows the backend
-only through the protocol in ``adaspec.backends.base``: numpy arrays in and out, no tensors.
+``Generator`` is the public facade: it loads nothing itself, but puts a model's backends in a
+pool, a drafter and a tree sizer in a shared ``Session``, and opens requests over the two.
+It knows a backend only through the protocol in ``adaspec.backends.base``: numpy arrays in and
+out, no tensors.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from adaspec.backends.base import Backend
+from adaspec.backends.pool import BackendPool
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, make_drafter
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
+from adaspec.options import RequestOptions
+from adaspec.output import OutputTracker
 from adaspec.request import Generation, Request
-from adaspec.sampling import SamplingParams
+from adaspec.session import Session
 
 # A prompt is text, chat messages ({"role": ..., "content": ...}), or token ids.
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
 AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
+MAX_BUDGET = 256  # the most tree nodes one step may verify
 
 
 class TextStream:
@@ -54,11 +59,15 @@ class TextStream:
 class Generator:
     """Lossless speculative decoding (greedy or sampled) for one model with one drafter.
 
-    The drafter's learned state and the tree sizer's calibration persist across the requests
-    made through this object and are shared by them; each request owns a backend (its KV
-    cache) taken from a pool, its context, output and random numbers. Requests may therefore
-    be interleaved step by step (``open`` / ``Request.step``, or several ``stream`` iterators),
-    and from several threads.
+    The public facade: a ``Session`` (the drafter and the tree sizer's calibration, learned
+    from every request and shared by them) and a ``BackendPool`` (one backend, i.e. one KV
+    cache, per request in flight). Each request owns its backend while it runs, its context,
+    output and random numbers; requests may be interleaved step by step (``open`` /
+    ``Request.step``, or several ``stream`` iterators), and from several threads.
+
+    Every generating method takes the request's options as a ``RequestOptions`` and/or as
+    keywords naming its fields (``max_new_tokens``, ``stop``, ``chat``, ``temperature``,
+    ``top_k``, ``top_p``, ``seed``); keywords override the object's fields.
 
     Args:
         model: from ``adaspec.load``.
@@ -72,11 +81,13 @@ class Generator:
         max_context: cap on prompt + output tokens; at most the model's own limit.
         profile: for ``"auto"``: a ``LatencyProfile`` or its JSON file; None measures one
             at first use and caches it per backend / model / device / dtype / thread count.
-        backend: the runtime to decode with; None makes a new one of the kind the model was
+        backend: a backend to start the pool with; None makes one of the kind the model was
             loaded for (``adaspec.load(..., backend=...)``).
+        max_requests: the most requests in flight at once (each holds a KV cache).
+        max_idle_backends: backends kept warm between requests (the rest are freed).
 
     Raises:
-        AdaspecError: for an unknown drafter or a budget < 1.
+        AdaspecError: for an unknown drafter, a budget < 1 or bad pool limits.
     """
 
     def __init__(
@@ -87,25 +98,46 @@ class Generator:
         max_context: int | None = None,
         profile: LatencyProfile | str | Path | None = None,
         backend: Backend | None = None,
+        max_requests: int = 64,
+        max_idle_backends: int = 2,
     ) -> None:
-        if budget is not None and budget != AUTO and (not isinstance(budget, int) or budget < 1):
-            raise AdaspecError(f"budget must be a number of tree nodes >= 1 or {AUTO!r}, got {budget!r}")
+        if budget is not None and budget != AUTO and (isinstance(budget, bool) or not isinstance(budget, int)
+                                                      or not 1 <= budget <= MAX_BUDGET):
+            raise AdaspecError(f"budget must be a number of tree nodes in 1..{MAX_BUDGET} or {AUTO!r}, got {budget!r}")
         self.model = model
-        self.backend = backend if backend is not None else model.new_backend()
-        self._idle_backends: list[Backend] = [self.backend]  # backends no request holds now
-        self._pool_lock = threading.Lock()
-        self.shared_lock = threading.RLock()  # guards the drafter and the sizer's calibration
+        self.pool = BackendPool(model.new_backend, max_in_use=max_requests, max_idle=max_idle_backends, first=backend)
+        described = self.pool.prototype
         if drafter is None:
-            drafter = self.backend.default_drafter
+            drafter = described.default_drafter
         if budget is None:  # plain decoding needs no budget, so no latency profile either
-            budget = 1 if drafter == "none" else self.backend.default_budget
-        self.drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
-        self.sizer: TreeSizer | None = None  # sizes each step's tree when the budget is "auto"
+            budget = 1 if drafter == "none" else described.default_budget
+        drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
+        sizer = None  # sizes each step's tree when the budget is "auto"
         if budget == AUTO:
-            self.sizer = TreeSizer(load_or_measure_profile(self.backend, profile))
-            budget = self.sizer.profile.max_size
-        self.budget = int(budget)
+            sizer = TreeSizer(load_or_measure_profile(described, profile))
+            budget = sizer.profile.max_size
+        self.session = Session(drafter, int(budget), sizer, model.vocab_size)
         self.max_context = min(max_context or model.max_context, model.max_context)
+
+    @property
+    def drafter(self) -> Drafter:
+        """The shared drafter."""
+        return self.session.drafter
+
+    @property
+    def sizer(self) -> TreeSizer | None:
+        """The shared tree sizer (None unless the budget is ``"auto"``)."""
+        return self.session.sizer
+
+    @property
+    def budget(self) -> int:
+        """The most tree nodes per step, root included."""
+        return self.session.budget
+
+    @property
+    def backend(self) -> Backend:
+        """A backend of this generator's runtime, for what it says about itself (name, defaults)."""
+        return self.pool.prototype
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> np.ndarray:
         """Turns a prompt into token ids.
@@ -142,17 +174,7 @@ class Generator:
             raise AdaspecError("the prompt is empty")
         return np.asarray(ids, dtype=np.int64)
 
-    def generate(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        chat: bool | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> Generation:
+    def generate(self, prompt: Prompt, options: RequestOptions | None = None, **fields: Any) -> Generation:
         """Generates a completion with exactly the distribution plain decoding has.
 
         Greedy (temperature 0) output equals plain greedy decoding token for token; sampled
@@ -160,43 +182,28 @@ class Generator:
 
         Args:
             prompt: text, chat messages, or token ids.
-            max_new_tokens: the most tokens to generate (>= 1).
-            stop: strings that end generation.
-            chat: see ``encode``.
-            temperature: 0 for greedy, else the sampling temperature.
-            top_k: sample only among the k most likely tokens (0: all).
-            top_p: sample only from the most likely tokens holding this much probability (1: all).
-            seed: seeds this request's random generator; the same seed gives the same text.
+            options: the request's options (default: ``RequestOptions()``).
+            fields: ``RequestOptions`` fields to set or override, e.g. ``max_new_tokens=64``.
 
         Returns:
             The text, token ids and stats.
 
         Raises:
-            AdaspecError: for an empty or over-long prompt, max_new_tokens < 1, or bad
-                sampling settings.
+            AdaspecError: for an empty or over-long prompt or a bad option.
         """
-        stream = self.stream(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        stream = self.stream(prompt, options, **fields)
         for _ in stream:
             pass
         assert stream.result is not None
         return stream.result
 
-    def stream(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        chat: bool | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> TextStream:
+    def stream(self, prompt: Prompt, options: RequestOptions | None = None, **fields: Any) -> TextStream:
         """Like ``generate``, but yields text as it is accepted.
 
         Args:
-            prompt, max_new_tokens, stop, chat, temperature, top_k, top_p, seed: as for ``generate``.
+            prompt: text, chat messages, or token ids.
+            options: the request's options.
+            fields: ``RequestOptions`` fields to set or override.
 
         Returns:
             An iterator of text pieces whose ``result`` holds the Generation at the end.
@@ -204,29 +211,18 @@ class Generator:
         Raises:
             AdaspecError: as ``generate``, before the first piece.
         """
-        request = self.open(prompt, max_new_tokens=max_new_tokens, stop=stop, chat=chat,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        return TextStream(self._run(request))
+        return TextStream(self._run(self.open(prompt, options, **fields)))
 
-    def open(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        chat: bool | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> Request:
+    def open(self, prompt: Prompt, options: RequestOptions | None = None, **fields: Any) -> Request:
         """Checks a request and prepares it, without running the model yet.
 
         Drive it with ``start()`` and then ``step()`` until ``finished``; ``close()`` frees its
         cache. A server interleaves many of these step by step.
 
         Args:
-            prompt, max_new_tokens, stop, chat, temperature, top_k, top_p, seed: as for
-                ``generate``; ``max_new_tokens`` is cut to the room the context leaves.
+            prompt: text, chat messages, or token ids.
+            options: the request's options; ``max_new_tokens`` is cut to the room the context leaves.
+            fields: ``RequestOptions`` fields to set or override.
 
         Returns:
             The request.
@@ -234,19 +230,17 @@ class Generator:
         Raises:
             AdaspecError: as ``generate``.
         """
-        if max_new_tokens < 1:
-            raise AdaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        sampling = SamplingParams(temperature, top_k, top_p, seed)
-        if isinstance(stop, str):
-            stop = [stop]
-        prompt_ids = self.encode(prompt, chat)
+        options = RequestOptions.of(options, **fields)
+        prompt_ids = self.encode(prompt, options.chat)
         room = self.max_context - prompt_ids.size
         if room < 1:
             raise AdaspecError(
                 f"the prompt has {prompt_ids.size} tokens but the context holds {self.max_context}; "
                 "no room is left to generate"
             )
-        return Request(self, prompt_ids, min(max_new_tokens, room), list(stop), sampling)
+        limit = min(options.max_new_tokens, room)
+        output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, options.stop, limit)
+        return Request(self.session, self.pool, prompt_ids, options, output)
 
     @staticmethod
     def _run(request: Request) -> Iterator[str]:
@@ -257,24 +251,3 @@ class Generator:
             return request.result()
         finally:
             request.close()
-
-    def acquire_backend(self) -> Backend:
-        """A backend no other request holds (a new one when all are busy).
-
-        Returns:
-            The backend, with an empty cache.
-        """
-        with self._pool_lock:
-            if self._idle_backends:
-                return self._idle_backends.pop()
-        return self.model.new_backend()
-
-    def return_backend(self, backend: Backend) -> None:
-        """Frees a request's cache and keeps its backend for the next request.
-
-        Args:
-            backend: from ``acquire_backend``.
-        """
-        backend.release()
-        with self._pool_lock:
-            self._idle_backends.append(backend)

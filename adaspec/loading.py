@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -26,11 +27,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from adaspec.atomic import atomic_writer
 from adaspec.errors import AdaspecError
 from adaspec.named_models import NAMED_MODELS, assemble
 
 if TYPE_CHECKING:
-    from adaspec.backends.base import Backend
+    from adaspec.backends.base import Backend, Runtime
     from adaspec.backends.llamacpp import LlamaWeights
 
 BACKENDS = ("hf", "llama.cpp")  # the runtimes ``load`` and ``--backend`` accept
@@ -49,6 +51,8 @@ class LoadedModel:
         max_context: the most positions the model supports (prompt + output).
         eos_token_ids: token ids that end generation.
         vocab_size: rows of the output layer (the logits' last dimension).
+        backends: the runtime that makes this model's backends (one per request) and says
+            whether they can verify several requests in one forward.
         runtime: ``hf`` or ``llama.cpp``.
         model: the ``AutoModelForCausalLM`` in eval mode on its device (``hf`` only).
         weights: the GGUF loaded by llama.cpp (``llama.cpp`` only).
@@ -59,6 +63,7 @@ class LoadedModel:
     max_context: int
     eos_token_ids: frozenset[int]
     vocab_size: int
+    backends: Runtime
     runtime: str = "hf"
     model: PreTrainedModel | None = None
     weights: LlamaWeights | None = None
@@ -74,11 +79,7 @@ class LoadedModel:
         Returns:
             An ``HFBackend`` or a ``LlamaCppBackend``.
         """
-        if self.weights is not None:
-            return self.weights.new_backend()
-        from adaspec.backends.hf import HFBackend
-
-        return HFBackend(self.model, model_name=self.name)
+        return self.backends.new_backend()
 
 
 @contextmanager
@@ -173,7 +174,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def file_digest(path: Path) -> str:
-    """The sha256 of a file's bytes.
+    """The sha256 of a file's bytes, computed once per file version.
+
+    The digest is remembered under ``$ADASPEC_CACHE/digests``, keyed by the file's resolved
+    path, size and modification time, so loading a multi-GB GGUF does not read it again.
 
     Args:
         path: the file.
@@ -181,10 +185,24 @@ def file_digest(path: Path) -> str:
     Returns:
         The hex digest.
     """
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = cache_root() / "digests" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.json"
+    try:
+        stored = json.loads(memo.read_text())
+        if stored.get("identity") == identity and len(stored.get("sha256", "")) == 64:
+            return stored["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
+    try:
+        with atomic_writer(memo) as file:
+            file.write(json.dumps({"identity": identity, "sha256": digest.hexdigest()}).encode())
+    except OSError:
+        pass  # the digest is only remembered to save time
     return digest.hexdigest()
 
 
@@ -319,9 +337,9 @@ def load(
         device: where to run it (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
         dtype: ``float32``, ``bfloat16`` or ``float16`` (not on cpu); ``hf`` only (llama.cpp
             runs the GGUF's own types).
-        attn_implementation: transformers' attention backend (``sdpa`` or ``eager``); None for
-            transformers' choice for the architecture (``sdpa`` where it is supported, else
-            ``eager``: Gemma2's soft-capped attention, for one).
+        attn_implementation: transformers' attention backend (``sdpa`` or ``eager``, the two
+            proven on tree masks); None for transformers' choice for the architecture (``sdpa``
+            where it is supported, else ``eager``: Gemma2's soft-capped attention, for one).
         backend: the runtime, ``hf`` or ``llama.cpp`` (a GGUF file only).
         exact: for ``llama.cpp``: True for batch-invariant chain verification, False for trees
             on the default kernels, None for exact whenever the build allows it.
@@ -330,11 +348,16 @@ def load(
         The loaded model with its tokenizer and limits.
 
     Raises:
-        AdaspecError: for a missing or unreadable model, an unknown backend, or a device /
-            dtype that cannot run.
+        AdaspecError: for a missing or unreadable model, an unknown backend, an attention
+            implementation not proven on tree masks, or a device / dtype that cannot run.
     """
+    from adaspec.backends.hf_runtime import TREE_ATTENTION, HFRuntime
+
     if backend not in BACKENDS:
         raise AdaspecError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if attn_implementation is not None and attn_implementation not in TREE_ATTENTION:
+        raise AdaspecError(f"attention {attn_implementation!r} is not proven on tree masks; "
+                           f"choose one of: {', '.join(TREE_ATTENTION)}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path, name = resolve_model_path(model)
@@ -357,6 +380,10 @@ def load(
     except Exception as exc:  # corrupt weights, unknown architecture, missing files...
         raise AdaspecError(f"cannot load model from {directory}: {first_line(exc)}") from None
     network = network.to(torch_device).eval()
+    attention = network.config._attn_implementation  # what transformers chose, read once here
+    if attention not in TREE_ATTENTION:
+        raise AdaspecError(f"{name} runs {attention} attention, which is not proven on tree masks; "
+                           f"load it with attn_implementation set to one of: {', '.join(TREE_ATTENTION)}")
     max_context = context_limit(network, tokenizer)
     if max_context < position_limit(network, tokenizer):
         log.warning("adaspec: %s uses sliding-window attention; the context is capped at its %d-token window, "
@@ -367,6 +394,7 @@ def load(
         max_context=max_context,
         eos_token_ids=eos_ids(network, tokenizer),
         vocab_size=int(network.get_output_embeddings().weight.shape[0]),
+        backends=HFRuntime(network, name, attention, cache_root() / "batch-checks"),
         model=network,
     )
 
@@ -402,6 +430,7 @@ def load_llamacpp(path: Path, name: str, device: torch.device, exact: bool | Non
         max_context=weights.n_ctx,
         eos_token_ids=frozenset(eos),
         vocab_size=weights.vocab_size,
+        backends=weights,
         runtime="llama.cpp",
         weights=weights,
     )

@@ -2,7 +2,7 @@
 random numbers, its tree sizing) and the draft -> verify -> accept -> commit -> observe step.
 
 The drafter and the tree sizer's calibration are shared with every other request of the same
-``Generator``; a request only reads and teaches them. So requests may advance step by step in
+``Session``; a request only reads and teaches them. So requests may advance step by step in
 any interleaving and each gets exactly what it gets alone.
 """
 
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from adaspec.backends.base import Backend, NodeOutputs, Pick
-from adaspec.drafters import StepFeedback
+from adaspec.backends.pool import BackendPool
+from adaspec.budget import RequestSizer
+from adaspec.options import RequestOptions
 from adaspec.output import OutputTracker
-from adaspec.sampling import SamplingParams
+from adaspec.session import Session
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
-from adaspec.verify import greedy_accept
-
-if TYPE_CHECKING:
-    from adaspec.engine import Generator
+from adaspec.verify import accept_path
 
 
 @dataclass
@@ -63,35 +60,39 @@ class StepReport:
 class Request:
     """One generation, advanced by ``start`` then ``step`` until ``finished``.
 
-    Made by ``Generator.open``; not thread-safe on its own (the Generator serialises access
-    to what requests share).
+    Made by ``Generator.open``. It is given what it needs and owns what is its own: a backend
+    (its KV cache) from the pool while it runs, its context, output and random numbers. What
+    it learns from goes through the shared ``Session``. Not thread-safe on its own; different
+    requests may be stepped from different threads.
 
     Args:
-        generator: the generator whose model, drafter and sizer it uses.
+        session: the shared drafter and sizer.
+        pool: where its backend comes from and goes back to.
         prompt_ids: ``[p]`` int64 prompt ids.
-        limit: the most tokens to generate (fits the context).
-        stop: strings that end generation.
-        sampling: greedy or sampling settings, with the request's seed.
+        options: what was asked (sampling, stop strings...).
+        output: collects its tokens and decides where generation ends (its limit fits the context).
     """
 
-    def __init__(self, generator: Generator, prompt_ids: np.ndarray, limit: int, stop: list[str],
-                 sampling: SamplingParams) -> None:
-        self.generator = generator
+    def __init__(self, session: Session, pool: BackendPool, prompt_ids: np.ndarray, options: RequestOptions,
+                 output: OutputTracker) -> None:
+        self.session = session
+        self.pool = pool
         self.prompt_ids = prompt_ids
-        self.limit = limit
-        self.sampling = sampling
+        self.options = options
+        self.sampling = options.sampling
+        self.limit = output.limit
         self.stats = GenerationStats(prompt_tokens=int(prompt_ids.size))
-        self.output = OutputTracker(generator.model.tokenizer, generator.model.eos_token_ids, stop, limit)
-        self.context = np.empty(prompt_ids.size + limit, dtype=np.int64)  # [p + limit] prompt then output
+        self.output = output
+        self.context = np.empty(prompt_ids.size + self.limit, dtype=np.int64)  # [p + limit] prompt then output
         self.context[: prompt_ids.size] = prompt_ids
         self.length = prompt_ids.size
         self.pending = -1  # the model's latest token: the next tree's root
         self.last_step: StepReport | None = None
         self.backend: Backend | None = None
-        self._sizer = None
+        self._sizer: RequestSizer | None = None
         # one uniform number per output position, drawn up front: the text depends on the seed only.
         # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
-        self._uniforms = None if sampling.greedy else sampling.uniforms(limit)  # [limit]
+        self._uniforms = None if self.sampling.greedy else self.sampling.uniforms(self.limit)  # [limit]
         self._started = 0.0
 
     @property
@@ -104,15 +105,13 @@ class Request:
 
         Returns:
             The text that is final so far (possibly empty).
+
+        Raises:
+            AdaspecError: when the pool has no backend to spare.
         """
-        generator = self.generator
         self._started = time.perf_counter()
-        self.backend = generator.acquire_backend()
-        with generator.shared_lock:
-            generator.drafter.begin(self.prompt_ids)
-            if generator.sizer is not None:
-                sampling = self.sampling
-                self._sizer = generator.sizer.begin((sampling.temperature, sampling.top_k, sampling.top_p))
+        self.backend = self.pool.acquire()
+        self._sizer = self.session.begin(self.prompt_ids, self.sampling)
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]
         first = self.backend.prefill(self.prompt_ids, Pick(self.sampling, uniforms, 0))
         self.stats.prefill_s = time.perf_counter() - self._started
@@ -139,22 +138,15 @@ class Request:
         Returns:
             The tree (sized for this step) and the pick for ``Backend.verify``.
         """
-        generator = self.generator
         assert self.backend is not None, "start() first"
-        budget = min(generator.budget, self.limit - len(self.output.ids))
-        context = self.context[: self.length]  # [L]
+        budget = min(self.session.budget, self.limit - len(self.output.ids))
         tick = time.perf_counter()
-        with generator.shared_lock:
-            tree = generator.drafter.propose(context, budget)
-            check_tree_contract(tree, self.pending, budget, generator.model.vocab_size, generator.drafter.name)
-            if self.backend.chain_only:
-                tree = tree.first_chain()
-            if self._sizer is not None:
-                tree = self._sizer.size(tree)
+        tree = self.session.propose(self.context[: self.length], budget, self.pending, self.backend.chain_only,
+                                    self._sizer)
         self.stats.draft_s += time.perf_counter() - tick
         position = len(self.output.ids)  # the output index of the token after the root
         node_uniforms = None if self._uniforms is None else self._uniforms[position + tree.depth]  # [n]
-        return tree, Pick(self.sampling, node_uniforms, generator.drafter.feedback_width)
+        return tree, Pick(self.sampling, node_uniforms, self.session.feedback_width)
 
     def finish(self, tree: DraftTree, verified: NodeOutputs, verify_s: float) -> str:
         """The second half of a step: accept, commit, teach the drafter, emit.
@@ -167,18 +159,13 @@ class Request:
         Returns:
             The text that became final (possibly empty).
         """
-        generator = self.generator
         before_root = int(self.context[self.length - 2]) if self.length >= 2 else -1
-        accepted = greedy_accept(tree, verified.tokens)  # [k]
+        accepted = accept_path(tree, verified.tokens)  # [k]
         self.pending = int(verified.tokens[accepted[-1]])
         self.backend.commit(accepted)
         self.stats.verify_s += verify_s
         tick = time.perf_counter()
-        with generator.shared_lock:
-            if self._sizer is not None:
-                self._sizer.update(tree, accepted)
-            generator.drafter.observe(StepFeedback(tree, accepted, self.pending, verified.topk_ids,
-                                                   verified.topk_probs, before_root))
+        self.session.learn(tree, accepted, verified, self.pending, before_root, self._sizer)
         self.stats.draft_s += time.perf_counter() - tick
         self.stats.record_step(tree.size, accepted.size)
         new_tokens = self._append(np.append(tree.tokens[accepted[1:]], self.pending))  # [k]
@@ -208,28 +195,7 @@ class Request:
         )
 
     def close(self) -> None:
-        """Frees the request's cache and hands its backend back to the generator (idempotent)."""
+        """Frees the request's cache and hands its backend back to the pool (idempotent)."""
         if self.backend is not None:
             backend, self.backend = self.backend, None
-            self.generator.return_backend(backend)
-
-
-def check_tree_contract(tree: DraftTree, pending: int, budget: int, vocab_size: int, name: str) -> None:
-    """Rejects a drafter's tree that breaks the contract (a bug in the drafter).
-
-    Args:
-        tree: the proposed tree.
-        pending: the token the tree must be rooted at.
-        budget: the most nodes allowed.
-        vocab_size: the model's vocabulary size.
-        name: the drafter's name, for the message.
-
-    Raises:
-        ValueError: if the tree is too big, wrongly rooted, or holds a token outside the vocabulary.
-    """
-    if tree.size > budget:
-        raise ValueError(f"drafter {name!r} returned {tree.size} nodes for a budget of {budget}")
-    if int(tree.tokens[0]) != pending:
-        raise ValueError(f"drafter {name!r} rooted its tree at {int(tree.tokens[0])}, not the pending token {pending}")
-    if int(tree.tokens.max()) >= vocab_size:
-        raise ValueError(f"drafter {name!r} proposed token {int(tree.tokens.max())} outside the vocabulary")
+            self.pool.release(backend)

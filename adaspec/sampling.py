@@ -2,7 +2,7 @@
 
 The target distribution at a position is the model's next-token distribution after, in
 this order, temperature, top-k and top-p (the order transformers' ``generate`` applies
-them). Speculative sampling must reproduce exactly this distribution (``verify.greedy_accept`` over tokens from ``sample_tokens``).
+them). Speculative sampling must reproduce exactly this distribution (``verify.accept_path`` over tokens from ``sample_tokens``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 from adaspec.atomic import atomic_writer
 from adaspec.backends.base import safe_name
 from adaspec.drafters import Drafter
+from adaspec.drafters.base import learns
 from adaspec.loading import cache_root
 
 FORMAT = "adaspec-drafter-state-1"
@@ -52,11 +53,6 @@ class DrafterStateStore:
         self.max_bytes = max_bytes
         self.path = Path(directory) / safe_name(model_name) / f"{safe_name(drafter_spec)}.npz"
 
-    @staticmethod
-    def learns(drafter: Drafter) -> bool:
-        """Whether the drafter has learned state worth keeping (``lookup`` and ``none`` do not)."""
-        return hasattr(drafter, "state") and hasattr(drafter, "restore")
-
     def load_into(self, drafter: Drafter) -> bool:
         """Gives the drafter the saved state, if there is a usable one.
 
@@ -69,7 +65,7 @@ class DrafterStateStore:
         Returns:
             True when state was loaded.
         """
-        if not self.learns(drafter) or not self.path.is_file():
+        if not learns(drafter) or not self.path.is_file():
             return False
         try:
             size = self.path.stat().st_size
@@ -99,9 +95,20 @@ class DrafterStateStore:
             True when a file was written (False for a drafter that learns nothing, or when the
             folder cannot be written, which is logged in one line).
         """
-        if not self.learns(drafter):
+        if not learns(drafter):
             return False
-        arrays = dict(drafter.state())
+        return self.save_arrays(drafter.state())
+
+    def save_arrays(self, state: dict[str, np.ndarray]) -> bool:
+        """Writes a drafter's learned state (as ``drafter.state()`` gives it) atomically.
+
+        Args:
+            state: the arrays.
+
+        Returns:
+            True when the file was written (a folder that cannot be written is logged in one line).
+        """
+        arrays = dict(state)
         arrays.update({"meta.format": np.array(FORMAT), "meta.model": np.array(self.model_name),
                        "meta.drafter": np.array(self.drafter_spec)})
         buffer = io.BytesIO()

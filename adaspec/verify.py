@@ -3,10 +3,11 @@
 Greedy and sampled decoding share it. The backend gives, per node, the model's token after that
 node's path: the argmax, or the token drawn by inverse CDF with the uniform number of the node's
 output position (``sampling.sample_tokens``). Walking from the root to the child that holds the
-model's token is then the whole rule. For sampling this is the multi-draft rule of DESIGN.md as one
-coupling: trying the children in order, accepting child c with probability p[c] and zeroing it on
-rejection accepts c with probability p[c] overall and, when all are rejected, draws from the
-residual; drawing x ~ p first and accepting the child equal to x has the same law. Every emitted
+model's token is then the whole rule. For sampling this is the multi-draft rule (SpecInfer, Miao
+et al. 2024) as one coupling: trying the children in order, accepting child c with probability
+p[c] and zeroing it on rejection accepts c with probability p[c] overall and, when all are
+rejected, draws from the residual; drawing x ~ p first and accepting the child equal to x has
+the same law. Every emitted
 token is thus drawn from the target distribution given its real prefix, and because the randomness
 is fixed per output position, the text depends on the seed only.
 """
@@ -18,24 +19,24 @@ import numpy as np
 from adaspec.tree import DraftTree
 
 
-def greedy_accept(tree: DraftTree, greedy_tokens: np.ndarray) -> np.ndarray:
-    """The longest root path along which every token is the model's greedy choice.
+def accept_path(tree: DraftTree, model_tokens: np.ndarray) -> np.ndarray:
+    """The longest root path along which every token is the model's own choice.
 
-    From the root, move to the child whose token equals the model's argmax at the current
-    node; stop when no child matches.
+    From the root, move to the child whose token equals the model's token at the current node
+    (its argmax when greedy, its inverse-CDF draw when sampling); stop when no child matches.
 
     Args:
         tree: the verified tree.
-        greedy_tokens: ``[n]`` int64, argmax of the logits at each node.
+        model_tokens: ``[n]`` int64, the model's token after each node's path.
 
     Returns:
         ``[k]`` int64 accepted node indices, root first (k >= 1). The model's next token is
-        ``greedy_tokens[path[-1]]``.
+        ``model_tokens[path[-1]]``.
     """
     child_of = tree.child_of
     path = [0]
     while True:
-        child = child_of.get((path[-1], int(greedy_tokens[path[-1]])))
+        child = child_of.get((path[-1], int(model_tokens[path[-1]])))
         if child is None:
             return np.array(path, dtype=np.int64)
         path.append(child)

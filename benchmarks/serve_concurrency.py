@@ -14,45 +14,18 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx2 as httpx
 import matplotlib
 import matplotlib.ticker
 import openai
 
 from adaspec.bench.prompts import load_prompts
+from adaspec.bench.server_process import start_server
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
-    """Starts ``adaspec serve`` in a fresh process; returns it and its base URL once healthy."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "adaspec.cli", "serve", "--port", str(port), "--no-state",
-                                "--served-model-name", "bench", *extra], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the server did not start: {process.stderr.read() if process.stderr else ''}")
 
 
 def run_level(url: str, prompts: list[str], streams: int, tokens: int) -> dict:

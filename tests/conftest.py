@@ -10,7 +10,8 @@ import adaspec.loading
 
 
 FLOAT_NOISE = pytest.StashKey[list]()  # mismatches forgiven as floating-point noise, for the summary
-SHARED_CACHE_PARTS = ("models", "tokenizers")  # content-keyed conversions, written atomically: safe to share
+# content-keyed conversions, file digests and per-machine batching checks, written atomically: safe to share
+SHARED_CACHE_PARTS = ("models", "tokenizers", "digests", "batch-checks")
 
 
 @pytest.fixture(autouse=True)

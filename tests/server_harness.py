@@ -38,30 +38,36 @@ def live_server(model: LoadedModel, drafter: str = "hybrid", budget: int | None 
     Yields:
         The base URL (``http://127.0.0.1:PORT``) and the server object.
     """
-    attention = model.model.config._attn_implementation if model.model is not None else None
     server = build_server(Generator(model, drafter=drafter, budget=budget), MODEL_NAME, drafter, **options)
+    with live_app(server.app) as url:
+        yield url, server
+
+
+@contextmanager
+def live_app(app) -> Iterator[str]:
+    """Serves an ASGI app with uvicorn on a free loopback port until the block ends.
+
+    Args:
+        app: the application (its lifespan runs).
+
+    Yields:
+        The base URL.
+    """
     port = free_port()
-    runner = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
+    while not runner.started:
+        if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start within 30 s")
         time.sleep(0.05)
     try:
-        yield url, server
+        yield url
     finally:
         runner.should_exit = True
         thread.join(timeout=30)
-        if attention is not None and model.model.config._attn_implementation != attention:
-            model.model.set_attn_implementation(attention)  # a batching server switched it; the next test gets it back
 
 
 def metric(url: str, name: str, labels: str = "") -> float:

@@ -18,6 +18,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Confi
 
 import adaspec
 from adaspec.backends import HFBackend
+from adaspec.backends.hf import cache_keyword
 from adaspec.tree import DraftTree
 
 TOLERANCE = 1e-4
@@ -77,7 +78,8 @@ def test_tree_forward_and_compaction(family, lean) -> None:
     backend.commit(accepted)
     reference = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(torch.tensor([prompt.tolist() + tree.tokens[accepted].tolist()]), past_key_values=reference, use_cache=True)
+        model(torch.tensor([prompt.tolist() + tree.tokens[accepted].tolist()]), use_cache=True,
+              **{cache_keyword(model): reference})
     for ours, theirs in zip(backend.cache.layers, reference.layers):
         length = ours.get_seq_length()  # a preallocated layer holds spare positions after these
         assert torch.allclose(ours.keys[:, :, :length], theirs.keys, atol=TOLERANCE, rtol=0)
@@ -152,3 +154,28 @@ def test_a_sliding_window_model_loaded_from_a_directory_decodes_like_generate(mo
     for drafter in ("none", "lookup", "hybrid"):
         got = adaspec.Generator(loaded, drafter=drafter).generate(prompt, max_new_tokens=1000)
         assert got.token_ids == expected, drafter
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_verification_is_exact_or_refused_with_a_reason(model, family, tmp_path) -> None:
+    """Each family either verifies batches with every request's solo logits, or says why not
+    (GPT-2 multiplies in Conv1D, a mixture of experts in fused expert weights, Gemma2 runs eager
+    attention, Gemma3 has sliding-window layers): never a batch that changes a request's logits."""
+    loaded = saved_with_tokenizer(tiny(family, vocab_size=model.vocab_size), model, tmp_path)
+    support = loaded.backends.batch_support()
+    if support.verifier is None:
+        assert support.reason and "\n" not in support.reason
+        assert family in ("gpt2", "qwen2_moe", "gemma2", "gemma3_text"), (family, support.reason)
+        return
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, model.vocab_size, n) for n in (5, 40, 17)]
+    trees = [DraftTree(rng.integers(0, model.vocab_size, n), np.array([-1] + list(range(n - 1)))) for n in (3, 9, 1)]
+
+    def prefilled(prompt):
+        backend = loaded.new_backend()
+        backend.prefill_logits(prompt)
+        return backend
+
+    alone = [support.verifier.tree_logits([prefilled(p)], [t])[0] for p, t in zip(prompts, trees)]
+    together = support.verifier.tree_logits([prefilled(p) for p in prompts], trees)
+    assert all(torch.equal(a, b) for a, b in zip(alone, together)), family

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from adaspec.backends import HFBackend
+from adaspec.backends.hf import cache_keyword
 from adaspec.tree import DraftTree
 
 # float32 logits of one path computed two ways (one tree forward vs a fresh full forward)
@@ -69,7 +70,7 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
     reference = DynamicCache(config=model.model.config)
     ids = prompt[:-1].tolist() + tree.tokens[accepted].tolist()
     with torch.inference_mode():
-        model.model(torch.tensor([ids]), past_key_values=reference, use_cache=True)
+        model.model(torch.tensor([ids]), use_cache=True, **{cache_keyword(model.model): reference})
     for ours, theirs in zip(backend.cache.layers, reference.layers):
         keys, values = stored(ours)
         assert keys.shape == theirs.keys.shape

@@ -33,7 +33,7 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, dra
     else:
         expected = [out.token_ids for out in plain_greedy]
 
-    shared = Generator(model, drafter=drafter)
+    shared = Generator(model, drafter=drafter, max_idle_backends=len(PROMPTS))
     requests = [shared.open(p, max_new_tokens=TOKENS, **sampling, **s) for p, s in zip(PROMPTS, seeds)]
     for request in requests:
         request.start()
@@ -47,7 +47,7 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, dra
         request.close()
     assert steps > len(PROMPTS)  # they really were interleaved
     assert [r.result().token_ids for r in requests] == expected
-    assert len(shared._idle_backends) == len(PROMPTS)  # each request had a cache of its own, now returned
+    assert shared.pool.in_use == 0 and shared.pool.idle == len(PROMPTS)  # each request had a cache of its own
 
 
 def test_two_streams_interleaved_on_one_generator_each_match_generate(model, plain_greedy) -> None:

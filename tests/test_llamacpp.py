@@ -256,14 +256,13 @@ def test_the_server_on_llama_cpp_gives_concurrent_streams_their_solo_outputs(ggu
 
     import openai
 
-    from adaspec.serve import batch_runner
     from server_harness import MODEL_NAME, live_server
 
     prompts = ["List the planets of the solar system in order.", "Write a haiku about autumn leaves.",
                "Give three tips for writing clear code."]
     plain = adaspec.Generator(gguf, drafter="none")
     solo = [plain.generate([{"role": "user", "content": p}], max_new_tokens=NEW_TOKENS).text for p in prompts]
-    assert batch_runner(adaspec.Generator(gguf, drafter="lookup", budget=4))[0] is None  # one request per forward
+    assert gguf.backends.batch_support().verifier is None  # one request per forward
     with live_server(gguf, drafter="lookup", budget=4, state_dir=None) as (url, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 

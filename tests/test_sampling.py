@@ -22,7 +22,8 @@ from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 from adaspec.sampling import SamplingParams, sample_tokens, target_probs
 from adaspec.tree import DraftTree
-from adaspec.verify import greedy_accept
+from adaspec.backends.hf_runtime import HFRuntime
+from adaspec.verify import accept_path
 
 ALPHA = 1e-3  # significance level of every chi-square test here
 
@@ -30,7 +31,7 @@ ALPHA = 1e-3  # significance level of every chi-square test here
 def sample_accept(tree: DraftTree, probs: torch.Tensor, uniforms: torch.Tensor) -> tuple[np.ndarray, int]:
     """The engine's sampled acceptance: each node's token drawn with its position's uniform, then the walk."""
     drawn = sample_tokens(probs, uniforms[torch.from_numpy(tree.depth)]).numpy()  # [n]
-    path = greedy_accept(tree, drawn)
+    path = accept_path(tree, drawn)
     return path, int(drawn[path[-1]])
 
 
@@ -126,7 +127,7 @@ class RandomTreeDrafter:
 
 
 @pytest.fixture(scope="module")
-def toy(model) -> LoadedModel:
+def toy(model, tmp_path_factory) -> LoadedModel:
     """A tiny Llama with 5 tokens whose next-token distributions are far from uniform."""
     torch.manual_seed(3)
     config = LlamaConfig(vocab_size=TOY_VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -134,7 +135,8 @@ def toy(model) -> LoadedModel:
     toy_model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         toy_model.lm_head.weight.mul_(8.0)  # spread the logits: 20-34 sequences of 3 tokens above 1%
-    return LoadedModel(model.tokenizer, "toy", 64, frozenset(), TOY_VOCAB, model=toy_model)
+    return LoadedModel(model.tokenizer, "toy", 64, frozenset(), TOY_VOCAB,
+                       backends=HFRuntime(toy_model, "toy", "sdpa", tmp_path_factory.mktemp("checks")), model=toy_model)
 
 
 def exact_joint(toy: LoadedModel, prompt: list[int], params: SamplingParams, length: int) -> np.ndarray:

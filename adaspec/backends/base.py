@@ -132,11 +132,77 @@ class Backend(Protocol):
         ...
 
     def release(self) -> None:
-        """Ends the request and frees its cache."""
+        """Ends the request and frees its cache (the backend stays usable for the next request)."""
+        ...
+
+    def close(self) -> None:
+        """Frees everything the backend holds (caches, contexts); it is not used again."""
         ...
 
     def synchronize(self) -> None:
         """Waits for queued device work (for timing); a no-op on synchronous runtimes."""
+        ...
+
+
+class BatchVerifier(Protocol):
+    """An optional capability of a runtime: several requests' trees verified in one forward,
+    each request getting exactly the outputs a batch of one gives it.
+
+    Attributes:
+        max_rows: the most tree nodes one forward holds.
+        description: how batching is made exact here, for logs and ``/health``.
+    """
+
+    max_rows: int
+    description: str
+
+    def split(self, sizes: list[int]) -> list[list[int]]:
+        """Groups requests, in order, into forwards of at most ``max_rows`` nodes.
+
+        Args:
+            sizes: each request's tree size.
+
+        Returns:
+            Lists of request indices, one per forward.
+        """
+        ...
+
+    def verify(self, backends: list[Backend], trees: list[DraftTree], picks: list[Pick]) -> list[NodeOutputs]:
+        """``Backend.verify`` for several requests (each backend holding one) in one forward.
+
+        Args:
+            backends: the requests' backends, each made by the runtime that made this verifier.
+            trees: one tree per backend.
+            picks: one pick per backend.
+
+        Returns:
+            Per request, its nodes' outputs.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class BatchSupport:
+    """A runtime's answer to "can you verify several requests in one forward, exactly?".
+
+    Attributes:
+        verifier: the batch verifier, or None when the answer is no.
+        reason: why not (or, with a verifier, how it is exact).
+    """
+
+    verifier: BatchVerifier | None
+    reason: str
+
+
+class Runtime(Protocol):
+    """A loaded model's runtime: makes backends (one per request) and says what they can do together."""
+
+    def new_backend(self) -> Backend:
+        """A backend with a KV cache of its own."""
+        ...
+
+    def batch_support(self) -> BatchSupport:
+        """Whether, and how, several requests' trees verify in one forward (may check the machine)."""
         ...
 
 

@@ -7,6 +7,9 @@ shape ``[1, 1, n, L+n]`` (transformers passes 4-D masks through untouched) and
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -27,6 +30,8 @@ class HFBackend:
         lean: keep keys and values in a preallocated ``TreeKVCache`` and the attention mask in a
             persistent buffer whose tree block alone changes each step; None: whenever every layer
             is full attention (else transformers' ``DynamicCache``, rebuilt masks).
+        head: the output head as ``output_head_weight`` found it, when the caller already knows
+            (a runtime making many backends); None probes the model.
     """
 
     name = "hf"
@@ -35,7 +40,7 @@ class HFBackend:
     default_drafter = "hybrid"  # 1.63x at budget 8 on the 599-turn run (README)
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
-                 lean: bool | None = None) -> None:
+                 lean: bool | None = None, head: OutputHead | None = None) -> None:
         self.model = model
         self.device = model.device
         self.dtype = model.dtype
@@ -48,7 +53,9 @@ class HFBackend:
         # lean: [1, 1, rows, capacity] additive mask; columns < cache_len are 0 in every row, the rest
         # the fill value, except the tree block [start, start + n) of the forward in flight
         self._mask = torch.zeros((1, 1, 0, 0), dtype=self.dtype, device=self.device)
-        self.head_weight = output_head_weight(model)  # [V, H] or None: use the model's own forward
+        head = head if head is not None else OutputHead(output_head_weight(model))
+        self.head_weight = head.weight  # [V, H] or None: use the model's own forward
+        self.cache_keyword = cache_keyword(model)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         dtype = str(self.dtype).removeprefix("torch.")
         self.profile_key = f"hf-{safe_name(model_name or model.config.name_or_path or 'model')}-{self.device.type}-{dtype}-t{torch.get_num_threads()}"
@@ -101,11 +108,18 @@ class HFBackend:
         self._tree_size = 0
 
     def release(self) -> None:
-        """Ends the request (a lean cache keeps its allocation for the next one)."""
-        if self.lean and self.cache is not None:
+        """Ends the request. A lean cache keeps its first allocation for the next request; one
+        that grew past it (a long request) is freed, so a pooled backend never holds its peak."""
+        if self.lean and self.cache is not None and self.cache.capacity <= TreeKVCache.INITIAL_CAPACITY:
             self.reset()
         else:
-            self.cache = None
+            self.close()
+
+    def close(self) -> None:
+        """Frees the cache and the mask buffer."""
+        self.cache = None
+        self._tree_size = 0
+        self._mask = torch.zeros((1, 1, 0, 0), dtype=self.dtype, device=self.device)
 
     def synchronize(self) -> None:
         """Waits for queued CUDA work (timing)."""
@@ -127,7 +141,7 @@ class HFBackend:
         logits = None
         for begin in range(0, ids.shape[1], self.prefill_chunk):
             chunk = ids[:, begin : begin + self.prefill_chunk]  # [1, c]
-            logits = self._logits(last_only=True, input_ids=chunk, past_key_values=self.cache, use_cache=True)
+            logits = self._logits(last_only=True, input_ids=chunk, use_cache=True, **{self.cache_keyword: self.cache})
         if self.lean:
             self._reserve_mask(1, ids.shape[1])
             self._mask[..., : ids.shape[1]] = 0.0
@@ -152,8 +166,8 @@ class HFBackend:
             input_ids=torch.from_numpy(tokens).to(self.device)[None],  # [1, n]
             attention_mask=mask,
             position_ids=torch.from_numpy(positions).to(self.device)[None],  # [1, n]
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_keyword: self.cache},
         )  # [n, V]
 
     def prepare_tree(self, tree: DraftTree) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -195,6 +209,24 @@ class HFBackend:
         # W @ h^T rather than h @ W^T: same products, but for a few rows MKL then packs the
         # small activation instead of the [V, H] weight, 2-3x faster on CPU (README)
         return torch.mm(self.head_weight, hidden.t()).t().contiguous().float()  # [n, V]
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """The output layer as the backends compute it.
+
+    Attributes:
+        weight: ``[V, H]`` when logits are exactly ``hidden @ weight^T`` (computed as
+            ``weight @ hidden^T``, the faster layout for a few rows), None to run the model's own head.
+    """
+
+    weight: torch.Tensor | None
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The keyword a model's forward takes its KV cache under: ``cache`` (transformers 5.24 on) or
+    ``past_key_values`` (earlier 5.x, where ``cache`` does not exist)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 # config fields that make a model's logits more than ``lm_head(hidden)``

@@ -1,66 +1,39 @@
 """Several requests' trees verified in one transformers forward, each getting bit for bit the
-logits it gets when verified alone.
+logits it gets when verified alone through the same path.
 
-Batching breaks equivalence in two places, and each is handled:
+Batching can change a request's logits in two places, and each is closed by construction:
 
-* **Attention.** Padding requests to one length changes how SDPA groups its sums. Here the
-  requests' trees are laid end to end in one sequence (``[1, M]`` rows, no padding between
-  them) and attention runs per request, on that request's own KV cache and mask, through
-  transformers' own SDPA function: the same call, on the same shapes, as alone. It is plugged
-  in through transformers' public ``AttentionInterface``; without a batch in flight it *is*
-  transformers' SDPA.
-* **Matmuls.** A BLAS may pick another kernel for another row count, and rows then round
-  differently (MKL here: 1-11 rows differ from 12 or more, measured). Every forward of the
-  runner, alone or batched, is padded to one of a few row counts (``ROW_BUCKETS``), and
-  ``BatchRunner.check_exact`` verifies on the loaded model at start-up that each of the model's
-  matmuls gives a row the same bits at every bucket and offset, and that a real batch gives
-  each request its solo logits; where it does not, the server verifies one request at a time.
+* **Matmuls.** A BLAS picks its kernel by row count, and rows then round differently. Every
+  ``linear`` of a batched forward is issued through the machine's ``RowPlan`` (row counts in a
+  range where a row's bits depend on the row alone, found and cached per machine), so a
+  request's rows come out the same whatever shares the call.
+* **Attention.** The requests' trees are laid end to end in one ``[1, M]`` sequence and
+  attention runs per request, on that request's own KV cache and mask, with the same call
+  (same shapes) as a batch of one.
+
+Both are applied by ``BatchMode``, a ``torch.overrides.TorchFunctionMode`` active only for the
+duration of one batched forward and only on the thread that runs it: the model, its config and
+transformers' registries are never changed, and every other use of the model is untouched.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, Cache, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from torch.overrides import TorchFunctionMode
+from transformers import Cache, PreTrainedModel
 
 from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
 from adaspec.backends.hf import HFBackend
+from adaspec.backends.row_plan import RowPlan, cached_row_plan
 from adaspec.tree import DraftTree
 
-ATTENTION_NAME = "adaspec_segments"  # the attention implementation a batching model runs with
-SEGMENTS_KEY = "adaspec_segments"  # the forward keyword that carries the batch's layout
-ROW_BUCKETS = (12, 16, 24, 32, 48, 64)  # every forward is padded to one of these row counts
-
-
-def segmented_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA, run per request when a batch layout is given.
-
-    Args:
-        module: the attention layer (its ``layer_idx`` picks the cached keys).
-        query: ``[1, H, M, D]`` queries of every row of the batch.
-        key, value: ``[1, Hkv, M, D]`` (ignored with a layout: each request's cache holds them).
-        attention_mask: used as is without a layout.
-        kwargs: SDPA's options and, with a batch in flight, ``adaspec_segments``.
-
-    Returns:
-        ``[1, M, H, D]`` attention output (padding rows zero) and None.
-    """
-    layout: SegmentedCache | None = kwargs.pop(SEGMENTS_KEY, None)
-    if layout is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    rows = query.shape[2]
-    output = query.new_zeros((1, rows, query.shape[1], query.shape[3]))  # [1, M, H, D]
-    for (begin, end), mask, (keys, values) in zip(layout.spans, layout.masks, layout.states[module.layer_idx]):
-        piece, _ = sdpa_attention_forward(module, query[:, :, begin:end], keys, values, mask, **kwargs)
-        output[:, begin:end] = piece  # piece: [1, n, H, D]
-    return output, None
-
-
-AttentionInterface.register(ATTENTION_NAME, segmented_attention)
+log = logging.getLogger("adaspec")
+MAX_FORWARD_ROWS = 128  # the most tree nodes one batched forward holds (bounds a step's latency)
 
 
 class SegmentedCache(Cache):
@@ -70,15 +43,14 @@ class SegmentedCache(Cache):
     Args:
         backends: the requests' backends, in batch order.
         spans: per request, its rows ``[begin, end)`` of the batch.
-        masks: per request, its ``[1, 1, n, L + n]`` additive mask.
     """
 
-    def __init__(self, backends: list[HFBackend], spans: list[tuple[int, int]], masks: list[torch.Tensor]) -> None:
+    def __init__(self, backends: list[HFBackend], spans: list[tuple[int, int]]) -> None:
         super().__init__(layers=[])
         self.backends = backends
         self.spans = spans
-        self.masks = masks
-        self.states: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.layer = -1  # the layer whose attention runs next
+        self.states: list[tuple[torch.Tensor, torch.Tensor]] = []  # that layer's keys / values per request
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +64,11 @@ class SegmentedCache(Cache):
         Returns:
             The inputs unchanged (attention reads each request's views from ``states``).
         """
-        self.states[layer_idx] = [
+        self.layer = layer_idx
+        self.states = [
             backend.cache.layers[layer_idx].update(key_states[:, :, begin:end], value_states[:, :, begin:end])
             for backend, (begin, end) in zip(self.backends, self.spans)
-        ]
+        ]  # per request: [1, Hkv, L_r + n_r, D] keys and values
         return key_states, value_states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -103,33 +76,89 @@ class SegmentedCache(Cache):
         return 0
 
 
+class BatchMode(TorchFunctionMode):
+    """Within one batched forward: ``linear`` through the row plan, attention per request.
+
+    Args:
+        plan: the machine's row plan.
+        layout: the forward's segmented cache (spans, per-request keys and values).
+        masks: per request, its ``[1, 1, n, L + n]`` additive mask.
+    """
+
+    def __init__(self, plan: RowPlan, layout: SegmentedCache, masks: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.layout = layout
+        self.masks = masks
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            return self.plan.linear(*args, **kwargs)
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            return self.attention(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None,
+                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                  enable_gqa: bool = False) -> torch.Tensor:
+        """SDPA for every request on its own cache and mask (the batch's key, value and mask are unused).
+
+        Args:
+            query: ``[1, H, M, D]`` queries of every row.
+            key, value, attn_mask, is_causal: ignored (each request's own are used).
+            dropout_p: passed on (0 in eval mode).
+            scale: passed on.
+            enable_gqa: passed on; without it, grouped keys are repeated per head as transformers does.
+
+        Returns:
+            ``[1, H, M, D]``, zero on rows no request owns.
+        """
+        layout = self.layout
+        if query.shape[2] < layout.spans[-1][1]:
+            raise RuntimeError("batched attention got fewer query rows than the batch holds")
+        output = query.new_zeros(query.shape)  # [1, H, M, D]
+        for (begin, end), mask, (keys, values) in zip(layout.spans, self.masks, layout.states):
+            repeat = query.shape[1] // keys.shape[1]
+            if repeat > 1 and not enable_gqa:
+                keys = keys.repeat_interleave(repeat, dim=1)  # [1, H, L + n, D]
+                values = values.repeat_interleave(repeat, dim=1)
+            output[:, :, begin:end] = torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, begin:end], keys, values, attn_mask=mask, dropout_p=dropout_p, scale=scale,
+                enable_gqa=enable_gqa)
+        return output
+
+
 @dataclass
-class BatchRunner:
-    """Verifies the trees of several ``HFBackend`` requests (lean caches) in one forward.
+class HFBatchVerifier:
+    """Verifies the trees of several lean ``HFBackend`` requests of one model in one forward.
 
     Args:
         model: the model every backend runs.
-        buckets: the row counts forwards are padded to, increasing; the last is the most rows
-            one forward may hold.
+        plan: the machine's row plan for this model's weights.
+        max_rows: the most tree nodes one forward may hold (``split`` groups bigger batches).
     """
 
     model: PreTrainedModel
-    buckets: tuple[int, ...] = ROW_BUCKETS
+    plan: RowPlan
+    max_rows: int = MAX_FORWARD_ROWS
 
     @property
-    def max_rows(self) -> int:
-        """The most tree nodes one forward may hold (split bigger batches with ``split``)."""
-        return self.buckets[-1]
+    def description(self) -> str:
+        """How batching is exact here."""
+        return f"matmuls through a row plan ({self.plan.describe()}), attention per request"
 
     def split(self, sizes: list[int]) -> list[list[int]]:
         """Groups requests, in order, into forwards of at most ``max_rows`` nodes.
 
         Args:
-            sizes: each request's tree size (each <= ``max_rows``).
+            sizes: each request's tree size.
 
         Returns:
-            Lists of request indices, one per forward.
+            Lists of request indices, one per forward (none for no requests).
         """
+        if not sizes:
+            return []
         groups: list[list[int]] = [[]]
         rows = 0
         for index, size in enumerate(sizes):
@@ -139,11 +168,6 @@ class BatchRunner:
             groups[-1].append(index)
             rows += size
         return groups
-
-    def __post_init__(self) -> None:
-        if self.model.config._attn_implementation != ATTENTION_NAME:
-            self.model.set_attn_implementation(ATTENTION_NAME)  # transformers' SDPA when no batch is in flight
-        self._head = HFBackend(self.model)  # for its output head and logits helper
 
     @torch.inference_mode()
     def tree_logits(self, backends: list[HFBackend], trees: list[DraftTree]) -> list[torch.Tensor]:
@@ -158,9 +182,6 @@ class BatchRunner:
         Returns:
             Per request, ``[n, V]`` float32 logits (row i: the token after node i's path).
         """
-        total = sum(tree.size for tree in trees)
-        if total > self.max_rows:
-            raise ValueError(f"a forward holds at most {self.max_rows} nodes, got {total}; split the batch")
         spans, masks, tokens, positions = [], [], [], []
         row = 0
         for backend, tree in zip(backends, trees):
@@ -170,14 +191,17 @@ class BatchRunner:
             tokens.append(node_tokens)
             positions.append(node_positions)
             row += tree.size
-        padding = next(bucket for bucket in self.buckets if bucket >= row) - row
+        # one spare row when the batch is a single node: transformers treats a one-row query as
+        # decoding and regroups its heads, which the per-request attention does not expect
+        padding = [np.zeros(max(0, 2 - row), dtype=np.int64)]
         device = self.model.device
-        ids = torch.from_numpy(np.concatenate(tokens + [np.zeros(padding, dtype=np.int64)])).to(device)[None]  # [1, M]
-        where = torch.from_numpy(np.concatenate(positions + [np.zeros(padding, dtype=np.int64)])).to(device)[None]
-        layout = SegmentedCache(backends, spans, masks)
-        dummy_mask = torch.zeros((1, 1, ids.shape[1], 1), dtype=self.model.dtype, device=device)  # [1, 1, M, 1]
-        logits = self._head.forward_logits(input_ids=ids, position_ids=where, attention_mask=dummy_mask,
-                                           past_key_values=layout, use_cache=True, **{SEGMENTS_KEY: layout})
+        ids = torch.from_numpy(np.concatenate(tokens + padding)).to(device)[None]  # [1, M]
+        where = torch.from_numpy(np.concatenate(positions + padding)).to(device)[None]  # [1, M]
+        layout = SegmentedCache(backends, spans)
+        placeholder_mask = torch.zeros((1, 1, ids.shape[1], 1), dtype=self.model.dtype, device=device)  # [1, 1, M, 1]
+        with BatchMode(self.plan, layout, masks):
+            logits = self.model(input_ids=ids, position_ids=where, attention_mask=placeholder_mask, use_cache=True,
+                                **{backends[0].cache_keyword: layout}).logits[0].float()  # [M, V]
         return [logits[begin:end] for begin, end in spans]
 
     def verify(self, backends: list[HFBackend], trees: list[DraftTree], picks: list[Pick]) -> list[NodeOutputs]:
@@ -194,56 +218,64 @@ class BatchRunner:
         return [pick_outputs(logits, pick) for logits, pick in zip(self.tree_logits(backends, trees), picks)]
 
     @torch.inference_mode()
-    def check_exact(self, make_backend, offsets: tuple[int, ...] = (0, 1, 3, 5)) -> str | None:
-        """Checks that batching cannot change any request's logits on this machine.
+    def check_exact(self, make_backend: Callable[[], HFBackend], seed: int = 0) -> str | None:
+        """Checks on the loaded model that a batch gives every request its logits of a batch of one.
 
-        Two checks: every matmul of the model (each ``nn.Linear`` weight shape, and the output
-        head as the backends run it) gives each row the same bits at every row bucket and row
-        offset; and two real requests of different lengths verified together get exactly their
-        solo logits.
+        Three batches of requests with unlike cache lengths and tree shapes (5, 15 and 70 rows,
+        the last spanning several row tiles) are verified together and each request alone.
 
         Args:
             make_backend: makes a fresh lean ``HFBackend`` of the model.
-            offsets: row offsets at which a request's rows are compared.
+            seed: for the random prompts and trees.
 
         Returns:
-            None when batching is exact, else a one-line reason.
+            None when every request got its solo logits, else a one-line reason.
         """
-        device, dtype = self.model.device, self.model.dtype
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        weights = {}
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear):
-                weights.setdefault((tuple(module.weight.shape), module.bias is not None), module)
-        head = make_backend().head_weight  # [V, H] or None
-        rows = self.max_rows + max(offsets)
-        for (shape, _), module in weights.items():
-            x = torch.randn((rows, shape[1]), generator=generator).to(device, dtype)  # [R, in]
-            reference = torch.nn.functional.linear(x, module.weight, module.bias)  # [R, out]
-            for bucket in self.buckets:
-                for offset in offsets:
-                    got = torch.nn.functional.linear(x[offset : offset + bucket], module.weight, module.bias)
-                    if not torch.equal(got, reference[offset : offset + bucket]):
-                        return f"a {shape[1]}->{shape[0]} matmul rounds rows differently at {bucket} rows"
-        if head is not None:
-            x = torch.randn((rows, head.shape[1]), generator=generator).to(device, dtype)  # [R, H]
-            reference = torch.mm(head, x.t()).t()  # [R, V]
-            for bucket in self.buckets:
-                for offset in offsets:
-                    if not torch.equal(torch.mm(head, x[offset : offset + bucket].t()).t(), reference[offset : offset + bucket]):
-                        return f"the output head rounds rows differently at {bucket} rows"
+        rng = np.random.default_rng(seed)
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        prompts = [torch.randint(0, vocab, (length,), generator=generator).numpy() for length in (37, 150)]
-        trees = [DraftTree(np.array([5, 6, 7, 8]), np.array([-1, 0, 0, 1])), DraftTree(np.array([9, 10]), np.array([-1, 0]))]
-        solo = []
-        for prompt, tree in zip(prompts, trees):
-            backend = make_backend()
-            backend.prefill_logits(prompt)
-            solo.append(self.tree_logits([backend], [tree])[0])
-        backends = [make_backend() for _ in prompts]
-        for backend, prompt in zip(backends, prompts):
-            backend.prefill_logits(prompt)
-        for alone, together in zip(solo, self.tree_logits(backends, trees)):
-            if not torch.equal(alone, together):
-                return "a batch of two requests did not give each its solo logits"
+        for sizes in ((4, 1), (6, 1, 8), (20, 3, 30, 17)):
+            prompts = [rng.integers(0, vocab, int(rng.integers(3, 200))) for _ in sizes]
+            trees = [DraftTree(rng.integers(0, vocab, n), np.array([-1] + [int(rng.integers(0, i)) for i in range(1, n)]))
+                     for n in sizes]
+            alone = [self.tree_logits([prefilled(make_backend(), p)], [t])[0] for p, t in zip(prompts, trees)]
+            together = self.tree_logits([prefilled(make_backend(), p) for p in prompts], trees)
+            if not all(torch.equal(a, b) for a, b in zip(alone, together)):
+                return f"a batch of {len(sizes)} requests ({sum(sizes)} rows) did not give each its solo logits"
         return None
+
+
+def prefilled(backend: HFBackend, prompt: np.ndarray) -> HFBackend:
+    """The backend after prefilling ``prompt`` (for checks)."""
+    backend.prefill_logits(prompt)
+    return backend
+
+
+def distinct_weights(model: PreTrainedModel) -> list[torch.Tensor]:
+    """One weight per distinct ``[out, in]`` shape of the model's linear layers, head included."""
+    shapes: dict[tuple[int, ...], torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes.setdefault(tuple(module.weight.shape), module.weight)
+    return list(shapes.values())
+
+
+def unsupported_matmuls(model: PreTrainedModel) -> str | None:
+    """Why the model's matmuls cannot all go through a row plan, if they cannot.
+
+    A row plan shapes ``torch.nn.functional.linear``; a weight of two or more dimensions held
+    by anything else (GPT-2's ``Conv1D``, fused mixture-of-experts weights) multiplies outside it.
+
+    Args:
+        model: the model.
+
+    Returns:
+        None when every matrix weight belongs to a ``Linear`` or an ``Embedding``, else a reason.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            continue
+        for parameter_name, parameter in module.named_parameters(recurse=False):
+            if parameter.dim() >= 2:
+                return (f"{type(module).__name__} {name or 'model'}.{parameter_name} multiplies outside "
+                        "torch.nn.functional.linear")
+    return None

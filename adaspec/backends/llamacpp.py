@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaspec.backends.base import NodeOutputs, Pick, pick_outputs, safe_name
+from adaspec.backends.base import BatchSupport, NodeOutputs, Pick, pick_outputs, safe_name
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
 
@@ -51,14 +51,27 @@ def llama_cpp_module():
     return llama_cpp
 
 
-def build_is_batch_invariant() -> bool:
-    """True when the installed llama.cpp computes a token's logits the same in a batch as alone.
+def build_is_batch_invariant() -> bool | None:
+    """Whether the installed llama.cpp computes a token's logits the same in a batch as alone.
 
     llamafile's sgemm, used for batches of 2+ rows, sums in another order than the one-row
     kernel; a build without it (``-DGGML_LLAMAFILE=OFF``) has one kernel for every batch size.
+    The answer comes from the build itself: ggml's CPU library reports whether it was compiled
+    with llamafile (``ggml_cpu_has_llamafile``).
+
+    Returns:
+        True or False, or None when the build's CPU library cannot be asked (an unknown layout).
     """
-    info = llama_cpp_module().llama_print_system_info().decode()
-    return "LLAMAFILE = 1" not in info
+    folder = Path(llama_cpp_module().__file__).parent / "lib"
+    for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
+        if (folder / name).is_file():
+            try:
+                has_llamafile = ctypes.CDLL(str(folder / name)).ggml_cpu_has_llamafile
+            except (OSError, AttributeError):
+                return None
+            has_llamafile.restype = ctypes.c_int
+            return has_llamafile() == 0
+    return None
 
 
 class LlamaWeights:
@@ -83,9 +96,11 @@ class LlamaWeights:
         lib = llama_cpp_module()
         invariant = build_is_batch_invariant()
         if exact and not invariant:
-            raise AdaspecError("this llama.cpp build uses llamafile's sgemm, which is not batch-invariant; "
-                               f"exact verification needs a -DGGML_LLAMAFILE=OFF build ({INSTALL_HINT})")
-        self.exact = invariant if exact is None else exact
+            why = ("uses llamafile's sgemm, which is not batch-invariant" if invariant is False
+                   else "does not say whether it uses llamafile's sgemm")
+            raise AdaspecError(f"this llama.cpp build {why}; exact verification needs a -DGGML_LLAMAFILE=OFF "
+                               f"build ({INSTALL_HINT})")
+        self.exact = bool(invariant) if exact is None else exact
         if invariant:
             # ggml's tiled K-quant matmul (Q2_K..Q6_K, IQ*) takes over from 8 rows up and sums in
             # another order than the one-row kernel. ggml reads this switch once per process, at
@@ -140,6 +155,10 @@ class LlamaWeights:
     def new_backend(self) -> LlamaCppBackend:
         """A backend (its own llama.cpp context and KV cache) over these weights."""
         return LlamaCppBackend(self)
+
+    def batch_support(self) -> BatchSupport:
+        """No: each llama.cpp context verifies one request per forward."""
+        return BatchSupport(None, "the llama.cpp backend verifies one request per forward")
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -294,6 +313,18 @@ class LlamaCppBackend:
         self._lib.llama_memory_clear(self.memory, True)
         self._length = 0
 
+    def close(self) -> None:
+        """Frees the context (its KV cells) and the batch buffers."""
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "ctx", None):
+            lib.llama_free(self.ctx)
+            self.ctx = None
+
     def synchronize(self) -> None:
         """Waits for queued device work."""
         self._lib.llama_synchronize(self.ctx)
@@ -311,12 +342,4 @@ class LlamaCppBackend:
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)))
 
     def __del__(self) -> None:
-        lib = getattr(self, "_lib", None)
-        if lib is None:
-            return
-        if getattr(self, "_batch", None) is not None:
-            lib.llama_batch_free(self._batch)
-            self._batch = None
-        if getattr(self, "ctx", None):
-            lib.llama_free(self.ctx)
-            self.ctx = None
+        self.close()

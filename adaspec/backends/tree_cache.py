@@ -107,7 +107,9 @@ class TreeKVCache(Cache):
         capacity: positions allocated per layer at first use.
     """
 
-    def __init__(self, config: PretrainedConfig, capacity: int = 1024) -> None:
+    INITIAL_CAPACITY = 1024  # positions per layer a new cache allocates
+
+    def __init__(self, config: PretrainedConfig, capacity: int = INITIAL_CAPACITY) -> None:
         text = config.get_text_config(decoder=True)
         super().__init__(layers=[TreeKVLayer(capacity) for _ in range(text.num_hidden_layers)])
 
@@ -115,6 +117,11 @@ class TreeKVCache(Cache):
     def length(self) -> int:
         """Committed positions (every layer holds the same number)."""
         return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        """Positions allocated per layer."""
+        return self.layers[0].capacity
 
     def reserve(self, capacity: int) -> None:
         """Makes room for ``capacity`` positions in every layer (doubling, so growth is amortised).

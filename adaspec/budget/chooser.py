@@ -3,6 +3,7 @@ millisecond, and fall back to plain decoding when no tree pays for itself."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Hashable
 
 import numpy as np
@@ -63,22 +64,25 @@ class TreeSizer:
     nothing and text that becomes predictable is noticed soon.
 
     Calibration is kept per decoding setting (greedy, or each temperature / top-k / top-p),
-    because acceptance depends on it.
+    because acceptance depends on it; settings are chosen by clients, so only the
+    ``max_settings`` most recently used are kept.
 
     Args:
         profile: the verify cost curve.
         explore_every: the shortest wait between explorations, in steps.
         explore_max: the longest wait.
         explore_nodes: nodes verified by an exploring step, root included.
+        max_settings: decoding settings whose calibration is kept (least recently used out).
     """
 
     def __init__(self, profile: LatencyProfile, explore_every: int = 16, explore_max: int = 256,
-                 explore_nodes: int = 4) -> None:
+                 explore_nodes: int = 4, max_settings: int = 32) -> None:
         self.profile = profile
         self.explore_every = explore_every
         self.explore_max = explore_max
         self.explore_nodes = explore_nodes
-        self.calibrators: dict[Hashable, AcceptanceCalibrator] = {}
+        self.max_settings = max_settings
+        self.calibrators: OrderedDict[Hashable, AcceptanceCalibrator] = OrderedDict()  # least recently used first
         self.reliability = Reliability()
         self.plain_steps = 0  # steps that verified the root alone, over all requests
         self.explorations = 0
@@ -93,7 +97,11 @@ class TreeSizer:
         Returns:
             The request's sizer.
         """
-        return RequestSizer(self, self.calibrators.setdefault(setting, AcceptanceCalibrator()))
+        calibrator = self.calibrators.pop(setting, None) or AcceptanceCalibrator()
+        self.calibrators[setting] = calibrator  # now the most recently used
+        while len(self.calibrators) > self.max_settings:
+            self.calibrators.popitem(last=False)  # a request still using it keeps its own reference
+        return RequestSizer(self, calibrator)
 
 
 class RequestSizer:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback
+from adaspec.drafters.base import StepFeedback, check_range
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
-from adaspec.drafters.trigram import TrigramTable, trigrams
+from adaspec.drafters.trigram import MAX_CAPACITY, TrigramTable, trigrams
 from adaspec.tree import DraftTree
 
 BUILDERS = ("best-first", "mcts")
@@ -37,7 +37,7 @@ class AdedConfig:
     """
 
     builder: str = "best-first"  # "best-first" or "mcts"
-    capacity: int = 1 << 17  # contexts kept in the table (~21 MB); least recently updated evicted
+    capacity: int = 1 << 17  # contexts kept in the table (2^19 slots, ~42 MB); least recently updated evicted
     slots: int = 8  # successors kept per context
     feedback_width: int = 8  # verifier candidates learned per tree node (the K of source "topk")
     topk_rate: float = 0.8  # source "topk"
@@ -59,11 +59,11 @@ class AdedConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {rate}")
-        positive = ("capacity", "slots", "max_depth", "width", "simulations")
-        if min(getattr(self, name) for name in positive) < 1 or self.feedback_width < 0:
-            raise ValueError(f"{', '.join(positive)} must be >= 1 and feedback_width >= 0")
-        if self.feedback_temperature <= 0:
-            raise ValueError(f"feedback_temperature must be > 0, got {self.feedback_temperature}")
+        for name, low, high in (("capacity", 1, MAX_CAPACITY), ("slots", 1, 64), ("feedback_width", 0, 64),
+                                ("max_depth", 1, 64), ("width", 1, 64), ("simulations", 1, 4096),
+                                ("rollout_depth", 0, 64), ("feedback_temperature", 1e-3, 1e3), ("c_base", 0.0, 1e3),
+                                ("c_growth", 1.0, 1e9)):
+            check_range(name, getattr(self, name), low, high)
 
 
 class AdedDrafter:

@@ -83,3 +83,25 @@ class Drafter(Protocol):
             step: the verified tree, the accepted path and the verifier's top candidates.
         """
         ...
+
+
+def learns(drafter: Drafter) -> bool:
+    """Whether a drafter has learned state worth keeping: ``state()`` / ``restore(arrays)``
+    (ADED's table, Token Recycling's matrix; ``lookup`` and ``none`` learn nothing)."""
+    return callable(getattr(drafter, "state", None)) and callable(getattr(drafter, "restore", None))
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Rejects a drafter setting outside the range the drafter supports.
+
+    Args:
+        name: the setting's name.
+        value: its value.
+        low: the smallest allowed value.
+        high: the largest allowed value.
+
+    Raises:
+        ValueError: naming the setting, its range and what was given.
+    """
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")

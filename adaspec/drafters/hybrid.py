@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from adaspec.drafters.base import Drafter, StepFeedback
+from adaspec.drafters.base import Drafter, StepFeedback, check_range
 from adaspec.tree import DraftTree, TreeBuilder
 
 
@@ -27,8 +27,7 @@ class HybridConfig:
     def __post_init__(self) -> None:
         if self.learned not in ("recycling", "aded"):
             raise ValueError(f"learned must be recycling or aded, got {self.learned!r}")
-        if self.min_ngram < 1:
-            raise ValueError(f"min_ngram must be >= 1, got {self.min_ngram}")
+        check_range("min_ngram", self.min_ngram, 1, 64)
 
 
 def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback
+from adaspec.drafters.base import StepFeedback, check_range
 from adaspec.tree import DraftTree, TreeBuilder
 
 
@@ -28,8 +28,8 @@ class LookupConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
-        if self.max_matches < 1 or self.max_depth < 1:
-            raise ValueError(f"max_matches and max_depth must be >= 1, got {self.max_matches}, {self.max_depth}")
+        for name, low, high in (("max_ngram", 1, 64), ("max_matches", 1, 64), ("max_depth", 1, 256)):
+            check_range(name, getattr(self, name), low, high)
 
 
 @numba.njit(cache=True)

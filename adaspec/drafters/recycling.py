@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback
+from adaspec.drafters.base import StepFeedback, check_range
 from adaspec.tree import DraftTree
 
 
@@ -37,11 +37,9 @@ class RecyclingConfig:
     refresh_every: int = 16  # steps between template rebuilds
 
     def __post_init__(self) -> None:
-        if self.feedback_width < 1 or self.template_nodes < 1 or self.max_depth < 1:
-            raise ValueError(
-                f"feedback_width, template_nodes and max_depth must be >= 1, got "
-                f"{self.feedback_width}, {self.template_nodes}, {self.max_depth}"
-            )
+        for name, low, high in (("feedback_width", 1, 64), ("template_nodes", 1, 1024), ("max_depth", 1, 64),
+                                ("prior_strength", 0.0, 1e6), ("refresh_every", 1, 1 << 20)):
+            check_range(name, getattr(self, name), low, high)
 
 
 @dataclass(frozen=True, eq=False)

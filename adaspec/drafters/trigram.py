@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 EMPTY = -1  # an unused key or successor slot
+MAX_CAPACITY = 1 << 20  # the most contexts a table may keep (2^22 slots, ~335 MB at 8 successors)
 _MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer (Fibonacci hashing)
 
 
@@ -32,7 +33,9 @@ def find_slot(keys: np.ndarray, key: int) -> int:
     """Finds a key in an open-addressing hash table.
 
     Args:
-        keys: ``[T]`` int64 hash table keys (T a power of two, never full).
+        keys: ``[T]`` int64 hash table keys (T a power of two, at most half full: ``TrigramTable``
+            keeps at most ``capacity`` of ``2 * capacity + 2`` or more slots in use, so a probe
+            always ends).
         key: the key to find (>= 0).
 
     Returns:
@@ -196,8 +199,9 @@ class TrigramTable:
     """
 
     def __init__(self, vocab_size: int, capacity: int = 1 << 17, slots: int = 8) -> None:
-        if capacity < 1 or slots < 1 or vocab_size < 1:
-            raise ValueError(f"vocab_size, capacity and slots must be >= 1, got {vocab_size}, {capacity}, {slots}")
+        if not 1 <= capacity <= MAX_CAPACITY or slots < 1 or vocab_size < 1:
+            raise ValueError(f"need capacity in 1..{MAX_CAPACITY}, vocab_size and slots >= 1; got {capacity}, "
+                             f"{vocab_size}, {slots}")
         self.vocab_size = vocab_size
         self.capacity = capacity
         self.slots = slots
@@ -241,7 +245,9 @@ class TrigramTable:
         """
         if keys.size == 0:
             return
-        if self.count + keys.size > self.capacity:
+        if keys.size > self.capacity:  # only the newest observations could stay: the table holds no more
+            keys, ids, probs = keys[-self.capacity :], ids[-self.capacity :], probs[-self.capacity :]
+        if self.count + keys.size > self.capacity:  # make room: the table never holds more than capacity
             self.evict(max(0, min(self.capacity // 2, self.capacity - keys.size)))
         self.clock += 1
         self.count += update_rows(

@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from adaspec.backends.hf import HFBackend
-from adaspec.backends.hf_batch import ATTENTION_NAME, BatchRunner
+from adaspec.backends.base import BatchSupport
 from adaspec.engine import Generator
 from adaspec.serve.app import OpenAIServer
 from adaspec.serve.metrics import ServerMetrics
-from adaspec.serve.scheduler import JobSpec, Scheduler, ServerBusy
+from adaspec.serve.saver import StateSaver
+from adaspec.serve.scheduler import JobSpec, Scheduler, SchedulerDown, ServerBusy
 from adaspec.state_store import DrafterStateStore
 
 log = logging.getLogger("adaspec")
@@ -30,31 +30,10 @@ def served_name(model_name: str) -> str:
     return Path(model_name.removeprefix("embedded ")).name or model_name
 
 
-def batch_runner(generator: Generator) -> tuple[BatchRunner | None, str]:
-    """A runner that verifies several requests in one forward, if that is exact for this model here.
-
-    Args:
-        generator: the generator to serve.
-
-    Returns:
-        The runner, or None and the reason there is none.
-    """
-    backend = generator.backend
-    if not isinstance(backend, HFBackend) or not backend.lean:
-        return None, f"the {backend.name} backend verifies one request per forward"
-    implementation = backend.model.config._attn_implementation
-    if implementation not in ("sdpa", ATTENTION_NAME):
-        return None, f"the model runs {implementation} attention, and batching runs SDPA"
-    runner = BatchRunner(backend.model)
-    if generator.budget > runner.max_rows:
-        return None, f"a budget of {generator.budget} nodes exceeds the {runner.max_rows} rows of one forward"
-    reason = runner.check_exact(generator.model.new_backend)
-    return (None, reason) if reason else (runner, "")
-
-
 def build_server(generator: Generator, model_name: str, drafter_spec: str, aliases: tuple[str, ...] = (),
                  max_active: int = 8, max_waiting: int = 64, request_timeout: float = 600.0,
-                 state_dir: str | Path | None = None, save_every: float = 300.0, batch: bool = True) -> OpenAIServer:
+                 state_dir: str | Path | None = None, save_every: float = 300.0, batch: bool = True,
+                 idle_release: float = 20.0) -> OpenAIServer:
     """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
 
     Args:
@@ -67,25 +46,29 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
         request_timeout: seconds a request may take.
         state_dir: where the drafter's learned state lives (None: not kept); it is loaded now.
         save_every: seconds between periodic saves.
-        batch: verify the active requests' trees in one forward where that is exact (checked now).
+        batch: verify the active requests' trees in one forward where the runtime can do it
+            exactly (it checks the machine now; the answer is logged, in ``/health`` and a metric).
+        idle_release: seconds without requests after which idle caches are freed.
 
     Returns:
         The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
     """
-    store = None
+    saver = None
     if state_dir is not None:
         store = DrafterStateStore(state_dir, generator.model.name, drafter_spec)
         if store.load_into(generator.drafter):
             log.warning("adaspec: drafter state loaded from %s", store.path)
-    runner = None
-    if batch:
-        runner, reason = batch_runner(generator)
-        if runner is None:
-            log.warning("adaspec: verifying requests one at a time: %s", reason)
+        saver = StateSaver(generator.session, store, every=save_every)
+    support = generator.model.backends.batch_support() if batch else BatchSupport(None, "turned off (--no-batch)")
+    if support.verifier is None:
+        log.warning("adaspec: verifying requests one at a time: %s", support.reason)
     metrics = ServerMetrics(model_name)
+    metrics.set_batching(support.verifier is not None, support.reason)
     scheduler = Scheduler(generator, metrics, max_active=max_active, max_waiting=max_waiting,
-                          request_timeout=request_timeout, state_store=store, save_every=save_every, runner=runner)
-    return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context)
+                          request_timeout=request_timeout, saver=saver, batch=support.verifier,
+                          idle_release=idle_release)
+    return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context,
+                        batching=support)
 
 
 def run_server(server: OpenAIServer, host: str, port: int) -> None:
@@ -102,4 +85,5 @@ def run_server(server: OpenAIServer, host: str, port: int) -> None:
                                   timeout_graceful_shutdown=5)).run()
 
 
-__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "ServerBusy", "ServerMetrics", "batch_runner", "build_server", "run_server", "served_name"]
+__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "SchedulerDown", "ServerBusy", "ServerMetrics", "StateSaver",
+           "build_server", "run_server", "served_name"]

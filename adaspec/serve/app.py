@@ -20,12 +20,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adaspec.backends.base import BatchSupport
 from adaspec.request import Generation
-from adaspec.serve.scheduler import Event, Job, Scheduler, ServerBusy
+from adaspec.serve.scheduler import Event, Job, Scheduler, SchedulerDown, ServerBusy
 from adaspec.serve.schemas import ChatRequest, CompletionRequest, RequestError
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-DISCONNECT_POLL_S = 0.25  # how often a non-streaming handler checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a waiting handler checks its client and the scheduler
+DEADLINE_GRACE_S = 30.0  # a handler gives up this long after the request's own timeout
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
                500: "internal_error", 503: "service_unavailable", 504: "timeout"}
 
@@ -108,11 +110,13 @@ class OpenAIServer:
         model_name: the name clients use (``GET /v1/models``); requests naming another model get a 404.
         aliases: other names accepted for the model (e.g. the path it was loaded from).
         max_context: the model's context length, reported by ``/v1/models``.
+        batching: whether requests are verified together, and why (not), for ``/health``.
     """
 
     def __init__(self, scheduler: Scheduler, model_name: str, aliases: tuple[str, ...] = (),
-                 max_context: int = 0) -> None:
+                 max_context: int = 0, batching: BatchSupport | None = None) -> None:
         self.scheduler = scheduler
+        self.batching = batching or BatchSupport(None, "not asked")
         self.model_name = model_name
         self.names = {model_name, *aliases}
         self.max_context = max_context
@@ -149,7 +153,8 @@ class OpenAIServer:
         async def health() -> Response:
             if not self.scheduler.alive:
                 return error_response("the scheduler is not running", 503)
-            return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "ok", "batching": {"enabled": self.batching.verifier is not None,
+                                                              "detail": self.batching.reason}})
 
         @app.get("/metrics")
         async def metrics() -> Response:
@@ -175,13 +180,15 @@ class OpenAIServer:
             raise RequestError(f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", status=404, code="model_not_found")
         spec = body.to_job(default_max_tokens=self.max_context)
-        if spec.max_tokens > self.max_context:
-            raise RequestError(f"max_tokens is {spec.max_tokens} but the model's context holds {self.max_context} "
-                               "tokens in all", "max_tokens")
+        if spec.options.max_new_tokens > self.max_context:
+            raise RequestError(f"max_tokens is {spec.options.max_new_tokens} but the model's context holds "
+                               f"{self.max_context} tokens in all", "max_tokens")
         try:
             job = self.scheduler.submit(spec, asyncio.get_running_loop())
         except ServerBusy:
             return error_response("the server is at capacity; retry shortly", 429, headers={"Retry-After": "1"})
+        except SchedulerDown:
+            return error_response("the server cannot take requests: its scheduler is not running", 503)
         first = await self._next_event(job, request)
         if first is None:  # the client left while queued
             return Response(status_code=499)
@@ -197,7 +204,12 @@ class OpenAIServer:
         return await self._complete(job, request, identity, chat)
 
     async def _next_event(self, job: Job, request: Request) -> Event | None:
-        """The job's next event; None (and the job cancelled) if the client disconnected."""
+        """The job's next event; None (and the job cancelled) if the client disconnected.
+
+        Every wait has a deadline: the request's timeout plus a grace period, after which (or
+        when the scheduler has stopped without a word) the handler answers with an error event.
+        """
+        deadline = job.arrived + self.scheduler.request_timeout + DEADLINE_GRACE_S
         while True:
             try:
                 return await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_S)
@@ -205,6 +217,12 @@ class OpenAIServer:
                 if await request.is_disconnected():
                     job.cancelled.set()
                     return None
+                if not self.scheduler.alive and job.events.empty():
+                    job.cancelled.set()
+                    return Event("error", (503, "the server's scheduler stopped"))
+                if time.monotonic() > deadline:
+                    job.cancelled.set()
+                    return Event("error", (504, "the request got no answer within its deadline"))
 
     async def _complete(self, job: Job, request: Request, identity: dict, chat: bool) -> Response:
         while True:  # text events are skipped: the result carries the whole text
@@ -242,7 +260,9 @@ class OpenAIServer:
             if chat:
                 yield sse(chunk(None, first=True))
             while True:
-                event = await job.events.get()
+                event = await self._next_event(job, request)
+                if event is None:
+                    break
                 if event.kind == "text":
                     yield sse(chunk(event.data))
                 elif event.kind == "error":

@@ -52,8 +52,20 @@ class ServerMetrics:
         self.steps = counter("adaspec:verify_steps", "Verification steps (with or without a draft).")
         self.forwards = counter("adaspec:verify_forwards", "Model forwards that verified trees (one per step "
                                 "when requests are verified alone, fewer when batched).")
+        self.batching = Gauge("adaspec:batched_verification", "1 when the active requests' trees are verified "
+                              "together (exact on this machine), 0 when one per forward; the label says why or how.",
+                              label + ["detail"], registry=self.registry)
         for gauge_metric in (self.running, self.waiting):
             gauge_metric.labels(model_name).set(0)
+
+    def set_batching(self, enabled: bool, detail: str) -> None:
+        """Records whether requests are verified together, and why or how.
+
+        Args:
+            enabled: True when batched.
+            detail: the reason batching is off, or how it is exact.
+        """
+        self.batching.labels(self.model_name, detail).set(1 if enabled else 0)
 
     def observe_step(self, report: StepReport, seconds: float) -> None:
         """Records one verification step.

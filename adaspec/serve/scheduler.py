@@ -16,14 +16,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
-from adaspec.backends.hf_batch import BatchRunner
+from adaspec.backends.base import BatchVerifier
 from adaspec.engine import Generator, Prompt
 from adaspec.errors import AdaspecError
+from adaspec.memory import return_freed_memory
+from adaspec.options import RequestOptions
 from adaspec.request import Generation, Request
 from adaspec.serve.metrics import ServerMetrics
-from adaspec.state_store import DrafterStateStore
+from adaspec.serve.saver import StateSaver
 
 log = logging.getLogger("adaspec")
 T = TypeVar("T")
@@ -33,26 +35,21 @@ class ServerBusy(Exception):
     """Raised by ``submit`` when every slot and every queue place is taken."""
 
 
+class SchedulerDown(Exception):
+    """Raised by ``submit`` when the scheduling thread is not running (stopped or crashed)."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What a client asked for, already checked for shape and type.
 
     Attributes:
         prompt: text, chat messages or token ids.
-        chat: apply the chat template to text (False for completions).
-        max_tokens: the most tokens to generate (cut to the room the context leaves).
-        stop: strings that end generation.
-        temperature, top_k, top_p, seed: sampling settings (temperature 0: greedy).
+        options: how to generate (``chat`` False for completions).
     """
 
     prompt: Prompt
-    chat: bool
-    max_tokens: int
-    stop: Sequence[str] = ()
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    options: RequestOptions
 
 
 @dataclass(frozen=True)
@@ -108,33 +105,34 @@ class Scheduler:
         max_active: requests decoded at once (each holds a KV cache).
         max_waiting: requests queued beyond those; more are refused with ``ServerBusy``.
         request_timeout: seconds from arrival after which a request is ended with an error.
-        state_store: where the drafter's learned state is saved (None: not kept).
-        save_every: seconds between periodic saves of the learned state (when it changed).
-        runner: verifies every active request's tree in one forward (None: one request at a
-            time). Its results must equal each request's solo ones (``BatchRunner.check_exact``).
+        saver: saves the drafter's learned state now and then, on a thread of its own (None: not kept).
+        batch: verifies every active request's tree in one forward (None: one request at a
+            time); its results equal each request's batch-of-one results by construction.
+        idle_release: seconds without any request after which idle caches are freed and freed
+            memory is handed back to the system.
     """
 
     def __init__(self, generator: Generator, metrics: ServerMetrics, max_active: int = 8, max_waiting: int = 64,
-                 request_timeout: float = 600.0, state_store: DrafterStateStore | None = None,
-                 save_every: float = 300.0, runner: BatchRunner | None = None) -> None:
-        if max_active < 1 or max_waiting < 0 or request_timeout <= 0:
-            raise AdaspecError("need max_active >= 1, max_waiting >= 0 and a positive request timeout")
+                 request_timeout: float = 600.0, saver: StateSaver | None = None,
+                 batch: BatchVerifier | None = None, idle_release: float = 20.0) -> None:
+        if max_active < 1 or max_waiting < 0 or request_timeout <= 0 or idle_release <= 0:
+            raise AdaspecError("need max_active >= 1, max_waiting >= 0, a positive request timeout and idle release")
         self.generator = generator
         self.metrics = metrics
         self.max_active = max_active
         self.max_waiting = max_waiting
         self.request_timeout = request_timeout
-        self.state_store = state_store
-        self.save_every = save_every
-        self.runner = runner
+        self.saver = saver
+        self.batch = batch
+        self.idle_release = idle_release
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
-        self._unsaved_steps = 0
-        self._last_save = time.monotonic()
+        self._idle_since = time.monotonic()  # when the last request ended (or the scheduler started)
+        self._released = True  # idle memory already handed back since then
 
     @property
     def alive(self) -> bool:
@@ -142,9 +140,11 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Starts the scheduling thread."""
+        """Starts the scheduling thread (and the state saver's)."""
         self._thread = threading.Thread(target=self._run, name="adaspec-scheduler", daemon=True)
         self._thread.start()
+        if self.saver is not None:
+            self.saver.start()
 
     def stop(self) -> None:
         """Ends every request, stops the thread and saves the learned state."""
@@ -153,6 +153,8 @@ class Scheduler:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
+        if self.saver is not None:
+            self.saver.stop()
 
     def submit(self, spec: JobSpec, loop: asyncio.AbstractEventLoop) -> Job:
         """Queues a request.
@@ -166,7 +168,11 @@ class Scheduler:
 
         Raises:
             ServerBusy: when all slots and queue places are taken, or the server is stopping.
+            SchedulerDown: when the scheduling thread is not running.
         """
+        if not self.alive:
+            self.metrics.rejected.labels(self.metrics.model_name, "scheduler_down").inc()
+            raise SchedulerDown()
         job = Job(spec, asyncio.Queue(), loop, id=next(self._ids))
         with self._wake:
             if self._stopping or len(self._waiting) + len(self._active) >= self.max_active + self.max_waiting:
@@ -179,31 +185,39 @@ class Scheduler:
         return job
 
     def _run(self) -> None:
+        reason = "the server is shutting down"
         try:
             while True:
                 with self._wake:
-                    while not self._stopping and not self._waiting and not self._active:
-                        self._wake.wait(timeout=self._seconds_to_next_save())
-                        self._save_if_due()
+                    while not self._stopping and not self._waiting and not self._active and not self._release_due():
+                        self._wake.wait(timeout=self._seconds_to_release())
                     if self._stopping:
                         break
+                    idle = not self._waiting and not self._active
+                if idle:  # outside the lock: submit() is never held up by it
+                    self._release_idle_memory()
+                    continue
                 self._admit_waiting()
-                if self.runner is None:
+                if self.batch is None:
                     for job in list(self._active):
                         self._admit_waiting()  # between steps, so a new request waits at most one step
                         if self._still_wanted(job):
                             self._advance(job)
                 else:
                     self._advance_together([job for job in list(self._active) if self._still_wanted(job)])
-                self._save_if_due()
+        except Exception as error:  # a bug in the loop itself: logged; every request fails, new ones are refused
+            log.exception("adaspec: the scheduler stopped")
+            reason = f"the scheduler stopped: {type(error).__name__}: {error}"
         finally:
-            for job in self._active + list(self._waiting):
-                job.send("error", (503, "the server is shutting down"))
+            with self._wake:
+                self._stopping = True
+                jobs = self._active + list(self._waiting)
+                self._active.clear()
+                self._waiting.clear()
+            for job in jobs:
+                job.send("error", (503, reason))
                 if job.request is not None:
                     job.request.close()
-            self._active.clear()
-            self._waiting.clear()
-            self._save_state()
 
     def _admit_waiting(self) -> None:
         """Starts queued requests while slots are free: encode, check, prefill, first token."""
@@ -216,12 +230,8 @@ class Scheduler:
             if job.cancelled.is_set():
                 self.metrics.failed.labels(self.metrics.model_name, "disconnected").inc()
                 continue
-            spec = job.spec
             try:
-                request = self.generator.open(
-                    spec.prompt, max_new_tokens=spec.max_tokens, stop=spec.stop, chat=spec.chat,
-                    temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p, seed=spec.seed,
-                )
+                request = self.generator.open(job.spec.prompt, job.spec.options)
             except AdaspecError as error:
                 self.metrics.failed.labels(self.metrics.model_name, "bad_request").inc()
                 job.send("error", (400, str(error)))
@@ -232,6 +242,7 @@ class Scheduler:
                 continue
             job.request = request
             self._active.append(job)
+            self._released = False
             self._set_running()
             piece = self._guarded(job, request.start)
             if piece is None:
@@ -263,18 +274,18 @@ class Scheduler:
 
     def _advance_together(self, jobs: list[Job]) -> None:
         """One step of every given request, their trees verified in as few forwards as fit."""
-        assert self.runner is not None
+        assert self.batch is not None
         drafted = []
         for job in jobs:
             draft = self._guarded(job, job.request.draft)
             if draft is not None:
                 drafted.append((job, *draft))
-        for group in self.runner.split([tree.size for _, tree, _ in drafted]):
+        for group in self.batch.split([tree.size for _, tree, _ in drafted]):
             members = [drafted[i] for i in group]
             tick = time.perf_counter()
             self.metrics.forwards.labels(self.metrics.model_name).inc()
             try:
-                outputs = self.runner.verify([job.request.backend for job, _, _ in members],
+                outputs = self.batch.verify([job.request.backend for job, _, _ in members],
                                              [tree for _, tree, _ in members], [pick for _, _, pick in members])
             except Exception as error:  # a bug must cost these requests, never the server
                 log.exception("adaspec: a batched verification failed")
@@ -296,7 +307,8 @@ class Scheduler:
         assert request is not None and request.last_step is not None
         self.metrics.observe_step(request.last_step, now - job.last_output)
         job.last_output = now
-        self._unsaved_steps += 1
+        if self.saver is not None:
+            self.saver.mark_changed()
         self._after_output(job, piece)
 
     def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
@@ -327,20 +339,23 @@ class Scheduler:
             job.request.close()
         if job in self._active:
             self._active.remove(job)
+            if not self._active:
+                self._idle_since = time.monotonic()
         self._set_running()
 
     def _set_running(self) -> None:
         self.metrics.running.labels(self.metrics.model_name).set(len(self._active))
 
-    def _seconds_to_next_save(self) -> float:
-        return max(0.05, self._last_save + self.save_every - time.monotonic())
+    def _seconds_to_release(self) -> float | None:
+        """How long the idle loop may sleep before idle memory is due back (None: nothing due)."""
+        return None if self._released else max(0.05, self._idle_since + self.idle_release - time.monotonic())
 
-    def _save_if_due(self) -> None:
-        if self._unsaved_steps and time.monotonic() - self._last_save >= self.save_every:
-            self._save_state()
+    def _release_due(self) -> bool:
+        """True once the server has been idle ``idle_release`` seconds and still holds idle memory."""
+        return not self._released and time.monotonic() - self._idle_since >= self.idle_release
 
-    def _save_state(self) -> None:
-        self._last_save = time.monotonic()
-        if self.state_store is not None and self._unsaved_steps:
-            self.state_store.save(self.generator.drafter)
-        self._unsaved_steps = 0
+    def _release_idle_memory(self) -> None:
+        """Frees every idle cache but one and hands freed memory back to the system."""
+        self.generator.pool.trim(keep=1)
+        return_freed_memory()
+        self._released = True

@@ -1,9 +1,17 @@
 """OpenAI's request shapes for ``/v1/chat/completions`` and ``/v1/completions``, checked with
 pydantic, and their translation to a scheduler ``JobSpec``.
 
-Everything that would change the model's distribution (penalties, logit bias) or that is not
-implemented (``n > 1``, logprobs, tools, echo) is refused with a 400 rather than ignored;
-unknown fields are refused too, so a typo never passes silently.
+Three kinds of field:
+
+* honoured: the prompt or messages, ``max_tokens`` / ``max_completion_tokens``, ``temperature``,
+  ``top_p``, ``top_k`` (vLLM's extension), ``seed``, ``stop``, ``stream``,
+  ``stream_options.include_usage``;
+* accepted and ignored, because they do not change what is generated: ``user``, ``metadata``,
+  ``store``, ``service_tier``, ``parallel_tool_calls``, ``stream_options.continuous_usage_stats``,
+  ``response_format`` of type ``text``, ``tool_choice`` ``none``;
+* refused with a 400: everything that would change the model's distribution (penalties, logit
+  bias) or is not implemented (``n > 1``, logprobs, tools, echo, ``messages[].name``), and any
+  unknown field, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaspec.errors import AdaspecError
+from adaspec.options import RequestOptions
 from adaspec.serve.scheduler import JobSpec
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -105,9 +115,25 @@ class CommonRequest(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def sampling(self) -> dict:
-        """The sampling settings as ``JobSpec`` fields."""
-        return {"temperature": self.temperature, "top_k": max(0, self.top_k), "top_p": self.top_p, "seed": self.seed}
+    def options(self, chat: bool, max_tokens: int) -> RequestOptions:
+        """The request's generation options.
+
+        Args:
+            chat: apply the chat template (False for completions).
+            max_tokens: the most tokens to generate.
+
+        Returns:
+            The options.
+
+        Raises:
+            RequestError: for a value the options refuse.
+        """
+        try:
+            return RequestOptions(max_new_tokens=max_tokens, stop=tuple(self.stop_list()), chat=chat,
+                                  temperature=self.temperature, top_k=max(0, self.top_k), top_p=self.top_p,
+                                  seed=self.seed)
+        except AdaspecError as error:
+            raise RequestError(str(error)) from None
 
 
 class ChatRequest(CommonRequest):
@@ -148,6 +174,9 @@ class ChatRequest(CommonRequest):
             if message.role not in ROLES:
                 raise RequestError(f"messages[{index}].role {message.role!r} is not one of {', '.join(ROLES)}",
                                    "messages")
+            if message.name is not None:
+                raise RequestError(f"messages[{index}].name is not supported: the chat template has no place for it, "
+                                   "so the model would not see it", "messages")
             content = message.content
             text = content if isinstance(content, str) else "".join(part.text for part in content or [])
             role = "system" if message.role == "developer" else message.role
@@ -155,7 +184,7 @@ class ChatRequest(CommonRequest):
         if not any(m["content"].strip() for m in messages):
             raise RequestError("the messages hold no text", "messages")
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        return JobSpec(messages, chat=True, max_tokens=limit, stop=self.stop_list(), **self.sampling())
+        return JobSpec(messages, self.options(chat=True, max_tokens=limit))
 
 
 class CompletionRequest(CommonRequest):
@@ -196,5 +225,4 @@ class CompletionRequest(CommonRequest):
             prompt = prompt[0]
         if isinstance(prompt, str) and not prompt.strip() or isinstance(prompt, list) and not prompt:
             raise RequestError("the prompt is empty", "prompt")
-        return JobSpec(prompt, chat=False, max_tokens=self.max_tokens or default_max_tokens, stop=self.stop_list(),
-                       **self.sampling())
+        return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens))

@@ -1,0 +1,151 @@
+"""adaspec serve under what strangers send and what can go wrong inside: random and malformed
+bodies, a scheduler that dies, state saving beside live streams, memory after a burst."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaspec import Generator
+from adaspec.serve import OpenAIServer, Scheduler, ServerMetrics
+from adaspec.state_store import DrafterStateStore
+from server_harness import live_app, live_server
+
+OK_BODY = {"prompt": "Hello", "max_tokens": 2, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with live_server(model, state_dir=None, max_active=4, max_waiting=8, request_timeout=20.0) as (url, srv):
+        yield url, srv
+
+
+# values of every kind a client might put in a field: wrong types, extremes, NaN, odd Unicode
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, 2, -1, 2**31, 2**63, -(2**63)]),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+    st.sampled_from(["\u0000", "\ud800", "\U0010ffff", "\u202e\u200b", "💥" * 20, "é" * 300]),
+    st.lists(st.integers(-5, 60000), max_size=6), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+          "seed", "stop", "stream", "stream_options", "n", "logit_bias", "user", "echo", "logprobs", "tools"]
+SHORT_TEXT = st.text(min_size=1, max_size=60)
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "wizard", ""]),
+                                 "content": st.one_of(SHORT_TEXT, ODD_VALUES)})
+# a valid length is kept small so that a well-formed body finishes in a moment (a missing or null
+# one means "up to the context", which is valid and slow)
+LENGTH = st.one_of(st.integers(-3, 3), st.sampled_from([10**12, 2**63, -(2**63), "2", 1.5, float("nan"), [2]]))
+BODY = st.fixed_dictionaries(
+    {"max_tokens": LENGTH},
+    optional={
+        **{name: ODD_VALUES for name in FIELDS if name not in ("max_tokens", "max_completion_tokens")},
+        "max_completion_tokens": LENGTH,
+        "prompt": st.one_of(SHORT_TEXT, ODD_VALUES),
+        "messages": st.one_of(st.lists(MESSAGE, max_size=3), ODD_VALUES),
+    },
+)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), body=BODY,
+       raw=st.one_of(st.none(), st.binary(max_size=64)))
+def test_random_and_malformed_bodies_never_get_a_5xx(server, path, body, raw) -> None:
+    url, _ = server
+    content = raw if raw is not None else json.dumps(body, allow_nan=True).encode()
+    response = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert error["message"] and "\n" not in error["message"]
+
+
+def test_the_server_answers_a_good_request_after_the_fuzzing(server) -> None:
+    url, _ = server
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.post(f"{url}/v1/completions", json=OK_BODY, timeout=60).json()["usage"]["completion_tokens"] == 2
+
+
+class CrashingScheduler(Scheduler):
+    """A scheduler whose loop hits a bug on its first request (to test what happens after)."""
+
+    def _admit_waiting(self) -> None:
+        with self._wake:
+            if self._waiting:
+                raise RuntimeError("a bug in the scheduling loop")
+
+
+def test_a_dead_scheduler_makes_new_requests_fail_fast(model) -> None:
+    generator = Generator(model, drafter="lookup")
+    scheduler = CrashingScheduler(generator, ServerMetrics("m"), request_timeout=600.0)
+    with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
+        first = httpx.post(f"{url}/v1/completions", json=OK_BODY, timeout=30)  # the one that kills it
+        assert first.status_code == 503 and "scheduler stopped" in first.json()["error"]["message"]
+        assert httpx.get(f"{url}/health").status_code == 503
+        started = time.monotonic()
+        later = httpx.post(f"{url}/v1/completions", json=OK_BODY, timeout=30)
+        assert later.status_code == 503 and time.monotonic() - started < 5  # refused at once, never queued
+        assert "not running" in later.json()["error"]["message"]
+
+
+class RecordingStore(DrafterStateStore):
+    """A state store that notes which thread writes it."""
+
+    writers: list[str]
+
+    def save_arrays(self, state) -> bool:
+        self.writers.append(threading.current_thread().name)
+        return super().save_arrays(state)
+
+
+def test_state_is_saved_by_its_own_thread_while_requests_run(model, tmp_path) -> None:
+    from adaspec.serve.saver import StateSaver
+
+    generator = Generator(model, drafter="aded")
+    store = RecordingStore(tmp_path, model.name, "aded")
+    store.writers = []
+    saver = StateSaver(generator.session, store, every=0.05)
+    scheduler = Scheduler(generator, ServerMetrics("m"), saver=saver)
+    with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
+        body = {"prompt": "def add(a, b):", "max_tokens": 48, "temperature": 0}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=120).status_code == 200
+        deadline = time.monotonic() + 5
+        while not store.writers and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert store.writers and set(store.writers) <= {"adaspec-state-saver", "MainThread"}
+    assert store.writers[0] == "adaspec-state-saver"  # periodic saves never run on the scheduler's thread
+    assert store.path.is_file()
+
+
+def test_idle_caches_are_freed_after_an_idle_spell(model) -> None:
+    with live_server(model, state_dir=None, idle_release=0.3, batch=False) as (url, srv):
+        bodies = [{"prompt": f"Count to {n}:", "max_tokens": 8, "temperature": 0} for n in (5, 6, 7)]
+        threads = [threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",), kwargs={"json": b, "timeout": 60})
+                   for b in bodies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pool = srv.scheduler.generator.pool
+        deadline = time.monotonic() + 10
+        while pool.idle > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.in_use == 0 and pool.idle <= 1
+
+
+def test_health_says_whether_requests_are_verified_together(server) -> None:
+    url, srv = server
+    health = httpx.get(f"{url}/health").json()
+    assert health["batching"]["enabled"] == (srv.scheduler.batch is not None)
+    assert health["batching"]["detail"]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "adaspec:batched_verification{" in metrics
+    assert not math.isnan(float(next(line for line in metrics.splitlines()
+                                     if line.startswith("adaspec:batched_verification{")).rsplit(" ", 1)[1]))
