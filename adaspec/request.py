@@ -110,7 +110,8 @@ class Request:
             AdaspecError: when the pool has no backend to spare.
         """
         self._started = time.perf_counter()
-        self.backend = self.pool.acquire()
+        self.backend = self.pool.acquire(self.prompt_ids)
+        self.stats.cached_prompt_tokens = self.backend.cached_prefix(self.prompt_ids)
         self._sizer = self.session.begin(self.prompt_ids, self.sampling)
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]
         first = self.backend.prefill(self.prompt_ids, Pick(self.sampling, uniforms, 0))

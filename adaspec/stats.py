@@ -11,6 +11,8 @@ class GenerationStats:
 
     Attributes:
         prompt_tokens: tokens in the prompt.
+        cached_prompt_tokens: of those, tokens whose cache positions were kept from an earlier
+            request sharing the prefix (not run again).
         new_tokens: tokens generated (EOS included when it ended the output).
         num_drafts: verification steps (one model forward each, after the prefill).
         num_draft_tokens: draft nodes verified, roots excluded.
@@ -24,6 +26,7 @@ class GenerationStats:
     """
 
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     new_tokens: int = 0
     num_drafts: int = 0
     num_draft_tokens: int = 0

@@ -14,7 +14,7 @@ import torch
 
 from adaspec import Generator
 from adaspec.backends.hf_batch import HFBatchVerifier, distinct_weights, unsupported_matmuls
-from adaspec.backends.row_plan import RowPlan, invariant_ranges, plan_cost
+from adaspec.backends.row_plan import RowPlan, invariant_ranges
 from adaspec.tree import DraftTree
 
 
@@ -65,11 +65,10 @@ def test_the_chosen_row_plan_gives_every_row_its_bits_alone_in_any_call(verifier
                 assert torch.equal(got[start + row], alone[row]), (tuple(weight.shape), size, start, row)
 
 
-def test_the_plan_search_prefers_cheap_invariant_ranges() -> None:
+def test_invariant_ranges_and_the_plans_arithmetic() -> None:
     labels = [[1, 2, 2, 2, 5, 5, 5, 5, 5, -1], [1, 2, 2, 2, 5, 5, 5, 5, 5, 5]]
     labels = [row + [row[-1]] * 54 for row in labels]  # pad to 64 row counts
     assert invariant_ranges(labels)[:3] == [(1, 1), (2, 4), (5, 9)]
-    assert plan_cost(2, 56) < plan_cost(9, 16) < plan_cost(48, 64)  # few passes over the weights, little padding
     plan = RowPlan(weight_left=False, min_rows=4, max_rows=8)
     x = torch.randn(19, 6)
     weight, bias = torch.randn(5, 6), torch.randn(5)

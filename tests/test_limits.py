@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import adaspec
 from adaspec import AdaspecError, Generator
+from adaspec.backends.hf import HFBackend
 from adaspec.backends.pool import BackendPool
 from adaspec.backends.tree_cache import TreeKVCache
 from adaspec.budget import LatencyProfile, TreeSizer
@@ -89,6 +90,9 @@ class Counted:
     def release(self) -> None:
         pass
 
+    def cached_prefix(self, prompt_ids) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed = True
 
@@ -115,14 +119,14 @@ def test_tree_sizer_keeps_a_bounded_number_of_client_settings() -> None:
     assert (0.0, 0, 1.0) not in sizer.calibrators and first.calibrator is not None  # the holder keeps its own
 
 
-def test_a_backend_that_grew_for_a_long_request_frees_its_cache(model) -> None:
-    generator = Generator(model, drafter="lookup", max_idle_backends=1)
-    long_prompt = np.arange(10, 10 + TreeKVCache.INITIAL_CAPACITY + 100) % 5000  # [p] beyond the first allocation
-    generator.generate(long_prompt, max_new_tokens=2)
-    (backend,) = generator.pool.idle_backends
-    assert backend.cache is None  # the grown cache was freed; the next request starts small
-    generator.generate("Hi", max_new_tokens=2)
-    assert generator.pool.idle_backends[0].cache.capacity == TreeKVCache.INITIAL_CAPACITY
+def test_a_backend_keeps_a_finished_request_only_up_to_its_bound(model) -> None:
+    backend = HFBackend(model.model, max_kept_tokens=100)
+    backend.prefill_logits(np.arange(10, 60))  # [50]
+    backend.release()
+    assert backend.cache_len == 50 and backend.cached_prefix(np.arange(10, 80)) == 50  # kept for a shared prefix
+    backend.prefill_logits(np.arange(10, 10 + TreeKVCache.INITIAL_CAPACITY + 100))  # grows past the first allocation
+    backend.release()
+    assert backend.cache is None and backend.cached_prefix(np.arange(10, 80)) == 0  # too long to keep: freed
 
 
 def test_attention_not_proven_on_tree_masks_is_refused_in_one_line() -> None:

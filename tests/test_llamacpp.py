@@ -197,12 +197,30 @@ def test_seeded_sampling_equals_plain_sampling_with_the_same_seed(gguf) -> None:
     assert sum(g.stats.num_accepted_tokens for g in got) > 0
 
 
-def test_a_generation_that_stops_early_frees_the_cells(gguf) -> None:
+def test_a_generation_that_stops_early_hands_its_context_back(gguf) -> None:
     generator = adaspec.Generator(gguf, drafter="hybrid")
-    stream = generator.stream("Count from 1 to 30, separated by commas.", max_new_tokens=64)
+    prompt = "Count from 1 to 30, separated by commas."
+    stream = generator.stream(prompt, max_new_tokens=64)
     next(stream), next(stream)
     stream.close()  # the caller walks away mid-generation
-    assert generator.backend.cache_len == 0
+    assert generator.pool.in_use == 0 and generator.pool.idle == 1
+    again = generator.generate(prompt, max_new_tokens=16)
+    assert again.stats.cached_prompt_tokens == len(again.prompt_ids) - 1  # the same prompt: all but its last token kept
+    assert again.token_ids == adaspec.Generator(gguf, drafter="none").generate(prompt, max_new_tokens=16).token_ids
+
+
+@needs_exact_build
+def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill_token_for_token(gguf) -> None:
+    """In the exact configuration a cell's keys and values do not depend on the batch that made
+    them, so reused cells give exactly a cold prefill's output, greedy and seeded sampling."""
+    from test_prefix_reuse import TOKENS, second_turns
+
+    for options in ({}, {"temperature": 0.8, "top_p": 0.95, "seed": 3}):
+        warm = adaspec.Generator(gguf, drafter="lookup")
+        for messages, token_ids, cached in second_turns(warm, **options):
+            assert cached >= len(warm.encode(messages)) // 2
+            cold = adaspec.Generator(gguf, drafter="none").generate(messages, max_new_tokens=TOKENS, **options)
+            assert token_ids == cold.token_ids
 
 
 def test_cli_profile_then_generate_on_llama_cpp(tmp_path) -> None:

@@ -291,3 +291,14 @@ def test_outputs_are_the_same_at_1_4_and_8_streams_and_equal_generate(model, flo
             if is_tie:
                 float_noise_log.append(f"server {'batched' if batched else 'solo'}: {case_id}: {what}")
     assert near_ties <= MAX_NEAR_TIES and len(mismatches) == near_ties, "\n".join(mismatches)
+
+
+def test_a_chats_second_turn_reuses_the_first_and_reports_cached_tokens(client, model) -> None:
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    first = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=TOKENS, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And three more?"}]
+    second = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=TOKENS, temperature=0)
+    assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
+    cold = Generator(model, drafter="none").generate(messages, max_new_tokens=TOKENS)
+    assert second.choices[0].message.content == cold.text

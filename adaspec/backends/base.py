@@ -96,8 +96,17 @@ class Backend(Protocol):
         """Committed positions in the request's KV cache."""
         ...
 
+    def cached_prefix(self, prompt_ids: np.ndarray) -> int:
+        """How many leading tokens of a prompt the cache already holds (kept from the previous
+        request, so ``prefill`` runs only the rest); at most ``p - 1``.
+
+        Args:
+            prompt_ids: ``[p]`` int64 prompt ids.
+        """
+        ...
+
     def prefill(self, prompt_ids: np.ndarray, pick: Pick) -> NodeOutputs:
-        """Starts a request: runs the prompt into a fresh cache.
+        """Starts a request: runs the prompt into the cache, reusing ``cached_prefix`` positions.
 
         Args:
             prompt_ids: ``[p]`` int64 prompt ids (p >= 1).
@@ -132,7 +141,8 @@ class Backend(Protocol):
         ...
 
     def release(self) -> None:
-        """Ends the request and frees its cache (the backend stays usable for the next request)."""
+        """Ends the request; the backend stays usable, and may keep the request's positions for
+        a later prompt that shares their prefix (a chat's next turn)."""
         ...
 
     def close(self) -> None:

@@ -32,6 +32,9 @@ class HFBackend:
             is full attention (else transformers' ``DynamicCache``, rebuilt masks).
         head: the output head as ``output_head_weight`` found it, when the caller already knows
             (a runtime making many backends); None probes the model.
+        max_kept_tokens: after a request, its cache is kept for a later prompt that shares its
+            prefix (a chat's next turn) when it holds at most this many positions; a longer one
+            is freed.
     """
 
     name = "hf"
@@ -40,8 +43,11 @@ class HFBackend:
     default_drafter = "hybrid"  # 1.63x at budget 8 on the 599-turn run (README)
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
-                 lean: bool | None = None, head: OutputHead | None = None) -> None:
+                 lean: bool | None = None, head: OutputHead | None = None, max_kept_tokens: int = 4096) -> None:
         self.model = model
+        self.max_kept_tokens = max_kept_tokens
+        self._held = np.zeros(0, dtype=np.int64)  # [cache_len] the tokens whose keys and values the cache holds
+        self._tree_tokens = np.zeros(0, dtype=np.int64)  # [n] the tokens of the tree in flight
         self.device = model.device
         self.dtype = model.dtype
         self.prefill_chunk = prefill_chunk
@@ -68,6 +74,7 @@ class HFBackend:
     @torch.inference_mode()
     def reset(self) -> None:
         """Forgets the previous request's cache (a lean cache keeps its allocation)."""
+        self._held = self._held[:0]
         if not self.lean:
             self.cache = DynamicCache(config=self.model.config)
             return
@@ -76,6 +83,33 @@ class HFBackend:
         self._mask[..., : self.cache.length + self._tree_size] = self._mask_fill
         self.cache.clear()
         self._tree_size = 0
+
+    def cached_prefix(self, prompt_ids: np.ndarray) -> int:
+        """How many leading prompt tokens the cache already holds from the previous request.
+
+        Args:
+            prompt_ids: ``[p]`` a new prompt.
+
+        Returns:
+            The common prefix of the held tokens and the prompt, at most ``p - 1`` (the last
+            prompt token is always run, for its logits).
+        """
+        length = min(self._held.size, prompt_ids.size - 1)
+        if self.cache is None or length <= 0:
+            return 0
+        differ = np.flatnonzero(self._held[:length] != prompt_ids[:length])
+        return int(differ[0]) if differ.size else length
+
+    @torch.inference_mode()
+    def _truncate(self, length: int) -> None:
+        """Keeps the first ``length`` held positions and drops the rest."""
+        if self.lean:
+            self._mask[..., length : self.cache.length + self._tree_size] = self._mask_fill
+            self.cache.crop_to(length)
+            self._tree_size = 0
+        else:
+            self.cache.crop(length)
+        self._held = self._held[:length]
 
     def _reserve_mask(self, rows: int, columns: int) -> None:
         """Grows the persistent mask to at least ``[rows, columns]`` (doubling), keeping its invariant."""
@@ -100,23 +134,25 @@ class HFBackend:
         keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
         if not self.lean:
             compact(self.cache, self._start, keep)
+            self._held = np.concatenate([self._held[: self._start], self._tree_tokens[accepted]])  # [start + k]
             return
         start, k = self._start, int(keep.numel())
+        self._held = np.concatenate([self._held[:start], self._tree_tokens[accepted]])  # [start + k]
         self.cache.keep(start, keep)
         self._mask[..., start : start + k] = 0.0  # now committed: every later row sees them
         self._mask[..., start + k : start + self._tree_size] = self._mask_fill
         self._tree_size = 0
 
     def release(self) -> None:
-        """Ends the request. A lean cache keeps its first allocation for the next request; one
-        that grew past it (a long request) is freed, so a pooled backend never holds its peak."""
-        if self.lean and self.cache is not None and self.cache.capacity <= TreeKVCache.INITIAL_CAPACITY:
-            self.reset()
-        else:
+        """Ends the request. Its cache stays for a later prompt sharing its prefix (``cached_prefix``)
+        unless it holds more than ``max_kept_tokens`` positions: then it is freed, so a pooled
+        backend never keeps a long request's peak."""
+        if self.cache is not None and self.cache_len > self.max_kept_tokens:
             self.close()
 
     def close(self) -> None:
         """Frees the cache and the mask buffer."""
+        self._held = self._held[:0]
         self.cache = None
         self._tree_size = 0
         self._mask = torch.zeros((1, 1, 0, 0), dtype=self.dtype, device=self.device)
@@ -128,7 +164,7 @@ class HFBackend:
 
     @torch.inference_mode()
     def prefill_logits(self, token_ids: np.ndarray) -> torch.Tensor:
-        """Runs the prompt into a fresh cache.
+        """Runs the prompt into the cache, reusing the positions it holds of the prompt's prefix.
 
         Args:
             token_ids: ``[p]`` int64 prompt ids (p >= 1).
@@ -136,15 +172,21 @@ class HFBackend:
         Returns:
             ``[V]`` float32 logits after the last prompt token.
         """
-        self.reset()
+        token_ids = np.asarray(token_ids, dtype=np.int64)
+        kept = self.cached_prefix(token_ids)
+        if kept:
+            self._truncate(kept)
+        else:
+            self.reset()
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)[None]  # [1, p]
         logits = None
-        for begin in range(0, ids.shape[1], self.prefill_chunk):
+        for begin in range(kept, ids.shape[1], self.prefill_chunk):
             chunk = ids[:, begin : begin + self.prefill_chunk]  # [1, c]
             logits = self._logits(last_only=True, input_ids=chunk, use_cache=True, **{self.cache_keyword: self.cache})
         if self.lean:
             self._reserve_mask(1, ids.shape[1])
             self._mask[..., : ids.shape[1]] = 0.0
+        self._held = token_ids.copy()
         return logits[-1]  # [V]
 
     @torch.inference_mode()
@@ -182,6 +224,7 @@ class HFBackend:
         """
         start = self._start = self.cache_len
         n = self._tree_size = tree.size
+        self._tree_tokens = tree.tokens
         ancestors = torch.from_numpy(tree.ancestor_mask).to(self.device)  # [n, n] bool
         block = torch.where(ancestors, 0.0, self._mask_fill).to(self.dtype)  # [n, n]
         if self.lean:

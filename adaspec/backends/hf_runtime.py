@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 
 from adaspec.backends.base import BatchSupport
 from adaspec.backends.hf import HFBackend, OutputHead, output_head_weight
-from adaspec.backends.hf_batch import HFBatchVerifier, distinct_weights, unsupported_matmuls
+from adaspec.backends.hf_batch import HFBatchVerifier, distinct_weights, fastest_plan, unsupported_matmuls
 from adaspec.backends.row_plan import RowPlan, cached_row_plan
 
 log = logging.getLogger("adaspec")
@@ -61,7 +61,11 @@ class HFRuntime:
         Returns:
             The plan (None when none exists) and whether it came from the cache.
         """
-        return cached_row_plan(distinct_weights(self.model), self.check_folder)
+        def choose(plans: list[RowPlan]) -> RowPlan:
+            wide = [plan for plan in plans if plan.max_rows >= MIN_BATCH_ROWS]  # narrower ones cannot pay
+            return fastest_plan(self.model, self.new_backend, wide or plans)
+
+        return cached_row_plan(distinct_weights(self.model), self.new_backend().profile_key, choose, self.check_folder)
 
     def _find_batch_support(self) -> BatchSupport:
         if not self.new_backend().lean:

@@ -211,6 +211,7 @@ class LlamaCppBackend:
         self._wants_logits = np.ctypeslib.as_array(b.logits, shape=(self.batch_size,))  # [B] int8
         self._seq_rows = [np.ctypeslib.as_array(b.seq_id[i], shape=(self.max_seqs,)) for i in range(self.batch_size)]  # B x [S]
         self._length = 0  # committed cells of the request (positions 0 .. length-1, sequence 0)
+        self._held = np.zeros(0, dtype=np.int64)  # [length] the tokens in those cells (kept for the next prompt)
         self._tree: DraftTree | None = None  # the last verified tree, until commit
         self._leaves: np.ndarray | None = None  # [m] its leaves' node indices; leaf j is sequence j + 1
 
@@ -227,9 +228,13 @@ class LlamaCppBackend:
         """
         if prompt_ids.size >= self.weights.n_ctx:
             raise AdaspecError(f"the prompt has {prompt_ids.size} tokens; the llama.cpp context holds {self.weights.n_ctx}")
-        self._lib.llama_memory_clear(self.memory, True)
-        self._length = 0
-        for begin in range(0, prompt_ids.size, self.batch_size):
+        kept = self.cached_prefix(prompt_ids)
+        if kept:  # the cells of the shared prefix stay where they are; the rest go
+            self._lib.llama_memory_seq_rm(self.memory, 0, kept, -1)
+        else:
+            self._lib.llama_memory_clear(self.memory, True)
+        self._length = kept
+        for begin in range(kept, prompt_ids.size, self.batch_size):
             chunk = prompt_ids[begin : begin + self.batch_size]
             n = chunk.size
             self._token[:n] = chunk
@@ -239,7 +244,24 @@ class LlamaCppBackend:
             self._wants_logits[n - 1] = begin + n == prompt_ids.size
             self._decode(n)
         self._length = int(prompt_ids.size)
+        self._held = np.array(prompt_ids, dtype=np.int64)
         return pick_outputs(self.last_logits(1), pick)
+
+    def cached_prefix(self, prompt_ids: np.ndarray) -> int:
+        """How many leading prompt tokens the context's cells already hold from the previous request.
+
+        Args:
+            prompt_ids: ``[p]`` a new prompt.
+
+        Returns:
+            The common prefix of the held tokens and the prompt, at most ``p - 1`` (the last
+            prompt token is always decoded, for its logits).
+        """
+        length = min(self._length, prompt_ids.size - 1)
+        if length <= 0 or self.ctx is None:
+            return 0
+        differ = np.flatnonzero(self._held[:length] != prompt_ids[:length])
+        return int(differ[0]) if differ.size else length
 
     def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
         """One ``llama_decode`` over the tree (see ``Backend.verify``).
@@ -293,6 +315,7 @@ class LlamaCppBackend:
         lib, memory, tree = self._lib, self.memory, self._tree
         k = int(accepted.size)
         end = self._length + k
+        self._held = np.concatenate([self._held[: self._length], tree.tokens[accepted]])  # [end]
         if self._leaves is None:
             lib.llama_memory_seq_rm(memory, 0, end, -1)
         elif k == 0:
@@ -309,9 +332,8 @@ class LlamaCppBackend:
         self._tree = self._leaves = None
 
     def release(self) -> None:
-        """Frees the request's cells."""
-        self._lib.llama_memory_clear(self.memory, True)
-        self._length = 0
+        """Ends the request; its cells stay for a later prompt sharing its prefix (``cached_prefix``)."""
+        self._tree = self._leaves = None
 
     def close(self) -> None:
         """Frees the context (its KV cells) and the batch buffers."""
@@ -324,6 +346,7 @@ class LlamaCppBackend:
         if getattr(self, "ctx", None):
             lib.llama_free(self.ctx)
             self.ctx = None
+        self._length = 0
 
     def synchronize(self) -> None:
         """Waits for queued device work."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+import numpy as np
+
 from adaspec.backends.base import Backend
 from adaspec.errors import AdaspecError
 
@@ -13,8 +15,9 @@ class BackendPool:
     """Hands each request a backend of its own and takes it back when the request ends.
 
     At most ``max_in_use`` backends are held by requests at once (each holds a KV cache); at
-    most ``max_idle`` are kept between requests (their caches already allocated), the rest are
-    closed, and ``trim`` closes idle ones on demand (a server does after an idle spell).
+    most ``max_idle`` are kept between requests (their caches allocated, holding their last
+    request's positions for a prompt that shares its prefix), the rest are closed, and ``trim``
+    closes idle ones on demand (a server does after an idle spell).
 
     Args:
         factory: makes a new backend.
@@ -50,8 +53,12 @@ class BackendPool:
         with self._lock:
             return tuple(self._idle)
 
-    def acquire(self) -> Backend:
-        """A backend no other request holds, with an empty cache.
+    def acquire(self, prompt_ids: np.ndarray | None = None) -> Backend:
+        """A backend no other request holds: the idle one whose cache holds the longest prefix of
+        ``prompt_ids`` (a chat's earlier turns), else the most recently used one.
+
+        Args:
+            prompt_ids: ``[p]`` the prompt the backend will run, or None.
 
         Raises:
             AdaspecError: when ``max_in_use`` requests already hold one.
@@ -62,7 +69,11 @@ class BackendPool:
                                    "finish or close one first")
             self.in_use += 1
             if self._idle:
-                return self._idle.pop()
+                best = len(self._idle) - 1
+                if prompt_ids is not None:
+                    held = [backend.cached_prefix(prompt_ids) for backend in self._idle]
+                    best = max(range(len(held)), key=lambda i: (held[i], i))
+                return self._idle.pop(best)
         try:
             return self.factory()
         except BaseException:

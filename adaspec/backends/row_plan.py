@@ -11,8 +11,9 @@ A ``RowPlan`` fixes the call shapes instead: every matmul is issued with a row c
 ``min_rows`` and ``max_rows`` (short calls padded with zero rows, long ones cut into tiles), in
 one of two layouts (``x @ W^T``, or ``(W @ x^T)^T`` where MKL packs the small activation). The
 plan is found on the machine at hand by ``find_row_plan``: for each of the model's weight
-shapes it multiplies random rows at every row count 1..64 and at several offsets, and keeps
-the cheapest range of row counts in which every row always gets the same bits. Within that
+shapes it multiplies random rows at every row count 1..64 and at several offsets and finds the
+ranges of row counts in which every row always gets the same bits; of those, the runtime keeps
+the one whose batched forwards of the real model run fastest here. Within that
 range a row's result is a function of the row alone, so a request's logits are the same
 whatever else is in the batch: invariance by construction, checked per machine. The search
 takes seconds and is cached per machine, library versions, dtype, thread count and
@@ -28,6 +29,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
@@ -38,8 +40,6 @@ log = logging.getLogger("adaspec")
 
 SEARCH_ROWS = 64  # row counts 1..SEARCH_ROWS are tried
 SEARCH_OFFSETS = (0, 1, 3, 8, 21)  # offsets at which each row count multiplies the probe rows
-TYPICAL_ROWS = (2, 4, 8, 16, 32, 64)  # batch sizes a plan is costed at
-WEIGHT_PASS_ROWS = 16  # one pass over a weight costs about as much as this many rows' products (CPU, measured)
 KERNEL_ENVIRONMENT = ("MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE", "ONEDNN_MAX_CPU_ISA",
                       "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -71,19 +71,27 @@ class RowPlan:
         """
         flat = x.reshape(-1, x.shape[-1])  # [M, in]
         rows = flat.shape[0]
-        pieces = []
-        for begin in range(0, max(rows, 1), self.max_rows):
-            tile = flat[begin : begin + self.max_rows]  # [t, in]
-            real = tile.shape[0]
-            if real < self.min_rows:
-                tile = torch.nn.functional.pad(tile, (0, 0, 0, self.min_rows - real))  # [min_rows, in]
-            product = torch.mm(weight, tile.t()).t() if self.weight_left else torch.mm(tile, weight.t())  # [t', out]
-            pieces.append(product[:real])
-        # contiguous whatever the layout and tiling: later kernels (SDPA's) give other bits on other strides
-        out = pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)  # [M, out]
+        if self.min_rows <= rows <= self.max_rows:  # the usual case: one call, no padding
+            out = self._product(flat, weight)
+        else:
+            pieces = []
+            for begin in range(0, max(rows, 1), self.max_rows):
+                tile = flat[begin : begin + self.max_rows]  # [t, in]
+                real = tile.shape[0]
+                if real < self.min_rows:
+                    tile = torch.nn.functional.pad(tile, (0, 0, 0, self.min_rows - real))  # [min_rows, in]
+                pieces.append(self._product(tile, weight)[:real])
+            out = torch.cat(pieces)  # [M, out]
         if bias is not None:
             out = out + bias
         return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    def _product(self, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``rows @ weight^T`` in the plan's layout, contiguous: ``[t, in] -> [t, out]`` (later kernels,
+        SDPA's among them, give other bits on other strides)."""
+        if self.weight_left:
+            return torch.mm(weight, rows.t()).t().contiguous()
+        return torch.mm(rows, weight.t())
 
     def describe(self) -> str:
         """One line for logs and ``/health``."""
@@ -152,42 +160,21 @@ def invariant_ranges(label_rows: list[list[int]]) -> list[tuple[int, int]]:
     return runs
 
 
-def plan_cost(min_rows: int, max_rows: int) -> float:
-    """A plan's modelled cost over typical batch sizes (2..64 rows), in row-equivalents.
-
-    Each call costs one pass over the weights (worth ``WEIGHT_PASS_ROWS`` rows: small calls
-    are bound by reading the weights) plus its rows, padding included.
-
-    Args:
-        min_rows: the plan's smallest call.
-        max_rows: its largest call.
-
-    Returns:
-        The summed cost of one forward at each of ``TYPICAL_ROWS``.
-    """
-    total = 0.0
-    for rows in TYPICAL_ROWS:
-        calls, rest = divmod(rows, max_rows)
-        padded = calls * max_rows + (max(rest, min_rows) if rest else 0)
-        total += (calls + (rest > 0)) * WEIGHT_PASS_ROWS + padded
-    return total
-
-
 @torch.inference_mode()
-def find_row_plan(weights: list[torch.Tensor]) -> RowPlan | None:
-    """Searches this machine for a plan under which every weight's rows are batch-invariant.
+def invariant_plans(weights: list[torch.Tensor]) -> list[RowPlan]:
+    """Every plan under which each weight's rows are batch-invariant on this machine.
 
-    Both layouts are tried, ``W @ x^T`` first (it is the faster one for a few rows); the
-    invariant range with the lowest ``plan_cost`` wins, and a range spanning 2..16 rows or
-    more is taken at once.
+    Both layouts are searched; each maximal range of row counts on which every weight's rows
+    agree is one candidate (a call of one row is always invariant, so on a CPU there is at
+    least ``1..1``). Which candidate is fastest depends on the whole model; the runtime times them.
 
     Args:
         weights: one weight per distinct ``[out, in]`` shape of the model, output head included.
 
     Returns:
-        The cheapest plan, or None when no row count is invariant for every weight.
+        The candidate plans.
     """
-    best: RowPlan | None = None
+    candidates = []
     for weight_left in (True, False):
         generator = torch.Generator(device="cpu").manual_seed(0)
         label_rows = []
@@ -195,12 +182,8 @@ def find_row_plan(weights: list[torch.Tensor]) -> RowPlan | None:
             label_rows.append(row_labels(weight, weight_left, generator))
             if not invariant_ranges(label_rows):
                 break
-        for low, high in invariant_ranges(label_rows):
-            if best is None or plan_cost(low, high) < plan_cost(best.min_rows, best.max_rows):
-                best = RowPlan(weight_left, low, high)
-        if best is not None and best.min_rows <= 2 and best.max_rows >= 16:
-            break
-    return best
+        candidates += [RowPlan(weight_left, low, high) for low, high in invariant_ranges(label_rows)]
+    return candidates
 
 
 def machine_fingerprint(device: torch.device) -> dict:
@@ -233,40 +216,47 @@ def machine_fingerprint(device: torch.device) -> dict:
     }
 
 
-def plan_cache_key(weights: list[torch.Tensor]) -> str:
-    """The file-name key of a plan search: the machine fingerprint, the weight shapes and dtype.
+def plan_cache_key(weights: list[torch.Tensor], model_key: str) -> str:
+    """The file-name key of a plan search: the machine fingerprint, the weight shapes and dtype, and
+    the model the candidates are timed on.
 
     Args:
         weights: the weights the search would try.
+        model_key: names the model whose forwards choose among the candidates.
 
     Returns:
         A 16-hex-digit key.
     """
-    described = {"machine": machine_fingerprint(weights[0].device),
+    described = {"machine": machine_fingerprint(weights[0].device), "model": model_key,
                  "weights": [[list(w.shape), str(w.dtype)] for w in weights], "search": [SEARCH_ROWS, SEARCH_OFFSETS]}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_row_plan(weights: list[torch.Tensor], folder: Path) -> tuple[RowPlan | None, bool]:
-    """``find_row_plan``, remembered on disk per ``plan_cache_key``.
+def cached_row_plan(weights: list[torch.Tensor], model_key: str, choose: Callable[[list[RowPlan]], RowPlan],
+                    folder: Path) -> tuple[RowPlan | None, bool]:
+    """The invariant plan ``choose`` prefers among ``invariant_plans``, remembered on disk per
+    ``plan_cache_key``.
 
     Args:
         weights: one weight per distinct shape.
+        model_key: names the model ``choose`` times the candidates on.
+        choose: picks one of several candidates (the fastest, timed on the model).
         folder: where results are kept; an unreadable entry is searched again.
 
     Returns:
         The plan (None when there is none) and whether it came from the cache.
     """
-    path = folder / f"row-plan-{plan_cache_key(weights)}.json"
+    path = folder / f"row-plan-{plan_cache_key(weights, model_key)}.json"
     try:
         stored = json.loads(path.read_text())
         return (RowPlan(**stored["plan"]) if stored["plan"] else None), True
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    plan = find_row_plan(weights)
+    candidates = invariant_plans(weights)
+    plan = None if not candidates else candidates[0] if len(candidates) == 1 else choose(candidates)
     try:
         with atomic_writer(path) as file:
-            file.write(json.dumps({"plan": asdict(plan) if plan else None,
+            file.write(json.dumps({"plan": asdict(plan) if plan else None, "candidates": [asdict(c) for c in candidates],
                                    "machine": machine_fingerprint(weights[0].device)}, indent=1).encode())
     except OSError as error:
         log.warning("adaspec: cannot keep the row-plan search result in %s: %s", path, error.strerror or error)

@@ -141,8 +141,16 @@ class TreeKVCache(Cache):
 
     def clear(self) -> None:
         """Forgets every position, keeping the allocation for the next request."""
+        self.crop_to(0)
+
+    def crop_to(self, length: int) -> None:
+        """Keeps the first ``length`` positions of every layer (a prefix a new request shares).
+
+        Args:
+            length: positions to keep (at most those stored).
+        """
         for layer in self.layers:
-            layer.length = 0
+            layer.length = min(layer.length, length)
 
 
 def supports_tree_cache(config: PretrainedConfig) -> bool:

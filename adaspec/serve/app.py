@@ -84,10 +84,12 @@ def usage(generation: Generation) -> dict:
         generation: a finished request.
 
     Returns:
-        Prompt, completion and total token counts.
+        Prompt, completion and total token counts, and how many prompt tokens were served from
+        positions cached by an earlier request (``prompt_tokens_details.cached_tokens``).
     """
     prompt, completion = len(generation.prompt_ids), len(generation.token_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": generation.stats.cached_prompt_tokens}}
 
 
 def sse(payload: dict | str) -> str:

@@ -1,0 +1,82 @@
+"""Prefix reuse: a prompt that starts with what a pooled backend's cache holds (a chat's earlier
+turns) runs only its new tokens, and the output equals a cold prefill's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adaspec import Generator
+from adaspec.backends.pool import BackendPool
+
+TOKENS = 32
+CONVERSATIONS = [
+    ("Write a Python function that reverses a string.", "Now add a docstring and type hints to it."),
+    ("List the planets of the solar system in order.", "Which of them are gas giants?"),
+    ("Explain in two sentences what a hash table is.", "Give a one-line Python example of one."),
+]
+
+
+def second_turns(generator: Generator, **options) -> list[tuple[list[dict], list[int], int]]:
+    """Each conversation's second turn after the first, on one generator: (messages, ids, cached)."""
+    turns = []
+    for first, second in CONVERSATIONS:
+        messages = [{"role": "user", "content": first}]
+        reply = generator.generate(messages, max_new_tokens=TOKENS, **options)
+        messages += [{"role": "assistant", "content": reply.text}, {"role": "user", "content": second}]
+        out = generator.generate(messages, max_new_tokens=TOKENS, **options)
+        turns.append((messages, out.token_ids, out.stats.cached_prompt_tokens))
+    return turns
+
+
+def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill(model) -> None:
+    """Greedy, through lookup and hybrid: the second turn's prompt shares the first turn's prompt
+    (and most of its answer) with the cache; tokens equal a fresh generator's (a cold prefill).
+    The reused prefill runs fewer rows than a cold one, so logits may differ in the last bits;
+    no reference position of these prompts is a near-tie, so the tokens must be equal."""
+    for drafter in ("lookup", "hybrid"):
+        warm = Generator(model, drafter=drafter)
+        for messages, token_ids, cached in second_turns(warm):
+            prompt = warm.encode(messages)
+            assert cached >= len(prompt) // 2, (drafter, cached, len(prompt))  # most of the prompt was kept
+            cold = Generator(model, drafter="none").generate(messages, max_new_tokens=TOKENS)
+            assert cold.stats.cached_prompt_tokens == 0
+            assert token_ids == cold.token_ids, (drafter, messages[-1]["content"])
+
+
+def test_seeded_sampling_after_reuse_equals_a_cold_prefill(model) -> None:
+    options = dict(temperature=0.8, top_p=0.95, seed=3)
+    warm = Generator(model, drafter="hybrid")
+    for messages, token_ids, cached in second_turns(warm, **options):
+        assert cached > 0
+        assert token_ids == Generator(model, drafter="none").generate(messages, max_new_tokens=TOKENS, **options).token_ids
+
+
+class Holding:
+    """A stand-in backend whose cache holds a given token prefix."""
+
+    name, chain_only, profile_key, default_budget, default_drafter = "holding", False, "holding", 8, "none"
+
+    def __init__(self, held: list[int]) -> None:
+        self.held = np.array(held)
+
+    def cached_prefix(self, prompt_ids: np.ndarray) -> int:
+        n = min(self.held.size, prompt_ids.size - 1)
+        differ = np.flatnonzero(self.held[:n] != prompt_ids[:n])
+        return int(differ[0]) if differ.size else n
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_pool_hands_out_the_backend_holding_the_longest_prefix() -> None:
+    backends = iter([Holding([1, 2, 3, 4, 5]), Holding([1, 2, 9]), Holding([7, 7])])
+    pool = BackendPool(lambda: next(backends), max_idle=3)
+    held = [pool.acquire(), pool.acquire(), pool.acquire()]  # the first one made, then two new ones
+    for backend in held:
+        pool.release(backend)
+    assert pool.acquire(np.array([1, 2, 3, 4, 6, 6])) is held[0]
+    assert pool.acquire(np.array([7, 7, 1])) is held[2]
+    assert pool.acquire(np.array([5, 5])) is held[1]  # nothing shared: whichever is left
