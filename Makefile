@@ -40,13 +40,15 @@ bench-serve: setup
 	$(PY) benchmarks/warm_start.py --out benchmarks/warm-start
 
 # optional: the llama.cpp backend. Builds llama-cpp-python without llamafile's sgemm, so that a
-# token's logits are the same in a batch as alone (exact verification); ~12 min on 2 cores once,
-# then the wheel is reused from ~/.cache/adaspec/wheels. LLAMACPP_FLAVOUR=fast builds llama.cpp's
-# default kernels instead (trees, cheaper batches, not exact).
+# token's logits are the same in a batch as alone (exact verification), for this CPU (AVX-512
+# without AMX where the CPU has it, else AVX2), smoke-tests it on a multi-token batch, and falls
+# back to AVX2 if that fails; ~12 min on 2 cores once per instruction set, then the wheel is reused
+# from ~/.cache/adaspec/wheels. LLAMACPP_FLAVOUR=fast builds llama.cpp's default kernels instead
+# (trees, cheaper batches, not exact); LLAMACPP_ISA=avx2 or avx512 overrides the choice.
 LLAMACPP_FLAVOUR ?= exact
+LLAMACPP_ISA ?= auto
 llamacpp: setup
-	wheel=$$(PYTHON=$(PY) scripts/llamacpp_wheel.sh $(LLAMACPP_FLAVOUR)) && $(PIP) install -q --force-reinstall --no-deps "$$wheel" \
-		&& $(PIP) install -q "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"
+	PYTHON=$(PY) scripts/llamacpp_install.sh $(LLAMACPP_FLAVOUR) $(LLAMACPP_ISA)
 
 demo-llamacpp: llamacpp
 	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --max-new-tokens 256 --compare

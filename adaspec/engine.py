@@ -67,7 +67,7 @@ class Generator:
 
     Every generating method takes the request's options as a ``RequestOptions`` and/or as
     keywords naming its fields (``max_new_tokens``, ``stop``, ``chat``, ``temperature``,
-    ``top_k``, ``top_p``, ``seed``); keywords override the object's fields.
+    ``top_k``, ``top_p``, ``seed``, ``prediction``, ``scope``); keywords override the object's fields.
 
     Args:
         model: from ``adaspec.load``.
@@ -240,7 +240,11 @@ class Generator:
             )
         limit = min(options.max_new_tokens, room)
         output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, options.stop, limit)
-        return Request(self.session, self.pool, prompt_ids, options, output)
+        prediction = None
+        if options.prediction:
+            prediction = np.asarray(self.model.tokenizer(options.prediction, add_special_tokens=False).input_ids,
+                                    dtype=np.int64)
+        return Request(self.session, self.pool, prompt_ids, options, output, prediction)
 
     @staticmethod
     def _run(request: Request) -> Iterator[str]:

@@ -10,6 +10,7 @@ from adaspec.errors import AdaspecError
 from adaspec.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 16  # as OpenAI's API allows at most 4, vLLM any number; 16 keeps the stop check cheap
+MAX_SCOPE_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class RequestOptions:
         top_k: sample only among the k most likely tokens (0: all).
         top_p: sample only from the most likely tokens holding this much probability (1: all).
         seed: seeds the request's random numbers; the same seed gives the same text.
+        prediction: text the output is expected to be close to (OpenAI's Predicted Outputs: the
+            file being edited, the document being rewritten); it only drafts, so the output is
+            the model's own either way.
+        scope: whose shared drafting history the request draws on and adds to (``suffix``
+            drafter; ``""``: the server's or generator's common one).
 
     Raises:
         AdaspecError: for a value out of range or of the wrong type.
@@ -36,6 +42,8 @@ class RequestOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    prediction: str | None = None
+    scope: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -49,6 +57,10 @@ class RequestOptions:
         object.__setattr__(self, "stop", stop)
         if self.chat is not None and not isinstance(self.chat, bool):
             raise AdaspecError(f"chat must be true, false or None, got {self.chat!r}")
+        if self.prediction is not None and not isinstance(self.prediction, str):
+            raise AdaspecError("prediction must be text")
+        if not isinstance(self.scope, str) or len(self.scope) > MAX_SCOPE_LENGTH:
+            raise AdaspecError(f"scope must be text of at most {MAX_SCOPE_LENGTH} characters")
         self.sampling  # validates temperature, top_k, top_p and seed
 
     @property

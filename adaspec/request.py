@@ -14,10 +14,10 @@ import numpy as np
 
 from adaspec.backends.base import Backend, NodeOutputs, Pick
 from adaspec.backends.pool import BackendPool
-from adaspec.budget import RequestSizer
 from adaspec.options import RequestOptions
 from adaspec.output import OutputTracker
-from adaspec.session import Session
+from adaspec.drafters.prediction import PredictionSource
+from adaspec.session import RequestDrafting, Session
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
 from adaspec.verify import accept_path
@@ -71,10 +71,12 @@ class Request:
         prompt_ids: ``[p]`` int64 prompt ids.
         options: what was asked (sampling, stop strings...).
         output: collects its tokens and decides where generation ends (its limit fits the context).
+        prediction_ids: ``[q]`` token ids of the output the client predicted (OpenAI's Predicted
+            Outputs), drafted from; None without one.
     """
 
     def __init__(self, session: Session, pool: BackendPool, prompt_ids: np.ndarray, options: RequestOptions,
-                 output: OutputTracker) -> None:
+                 output: OutputTracker, prediction_ids: np.ndarray | None = None) -> None:
         self.session = session
         self.pool = pool
         self.prompt_ids = prompt_ids
@@ -89,7 +91,9 @@ class Request:
         self.pending = -1  # the model's latest token: the next tree's root
         self.last_step: StepReport | None = None
         self.backend: Backend | None = None
-        self._sizer: RequestSizer | None = None
+        self.prediction_ids = prediction_ids
+        self._drafting: RequestDrafting | None = None
+        self._prediction: PredictionSource | None = None  # kept after close, for the usage counts
         # one uniform number per output position, drawn up front: the text depends on the seed only.
         # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
         self._uniforms = None if self.sampling.greedy else self.sampling.uniforms(self.limit)  # [limit]
@@ -112,7 +116,8 @@ class Request:
         self._started = time.perf_counter()
         self.backend = self.pool.acquire(self.prompt_ids)
         self.stats.cached_prompt_tokens = self.backend.cached_prefix(self.prompt_ids)
-        self._sizer = self.session.begin(self.prompt_ids, self.sampling)
+        self._drafting = self.session.begin(self.prompt_ids, self.sampling, self.options.scope, self.prediction_ids)
+        self._prediction = self._drafting.prediction
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]
         first = self.backend.prefill(self.prompt_ids, Pick(self.sampling, uniforms, 0))
         self.stats.prefill_s = time.perf_counter() - self._started
@@ -143,7 +148,7 @@ class Request:
         budget = min(self.session.budget, self.limit - len(self.output.ids))
         tick = time.perf_counter()
         tree = self.session.propose(self.context[: self.length], budget, self.pending, self.backend.chain_only,
-                                    self._sizer)
+                                    self._drafting)
         self.stats.draft_s += time.perf_counter() - tick
         position = len(self.output.ids)  # the output index of the token after the root
         node_uniforms = None if self._uniforms is None else self._uniforms[position + tree.depth]  # [n]
@@ -166,7 +171,7 @@ class Request:
         self.backend.commit(accepted)
         self.stats.verify_s += verify_s
         tick = time.perf_counter()
-        self.session.learn(tree, accepted, verified, self.pending, before_root, self._sizer)
+        self.session.learn(tree, accepted, verified, self.pending, before_root, self._drafting)
         self.stats.draft_s += time.perf_counter() - tick
         self.stats.record_step(tree.size, accepted.size)
         new_tokens = self._append(np.append(tree.tokens[accepted[1:]], self.pending))  # [k]
@@ -187,6 +192,9 @@ class Request:
         """The generation so far (complete once ``finished``)."""
         self.stats.new_tokens = len(self.output.ids)
         self.stats.total_s = time.perf_counter() - self._started
+        if self._prediction is not None:
+            self.stats.accepted_prediction_tokens, self.stats.rejected_prediction_tokens = \
+                self._prediction.accounting(self.output.ids)
         return Generation(
             text=self.output.text,
             token_ids=list(self.output.ids),
@@ -196,7 +204,11 @@ class Request:
         )
 
     def close(self) -> None:
-        """Frees the request's cache and hands its backend back to the pool (idempotent)."""
+        """Frees the request's cache, hands its backend back to the pool and tells the drafter
+        the request is over (idempotent)."""
         if self.backend is not None:
             backend, self.backend = self.backend, None
             self.pool.release(backend)
+        if self._drafting is not None:
+            drafting, self._drafting = self._drafting, None
+            self.session.end(drafting, np.asarray(self.output.ids, dtype=np.int64))

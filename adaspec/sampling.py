@@ -106,3 +106,52 @@ def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     thresholds = (uniforms * cdf[:, -1]).unsqueeze(-1)  # [n, 1]
     picked = torch.searchsorted(cdf, thresholds, right=True).squeeze(-1)  # [n]
     return picked.clamp_(max=probs.shape[-1] - 1)
+
+
+def target_probs_host(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """``target_probs`` in numpy, for runtimes whose logits are host memory (llama.cpp): the same
+    temperature, top-k and top-p, in the same order, without torch in the step.
+
+    Args:
+        logits: ``[n, V]`` raw model logits.
+        params: the sampling settings (temperature > 0).
+
+    Returns:
+        ``[n, V]`` float64 probabilities; each row sums to 1.
+    """
+    scaled = logits.astype(np.float64) / params.temperature  # [n, V]
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = np.partition(scaled, -params.top_k, axis=-1)[:, -params.top_k][:, None]  # [n, 1] the k-th largest
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    if params.top_p < 1.0:
+        order = np.argsort(scaled, axis=-1, kind="stable")  # [n, V] ascending
+        ascending = np.take_along_axis(scaled, order, axis=-1)
+        tail_mass = np.cumsum(softmax_host(ascending), axis=-1)  # [n, V] mass up to and including each
+        drop = tail_mass <= 1.0 - params.top_p  # [n, V] the unlikely tail that top_p leaves out
+        drop[:, -1] = False  # always keep the most likely token
+        dropped = np.zeros_like(drop)
+        np.put_along_axis(dropped, order, drop, axis=-1)
+        scaled = np.where(dropped, -np.inf, scaled)
+    return softmax_host(scaled)
+
+
+def softmax_host(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``[n, V]`` float64 values (``-inf`` allowed, not a whole row of them)."""
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def sample_tokens_host(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """``sample_tokens`` in numpy: inverse-CDF sampling, one token per row.
+
+    Args:
+        probs: ``[n, V]`` float64 target distributions.
+        uniforms: ``[n]`` float64 numbers in [0, 1).
+
+    Returns:
+        ``[n]`` int64 tokens (never a zero-probability one).
+    """
+    cdf = np.cumsum(probs, axis=-1)  # [n, V]
+    picked = np.array([np.searchsorted(row, u * row[-1], side="right") for row, u in zip(cdf, uniforms)],
+                      dtype=np.int64)  # [n]
+    return np.minimum(picked, probs.shape[-1] - 1)

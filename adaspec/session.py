@@ -8,15 +8,37 @@ stepped in any interleaving and from several threads.
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from adaspec.backends.base import NodeOutputs
 from adaspec.budget import RequestSizer, TreeSizer
 from adaspec.drafters import Drafter, StepFeedback
-from adaspec.drafters.base import learns
+from adaspec.drafters.base import DraftRequest, learns
+from adaspec.drafters.hybrid import graft
+from adaspec.drafters.prediction import PredictionSource
 from adaspec.sampling import SamplingParams
-from adaspec.tree import DraftTree
+from adaspec.tree import DraftTree, TreeBuilder
+
+
+@dataclass
+class RequestDrafting:
+    """One request's side of drafting, owned by the request.
+
+    Attributes:
+        state: what the drafter's ``begin`` returned for it.
+        sizer: its tree sizer (None with a fixed budget).
+        prediction: the client's predicted output, when one was given.
+        prompt_size: prompt tokens at the start of its context.
+    """
+
+    state: Any
+    sizer: RequestSizer | None
+    prediction: PredictionSource | None
+    prompt_size: int
 
 
 class Session:
@@ -36,32 +58,36 @@ class Session:
         self.vocab_size = vocab_size
         self.lock = threading.RLock()  # guards the drafter and the sizer's calibration
 
-    def begin(self, prompt_ids: np.ndarray, sampling: SamplingParams) -> RequestSizer | None:
-        """Tells the drafter a request starts and hands the request its own sizer.
+    def begin(self, prompt_ids: np.ndarray, sampling: SamplingParams, scope: str = "",
+              prediction: np.ndarray | None = None) -> RequestDrafting:
+        """Tells the drafter a request starts and hands the request its drafting state.
 
         Args:
             prompt_ids: ``[p]`` the request's prompt.
             sampling: its settings (each setting keeps its own acceptance calibration).
+            scope: whose shared history it drafts from and adds to.
+            prediction: ``[q]`` token ids of its predicted output, if the client sent one.
 
         Returns:
-            The request's sizer, or None when the budget is fixed.
+            The request's drafting state.
         """
         with self.lock:
-            self.drafter.begin(prompt_ids)
-            if self.sizer is None:
-                return None
-            return self.sizer.begin((sampling.temperature, sampling.top_k, sampling.top_p))
+            state = self.drafter.begin(DraftRequest(prompt_ids, scope))
+            sizer = None if self.sizer is None else self.sizer.begin((sampling.temperature, sampling.top_k,
+                                                                      sampling.top_p))
+        source = PredictionSource(prediction) if prediction is not None and prediction.size else None
+        return RequestDrafting(state, sizer, source, int(prompt_ids.size))
 
     def propose(self, context: np.ndarray, budget: int, pending: int, chain_only: bool,
-                sizer: RequestSizer | None) -> DraftTree:
-        """The tree one step verifies.
+                drafting: RequestDrafting) -> DraftTree:
+        """The tree one step verifies: the prediction's continuation first (if any), then the drafter's.
 
         Args:
             context: ``[L]`` the request's prompt and output so far.
             budget: the most nodes (root included) this step may verify.
             pending: the token the tree must be rooted at.
             chain_only: cut the tree to its first chain (for a backend that verifies chains only).
-            sizer: the request's sizer, or None.
+            drafting: the request's drafting state.
 
         Returns:
             The tree, checked against the drafter contract and sized.
@@ -69,13 +95,27 @@ class Session:
         Raises:
             ValueError: when the drafter breaks its contract (a bug in the drafter).
         """
+        sizer = drafting.sizer
         with self.lock:
-            tree = self.drafter.propose(context, budget)
-            check_tree_contract(tree, pending, budget, self.vocab_size, self.drafter.name)
+            if sizer is not None and not sizer.wants_draft():  # plain decoding wins for now: skip the drafter
+                sizer.skip()
+                return DraftTree.root_only(pending)
+            started = time.perf_counter()
+            predicted = None
+            if drafting.prediction is not None:
+                predicted = drafting.prediction.propose(context[drafting.prompt_size :], budget)
+            room = budget if predicted is None else budget - predicted.size + 1
+            tree = self.drafter.propose(context, max(1, room), drafting.state)
+            check_tree_contract(tree, pending, max(1, room), self.vocab_size, self.drafter.name)
+            if predicted is not None and predicted.size > 1:
+                builder = TreeBuilder(pending, budget)
+                graft(builder, predicted, budget)
+                graft(builder, tree, budget)
+                tree = builder.build()
             if chain_only:
                 tree = tree.first_chain()
             if sizer is not None:
-                tree = sizer.size(tree)
+                tree = sizer.size(tree, 1000.0 * (time.perf_counter() - started))
         return tree
 
     @property
@@ -84,7 +124,7 @@ class Session:
         return self.drafter.feedback_width
 
     def learn(self, tree: DraftTree, accepted: np.ndarray, verified: NodeOutputs, pending: int, before_root: int,
-              sizer: RequestSizer | None) -> None:
+              drafting: RequestDrafting) -> None:
         """Teaches the drafter and the sizer what one verification found.
 
         Args:
@@ -93,13 +133,23 @@ class Session:
             verified: the backend's outputs for it.
             pending: the model's token after the accepted path.
             before_root: the token before the tree's root (-1 when none).
-            sizer: the request's sizer, or None.
+            drafting: the request's drafting state.
         """
         with self.lock:
-            if sizer is not None:
-                sizer.update(tree, accepted)
+            if drafting.sizer is not None:
+                drafting.sizer.update(tree, accepted)
             self.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs,
-                                              before_root))
+                                              before_root), drafting.state)
+
+    def end(self, drafting: RequestDrafting, output: np.ndarray) -> None:
+        """Tells the drafter a request is over (its history may keep the output).
+
+        Args:
+            drafting: the request's drafting state.
+            output: ``[m]`` int64 the tokens it generated.
+        """
+        with self.lock:
+            self.drafter.end(drafting.state, output)
 
     def snapshot(self) -> dict[str, np.ndarray] | None:
         """A copy of the drafter's learned state (None for a drafter that learns nothing).

@@ -19,6 +19,9 @@ class GenerationStats:
         num_accepted_tokens: draft tokens accepted, roots excluded.
         num_accepted_tokens_per_pos: entry d-1 counts the steps whose accepted path reached depth d.
         num_plain_steps: steps that verified the root alone (no draft).
+        accepted_prediction_tokens: tokens of the client's predicted output that ended up in the
+            completion (OpenAI's meaning); 0 without a prediction.
+        rejected_prediction_tokens: tokens of the prediction that did not.
         prefill_s: seconds in the prompt forward.
         draft_s: seconds in the drafter (propose, observe, and the top-k it learns from).
         verify_s: seconds in tree forwards, acceptance and KV compaction.
@@ -33,6 +36,8 @@ class GenerationStats:
     num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
     num_plain_steps: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import cached_property
 from typing import Iterable
 
 import numpy as np
+
+
+class Source(IntEnum):
+    """Where a draft node came from; acceptance is calibrated per source."""
+
+    LEARNED = 0  # a learned model of the LLM (ADED's tri-grams, Token Recycling), or unknown
+    CONTEXT = 1  # copied from the request's own prompt and output
+    PREDICTION = 2  # copied from the client's predicted output
+    HISTORY = 3  # copied from earlier requests' outputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +35,7 @@ class DraftTree:
         scores: ``[n]`` float64 or None, the drafter's belief that node i will be accepted
             (its whole path from the root, e.g. a product of probabilities; root 1.0). The
             engine calibrates scores into acceptance probabilities to size the tree.
+        sources: ``[n]`` int8 or None, each node's ``Source`` (None: all ``LEARNED``).
 
     Raises:
         ValueError: if the arrays do not describe a valid rooted tree.
@@ -33,6 +44,7 @@ class DraftTree:
     tokens: np.ndarray
     parents: np.ndarray
     scores: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         tokens = np.ascontiguousarray(self.tokens, dtype=np.int64)
@@ -54,6 +66,11 @@ class DraftTree:
             if scores.shape != tokens.shape:
                 raise ValueError(f"scores must have one entry per node, got shape {scores.shape} for {tokens.size} nodes")
             object.__setattr__(self, "scores", scores)
+        if self.sources is not None:
+            sources = np.ascontiguousarray(self.sources, dtype=np.int8)
+            if sources.shape != tokens.shape:
+                raise ValueError(f"sources must have one entry per node, got shape {sources.shape} for {tokens.size} nodes")
+            object.__setattr__(self, "sources", sources)
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "parents", parents)
 
@@ -128,7 +145,7 @@ class DraftTree:
         """
         if size >= self.size:
             return self
-        return DraftTree(self.tokens[:size], self.parents[:size], None if self.scores is None else self.scores[:size])
+        return self.subtree(np.arange(size))
 
     def first_chain(self) -> DraftTree:
         """The chain that follows each node's first child (the drafter's top-ranked one).
@@ -161,7 +178,8 @@ class DraftTree:
         parents = np.where(old_parents >= 0, new_index[np.maximum(old_parents, 0)], -1)
         if np.any(parents[1:] < 0):
             raise ValueError("subtree: every kept node's parent must be kept")
-        return DraftTree(self.tokens[keep], parents, None if self.scores is None else self.scores[keep])
+        return DraftTree(self.tokens[keep], parents, None if self.scores is None else self.scores[keep],
+                         None if self.sources is None else self.sources[keep])
 
 
 class TreeBuilder:
@@ -181,6 +199,7 @@ class TreeBuilder:
         self.tokens: list[int] = [int(root_token)]
         self.parents: list[int] = [-1]
         self.scores: list[float] = [1.0]
+        self.sources: list[int] = [int(Source.LEARNED)]
         self._children: dict[tuple[int, int], int] = {}
 
     @property
@@ -188,13 +207,15 @@ class TreeBuilder:
         """True once the budget is spent."""
         return len(self.tokens) >= self.budget
 
-    def add_child(self, parent: int, token: int, score: float = 0.0) -> int | None:
-        """Adds (or finds) ``token`` under ``parent``; a node found again keeps the higher score.
+    def add_child(self, parent: int, token: int, score: float = 0.0, source: int = Source.LEARNED) -> int | None:
+        """Adds (or finds) ``token`` under ``parent``; a node found again keeps the higher score
+        (and the source that gave it).
 
         Args:
             parent: the parent's node index.
             token: the child's token id.
             score: the drafter's belief that the child's whole path is accepted.
+            source: where the child came from (``Source``).
 
         Returns:
             The child's node index, or None when the budget is spent.
@@ -202,7 +223,8 @@ class TreeBuilder:
         key = (parent, int(token))
         node = self._children.get(key)
         if node is not None:
-            self.scores[node] = max(self.scores[node], score)
+            if score > self.scores[node]:
+                self.scores[node], self.sources[node] = score, int(source)
             return node
         if self.full:
             return None
@@ -210,16 +232,19 @@ class TreeBuilder:
         self.tokens.append(int(token))
         self.parents.append(parent)
         self.scores.append(score)
+        self.sources.append(int(source))
         self._children[key] = node
         return node
 
-    def add_path(self, tokens: Iterable[int], start: int = 0, scores: Iterable[float] | None = None) -> int:
+    def add_path(self, tokens: Iterable[int], start: int = 0, scores: Iterable[float] | None = None,
+                 source: int = Source.LEARNED) -> int:
         """Add a chain of tokens below node ``start``, stopping when the budget is spent.
 
         Args:
             tokens: the chain.
             start: the node it hangs from.
             scores: per token, its node's score (default 0).
+            source: where the chain came from (``Source``).
 
         Returns:
             How many of the tokens are in the tree afterwards.
@@ -227,7 +252,7 @@ class TreeBuilder:
         node = start
         added = 0
         for token, score in zip(tokens, scores if scores is not None else itertools.repeat(0.0)):
-            child = self.add_child(node, token, score)
+            child = self.add_child(node, token, score, source)
             if child is None:
                 break
             node = child
@@ -237,4 +262,4 @@ class TreeBuilder:
     def build(self) -> DraftTree:
         """The tree built so far."""
         return DraftTree(np.array(self.tokens, dtype=np.int64), np.array(self.parents, dtype=np.int64),
-                         np.array(self.scores, dtype=np.float64))
+                         np.array(self.scores, dtype=np.float64), np.array(self.sources, dtype=np.int8))

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaspec.drafters import StepFeedback, make_drafter, parse_drafter_spec
+from adaspec.drafters.base import DraftRequest
 from adaspec.drafters.aded import AdedConfig, AdedDrafter
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
 from adaspec.drafters.trigram import TrigramTable
@@ -164,7 +165,7 @@ def feedback(tree: DraftTree, topk: list[list[int]], accepted: list[int], next_t
 @pytest.mark.parametrize("builder", ["best-first", "mcts"])
 def test_the_drafter_learns_the_verifiers_candidates_in_context(builder) -> None:
     drafter = AdedDrafter(VOCAB, AdedConfig(builder=builder, prompt_rate=0, accepted_rate=0, feedback_width=2))
-    drafter.begin(np.array([3, 4]))
+    drafter.begin(DraftRequest(np.array([3, 4])))
     tree = DraftTree(np.array([9, 11]), np.array([-1, 0]))
     drafter.observe(feedback(tree, [[11, 12], [21, 22]], accepted=[0, 1], next_token=21, before_root=4))
     # learned: (4, 9) -> 11 / 12 and (9, 11) -> 21 / 22
@@ -179,15 +180,15 @@ def test_the_drafter_learns_the_verifiers_candidates_in_context(builder) -> None
 def test_each_learning_source_can_be_switched_off() -> None:
     prompt = np.array([5, 6, 7, 5, 6])
     learns_prompt = AdedDrafter(VOCAB, AdedConfig(topk_rate=0, accepted_rate=0))
-    learns_prompt.begin(prompt)
+    learns_prompt.begin(DraftRequest(prompt))
     assert learns_prompt.propose(prompt, budget=4).tokens.tolist()[:3] == [6, 7, 5]
     silent = AdedDrafter(VOCAB, AdedConfig(topk_rate=0, accepted_rate=0, prompt_rate=0))
     assert silent.feedback_width == 0
-    silent.begin(prompt)
+    silent.begin(DraftRequest(prompt))
     silent.observe(feedback(DraftTree(np.array([6]), np.array([-1])), [[]], accepted=[0], next_token=7))
     assert len(silent.table) == 0
     accepts = AdedDrafter(VOCAB, AdedConfig(topk_rate=0, prompt_rate=0))
-    accepts.begin(np.array([1, 2]))
+    accepts.begin(DraftRequest(np.array([1, 2])))
     accepts.observe(feedback(DraftTree(np.array([3, 4]), np.array([-1, 0])), [[], []], accepted=[0, 1], next_token=8,
                             before_root=2))
     assert accepts.table.successors(3, 4)[0].tolist() == [8]  # from the output 2 3 4 8
@@ -196,7 +197,7 @@ def test_each_learning_source_can_be_switched_off() -> None:
 
 def test_drafter_state_saves_and_loads_as_a_prior(tmp_path) -> None:
     drafter = AdedDrafter(VOCAB)
-    drafter.begin(np.array([1, 2, 3, 1, 2, 3, 1]))
+    drafter.begin(DraftRequest(np.array([1, 2, 3, 1, 2, 3, 1])))
     drafter.save(tmp_path / "state.npz")
     fresh = make_drafter(f"aded:prior_path={tmp_path / 'state.npz'}", VOCAB)
     context = np.array([3, 1])

@@ -107,24 +107,36 @@ def test_reliability_bins_predictions_and_reports_the_calibration_error() -> Non
     assert report["calibration_error"] == pytest.approx((0.2 + 0.8) / 4)
 
 
-def test_sizer_explores_after_plain_steps_and_backs_off_when_explorations_fail() -> None:
+def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> None:
     shared = TreeSizer(CPU, explore_every=4, explore_max=16, explore_nodes=3)
     sizer = shared.begin("greedy")
     weak = chain([1.0, 0.05, 0.04, 0.03])  # never worth a tree on the CPU curve
-    sizes = []
-    for _ in range(40):
-        verified = sizer.size(weak)
+    sizes, drafted = [], 0
+    for _ in range(40):  # as Session.propose drives it
+        if not sizer.wants_draft():
+            sizer.skip()
+            sizes.append(1)
+            continue
+        drafted += 1
+        verified = sizer.size(weak, draft_ms=0.5)
         sizes.append(verified.size)
         sizer.update(verified, np.array([0]))  # nothing is ever accepted
     explored = [i for i, size in enumerate(sizes) if size > 1]
     assert all(sizes[i] == 3 for i in explored)
     assert np.diff(explored).tolist() == [9, 17]  # waits of 4, then 8, then 16 plain steps
     assert shared.plain_steps == 40 - len(explored)
-    sizer.size(weak)
-    sizer.since_tree = sizer.wait + 1  # force the next exploration, and let it succeed
+    assert drafted == 2 * len(explored) + 1  # the drafter ran only to explore (and once after each try)
+    assert shared.begin("greedy").setting.wait == 16  # a new request inherits the backed-off wait
+    sizer.since_tree = sizer.setting.wait  # force the next exploration, and let it succeed
     verified = sizer.size(weak)
     sizer.update(verified, np.array([0, 1]))
-    assert sizer.wait == 4
+    assert sizer.setting.wait == 4
+
+
+def test_drafting_time_counts_against_a_tree() -> None:
+    acceptance = np.array([1.0, 0.9])  # a one-node draft that pays on the verify curve alone
+    assert choose_nodes(acceptance, CPU).size == 2
+    assert choose_nodes(acceptance, CPU, draft_ms=100.0).size == 1  # not once drafting costs more than it saves
 
 
 def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> None:
@@ -136,7 +148,7 @@ def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> 
         expected = plain.generate(prompt, max_new_tokens=40)
         got = auto.generate(prompt, max_new_tokens=40)
         assert got.token_ids == expected.token_ids
-    assert all(c.proposed.sum() > 0 for c in auto.sizer.calibrators.values())
+    assert all(s.calibrator.proposed.sum() > 0 for s in auto.sizer.calibrators.values())
     with pytest.raises(AdaspecError, match="budget"):
         Generator(model, budget="big")
     with pytest.raises(AdaspecError, match="not a latency profile"):

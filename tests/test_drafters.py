@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaspec.drafters import StepFeedback, make_drafter
+from adaspec.drafters.base import DraftRequest
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter, continuations, recent_matches
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter, build_template
 from adaspec.errors import AdaspecError
@@ -159,7 +160,7 @@ def test_hybrid_trees_are_valid(context, budget, learned) -> None:
     if learned == "recycling":
         drafter.parts[1].candidates[:] = np.arange(10)[::-1][: drafter.parts[1].config.feedback_width]
     else:
-        drafter.parts[1].begin(np.arange(10)[::-1])  # a prompt to learn tri-grams from
+        drafter.parts[1].begin(DraftRequest(np.arange(10)[::-1]))  # a prompt to learn tri-grams from
     tree = drafter.propose(np.array(context), budget)
     assert tree.size <= budget and tree.tokens[0] == context[-1] and no_duplicate_siblings(tree)
     assert tree.scores is not None and np.all(tree.scores[1:] <= 1.0)

@@ -85,7 +85,7 @@ def test_stats_arithmetic_on_hand_made_steps() -> None:
 class OversizedDrafter(PlainDrafter):
     name = "oversized"
 
-    def propose(self, context, budget):
+    def propose(self, context, budget, state=None):
         return DraftTree(np.full(budget + 1, context[-1]), np.arange(-1, budget))
 
 

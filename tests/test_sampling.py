@@ -108,10 +108,10 @@ class RandomTreeDrafter:
         self.vocab_size = vocab_size
         self.rng = np.random.default_rng(seed)
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request) -> None:
         pass
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state=None) -> DraftTree:
         tokens, parents = [int(context[-1])], [-1]
         while len(tokens) < budget:
             if self.rng.random() < 0.5:  # a chain under the newest node
@@ -122,7 +122,10 @@ class RandomTreeDrafter:
             parents.append(parent)
         return DraftTree(np.array(tokens), np.array(parents))
 
-    def observe(self, step) -> None:
+    def observe(self, step, state=None) -> None:
+        pass
+
+    def end(self, state, output) -> None:
         pass
 
 
@@ -278,3 +281,20 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
                 float_noise_log.append(f"sampling {drafter}: {what}")
     assert boundary_misses <= MAX_BOUNDARY_MISSES and len(mismatches) == boundary_misses, "\n".join(mismatches)
     assert accepted > 0  # speculation really happened
+
+
+def test_the_host_side_pick_equals_the_torch_pick() -> None:
+    """llama.cpp's backend picks tokens with numpy (no torch in its step); both implementations
+    of the same rule give the same tokens and candidates on the same logits and uniforms."""
+    from adaspec.backends.base import Pick, pick_outputs, pick_outputs_host
+
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((200, 3000)) * 4).astype(np.float32)  # [n, V]
+    for params in (SamplingParams(), SamplingParams(0.8, 50, 0.9, 1), SamplingParams(1.0, 0, 0.95, 1),
+                   SamplingParams(0.5, 0, 1.0, 1), SamplingParams(1.3, 7, 1.0, 1)):
+        uniforms = None if params.greedy else rng.random(200)
+        ours = pick_outputs(torch.from_numpy(logits), Pick(params, uniforms, 5))
+        host = pick_outputs_host(logits, Pick(params, uniforms, 5))
+        assert np.array_equal(ours.tokens, host.tokens), params
+        assert np.array_equal(ours.topk_ids, host.topk_ids)
+        assert np.allclose(ours.topk_probs, host.topk_probs, rtol=1e-5, atol=1e-7)

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from adaspec.sampling import SamplingParams, sample_tokens, target_probs
+from adaspec.sampling import SamplingParams, sample_tokens, sample_tokens_host, target_probs, target_probs_host
 from adaspec.tree import DraftTree
 
 DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (README)
@@ -242,3 +242,31 @@ def pick_outputs(logits: torch.Tensor, pick: Pick) -> NodeOutputs:
     # one device-to-host copy: ids and tokens side by side as [n, k + 1] int64
     packed = torch.cat([tokens[:, None].to(ids.dtype), ids], dim=1).cpu().numpy()
     return NodeOutputs(packed[:, 0].copy(), packed[:, 1:], probs.cpu().numpy().astype(np.float32))
+
+
+def pick_outputs_host(logits: np.ndarray, pick: Pick) -> NodeOutputs:
+    """``pick_outputs`` in numpy, for logits in host memory (llama.cpp's): no torch in the step.
+
+    Args:
+        logits: ``[n, V]`` float32 logits.
+        pick: greedy or sampling, and the feedback width.
+
+    Returns:
+        The node outputs.
+    """
+    n = logits.shape[0]
+    if pick.sampling.greedy:
+        tokens = logits.argmax(axis=-1).astype(np.int64)  # [n]
+    else:
+        tokens = sample_tokens_host(target_probs_host(logits, pick.sampling), np.asarray(pick.uniforms))  # [n]
+    k = pick.feedback_width
+    if k <= 0:
+        return NodeOutputs(tokens, np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32))
+    top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # [n, k] unordered
+    values = np.take_along_axis(logits, top, axis=-1)  # [n, k]
+    order = np.argsort(-values, axis=-1, kind="stable")
+    ids = np.take_along_axis(top, order, axis=-1).astype(np.int64)  # [n, k] best first
+    values = np.take_along_axis(values, order, axis=-1).astype(np.float64)
+    peak = logits.max(axis=-1, keepdims=True).astype(np.float64)  # [n, 1]
+    log_total = peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True, dtype=np.float64))  # [n, 1]
+    return NodeOutputs(tokens, ids, np.exp(values - log_total).astype(np.float32))

@@ -25,9 +25,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from adaspec.backends.base import BatchSupport, NodeOutputs, Pick, pick_outputs, safe_name
+from adaspec.backends.base import BatchSupport, NodeOutputs, Pick, pick_outputs_host, safe_name
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
 
@@ -51,27 +50,52 @@ def llama_cpp_module():
     return llama_cpp
 
 
-def build_is_batch_invariant() -> bool | None:
-    """Whether the installed llama.cpp computes a token's logits the same in a batch as alone.
+# what ggml's CPU library says it was compiled with (``ggml_cpu_has_<feature>``)
+BUILD_FEATURES = ("llamafile", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8")
 
-    llamafile's sgemm, used for batches of 2+ rows, sums in another order than the one-row
-    kernel; a build without it (``-DGGML_LLAMAFILE=OFF``) has one kernel for every batch size.
-    The answer comes from the build itself: ggml's CPU library reports whether it was compiled
-    with llamafile (``ggml_cpu_has_llamafile``).
+
+def build_features() -> dict[str, bool] | None:
+    """The installed llama.cpp build's compile-time CPU features, asked of the build itself.
 
     Returns:
-        True or False, or None when the build's CPU library cannot be asked (an unknown layout).
+        Feature name -> compiled in, or None when the build's CPU library cannot be asked (an
+        unknown layout, such as one library per CPU variant).
     """
     folder = Path(llama_cpp_module().__file__).parent / "lib"
     for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
         if (folder / name).is_file():
             try:
-                has_llamafile = ctypes.CDLL(str(folder / name)).ggml_cpu_has_llamafile
+                library = ctypes.CDLL(str(folder / name))
+                features = {}
+                for feature in BUILD_FEATURES:
+                    probe = getattr(library, f"ggml_cpu_has_{feature}")
+                    probe.restype = ctypes.c_int
+                    features[feature] = probe() != 0
             except (OSError, AttributeError):
                 return None
-            has_llamafile.restype = ctypes.c_int
-            return has_llamafile() == 0
+            return features
     return None
+
+
+def build_is_batch_invariant() -> bool | None:
+    """Whether the installed llama.cpp computes a token's logits the same in a batch as alone.
+
+    llamafile's sgemm, used for batches of 2+ rows, sums in another order than the one-row
+    kernel; a build without it (``-DGGML_LLAMAFILE=OFF``) has one kernel for every batch size.
+    The answer comes from the build itself (``build_features``).
+
+    Returns:
+        True or False, or None when the build cannot be asked.
+    """
+    features = build_features()
+    return None if features is None else not features["llamafile"]
+
+
+def build_label() -> str:
+    """A short name of the build's instruction set, for profile keys (``avx512``, ``avx2``...)."""
+    features = build_features() or {}
+    isa = "avx512" if features.get("avx512") else "avx2" if features.get("avx2") else "generic"
+    return isa + ("-amx" if features.get("amx_int8") else "") + ("-llamafile" if features.get("llamafile") else "")
 
 
 class LlamaWeights:
@@ -101,6 +125,7 @@ class LlamaWeights:
             raise AdaspecError(f"this llama.cpp build {why}; exact verification needs a -DGGML_LLAMAFILE=OFF "
                                f"build ({INSTALL_HINT})")
         self.exact = bool(invariant) if exact is None else exact
+        self.build = build_label()  # the build's instruction set: profiles measured on another build do not apply
         if invariant:
             # ggml's tiled K-quant matmul (Q2_K..Q6_K, IQ*) takes over from 8 rows up and sums in
             # another order than the one-row kernel. ggml reads this switch once per process, at
@@ -186,7 +211,7 @@ class LlamaCppBackend:
         self.vocab_size = weights.vocab_size
         self.chain_only = weights.exact
         self.profile_key = (f"llama.cpp-{safe_name(weights.path.stem)}-{weights.device}-{weights.configuration}"
-                            f"-t{weights.threads}")
+                            f"-{weights.build}-t{weights.threads}")
         self.batch_size = max(batch, MAX_TREE)
         self.max_seqs = 1 if weights.exact else MAX_TREE + 1  # sequence 0 plus one per leaf
         params = lib.llama_context_default_params()
@@ -245,7 +270,7 @@ class LlamaCppBackend:
             self._decode(n)
         self._length = int(prompt_ids.size)
         self._held = np.array(prompt_ids, dtype=np.int64)
-        return pick_outputs(self.last_logits(1), pick)
+        return pick_outputs_host(self.last_logits(1), pick)
 
     def cached_prefix(self, prompt_ids: np.ndarray) -> int:
         """How many leading prompt tokens the context's cells already hold from the previous request.
@@ -287,7 +312,7 @@ class LlamaCppBackend:
             self._leaves = self._assign_sequences(tree)
         self._tree = tree
         self._decode(n)
-        return pick_outputs(self.last_logits(n), pick)
+        return pick_outputs_host(self.last_logits(n), pick)
 
     def _on_sequence_zero(self, n: int) -> None:
         """Puts the batch's first ``n`` tokens on sequence 0 alone."""
@@ -359,10 +384,10 @@ class LlamaCppBackend:
             raise AdaspecError(f"llama_decode failed with status {status}"
                                + (" (no free KV cells: the context is full)" if status == 1 else ""))
 
-    def last_logits(self, n: int) -> torch.Tensor:
+    def last_logits(self, n: int) -> np.ndarray:
         """``[n, V]`` float32 logits of the last decode's output rows (a view; used before the next decode)."""
         pointer = self._lib.llama_get_logits(self.ctx)
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)))
+        return np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size))
 
     def __del__(self) -> None:
         self.close()

@@ -51,15 +51,32 @@ class LlamaCppPeer:
         Raises:
             AdaspecError: when the peer process has died.
         """
-        request = {"prompt_ids": [int(t) for t in prompt_ids], "new_tokens": new_tokens, "eos": self.eos_token_ids}
+        reply = self.ask(prompt_ids, new_tokens)
+        return RunRecord(label[0], label[1], self.name, label[2], len(reply["tokens"]), reply["seconds"],
+                         reply["tokens"])
+
+    def ask(self, prompt_ids: np.ndarray, new_tokens: int, reuse: bool = False) -> dict:
+        """One generation in the peer's process.
+
+        Args:
+            prompt_ids: ``[p]`` the prompt.
+            new_tokens: the most tokens to generate.
+            reuse: keep what the peer's context holds of the prompt's prefix.
+
+        Returns:
+            ``tokens``, ``seconds`` and ``first_token_s`` (see ``peer_worker.generate``).
+
+        Raises:
+            AdaspecError: when the peer process has died.
+        """
+        request = {"prompt_ids": [int(t) for t in prompt_ids], "new_tokens": new_tokens, "eos": self.eos_token_ids,
+                   "reuse": reuse}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
             raise AdaspecError(f"the {self.name} peer process ended (exit code {self.process.poll()})")
-        reply = json.loads(line)
-        return RunRecord(label[0], label[1], self.name, label[2], len(reply["tokens"]), reply["seconds"],
-                         reply["tokens"])
+        return json.loads(line)
 
     def close(self) -> None:
         """Ends the peer's process."""

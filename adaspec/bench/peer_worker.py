@@ -2,9 +2,11 @@
 
 A user who runs llama-cpp-python runs it in their own process, with no torch, no adaspec and no
 other model beside it; the benchmark's peers do the same. The parent writes one JSON line per
-request (``{"prompt_ids": [...], "new_tokens": N, "eos": [...]}``) and reads one back
-(``{"tokens": [...], "seconds": s}``); the time is measured here, around the generation alone,
-exactly as adaspec's methods are timed in theirs.
+request (``{"prompt_ids": [...], "new_tokens": N, "eos": [...], "reuse": false}``) and reads one
+back (``{"tokens": [...], "seconds": s, "first_token_s": t}``); the time is measured here, around
+the generation alone, exactly as adaspec's methods are timed in theirs. With ``reuse`` the
+context keeps what it holds of the prompt's prefix (llama-cpp-python's own prefix reuse, as a
+chat client re-sending a conversation gets it).
 
     python -m adaspec.bench.peer_worker MODEL.gguf NAME THREADS CONTEXT
 """
@@ -41,26 +43,30 @@ def make_llm(path: str, name: str, threads: int, context: int):
                  draft_model=draft, logits_all=draft is not None, verbose=False)
 
 
-def generate(llm, prompt_ids: list[int], new_tokens: int, eos: set[int]) -> tuple[list[int], float]:
-    """Greedy ``Llama.generate`` from a fresh context (no prefix kept from an earlier request).
+def generate(llm, prompt_ids: list[int], new_tokens: int, eos: set[int], reuse: bool = False) -> dict:
+    """Greedy ``Llama.generate``, from a fresh context or keeping the cached prefix.
 
     Args:
         llm: the peer.
         prompt_ids: the prompt's token ids.
         new_tokens: the most tokens to generate.
         eos: tokens that end generation.
+        reuse: keep the context's cells of the prompt's prefix (else start empty).
 
     Returns:
-        The generated ids and the seconds it took.
+        ``tokens`` generated, ``seconds`` it took and ``first_token_s``.
     """
-    llm.reset()
+    if not reuse:
+        llm.reset()
     tokens: list[int] = []
     started = time.perf_counter()
-    for token in llm.generate(prompt_ids, temp=0.0, reset=True):
+    first = None
+    for token in llm.generate(prompt_ids, temp=0.0, reset=not reuse):
+        first = first or time.perf_counter() - started
         tokens.append(int(token))
         if token in eos or len(tokens) >= new_tokens:
             break
-    return tokens, time.perf_counter() - started
+    return {"tokens": tokens, "seconds": time.perf_counter() - started, "first_token_s": first}
 
 
 def main() -> None:
@@ -70,8 +76,8 @@ def main() -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        tokens, seconds = generate(llm, request["prompt_ids"], request["new_tokens"], set(request["eos"]))
-        print(json.dumps({"tokens": tokens, "seconds": seconds}), flush=True)
+        print(json.dumps(generate(llm, request["prompt_ids"], request["new_tokens"], set(request["eos"]),
+                                  request.get("reuse", False))), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from adaspec.tree import DraftTree
+from adaspec.tree import DraftTree, Source
 
 DEFAULT_BINS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85, 1.0001)
 
 
 class AcceptanceCalibrator:
-    """Maps node scores (and depths) to acceptance probabilities, learned from verification.
+    """Maps node scores (by source and depth) to acceptance probabilities, learned from verification.
+
+    Kept apart per draft source (``tree.Source``: a learned model of the LLM, a copy from the
+    request's context, from the client's prediction, from earlier requests), because a score
+    means different things from each; depths up to ``max_depth`` keep cells of their own, so a
+    node 40 tokens down a verbatim copy is not judged like the 8th token of a guess. The score
+    itself carries the match length where a copy has one (longer matches score higher).
 
     Two levels of evidence, both forgetting old steps geometrically so the map follows the
     text being generated:
 
-    * per depth, how far the drafter's scores over- or under-state acceptance overall
-      (accepted nodes / summed scores, pooled over all scores): a node's prior is its score
-      times that ratio;
-    * per (depth, score bin), accepted / proposed counts, which move the estimate away
+    * per (source, depth), how far the drafter's scores over- or under-state acceptance
+      overall (accepted nodes / summed scores, pooled over all scores): a node's prior is its
+      score times that ratio;
+    * per (source, depth, score bin), accepted / proposed counts, which move the estimate away
       from the prior once the bin has been seen, ``prior_strength`` observations weighing
       as much as the prior.
 
@@ -29,21 +35,22 @@ class AcceptanceCalibrator:
         memory: steps after which old evidence weighs 1/e (the forgetting time constant).
     """
 
-    def __init__(self, bins: tuple[float, ...] = DEFAULT_BINS, max_depth: int = 8,
+    def __init__(self, bins: tuple[float, ...] = DEFAULT_BINS, max_depth: int = 64,
                  prior_strength: float = 2.0, memory: float = 256.0) -> None:
         self.edges = np.asarray(bins, dtype=np.float64)  # [b + 1]
         self.max_depth = max_depth
         self.prior_strength = prior_strength
         self.keep = 1.0 - 1.0 / memory  # weight of the existing evidence at each update
-        shape = (max_depth, self.edges.size - 1)
-        self.accepted = np.zeros(shape)  # [D, b] accepted nodes per cell (decayed)
-        self.proposed = np.zeros(shape)  # [D, b] verified nodes per cell (decayed)
-        self.scored = np.zeros(shape)  # [D, b] sum of verified nodes' scores per cell (decayed)
+        shape = (len(Source), max_depth, self.edges.size - 1)
+        self.accepted = np.zeros(shape)  # [S, D, b] accepted nodes per cell (decayed)
+        self.proposed = np.zeros(shape)  # [S, D, b] verified nodes per cell (decayed)
+        self.scored = np.zeros(shape)  # [S, D, b] sum of verified nodes' scores per cell (decayed)
 
-    def _cells(self, scores: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.clip(depths, 1, self.max_depth) - 1  # [n]
+    def _cells(self, tree: DraftTree, scores: np.ndarray, nodes: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sources = tree.sources[nodes] if tree.sources is not None else np.zeros(scores.size, dtype=np.int8)  # [n]
+        rows = np.clip(tree.depth[nodes], 1, self.max_depth) - 1  # [n]
         cols = np.clip(np.searchsorted(self.edges, scores, side="right") - 1, 0, self.edges.size - 2)  # [n]
-        return rows, cols
+        return sources.astype(np.int64), rows, cols
 
     @staticmethod
     def _scores(tree: DraftTree) -> np.ndarray:
@@ -51,24 +58,24 @@ class AcceptanceCalibrator:
         return tree.scores if tree.scores is not None else 0.5 ** tree.depth.astype(np.float64)
 
     def depth_ratio(self) -> np.ndarray:
-        """``[D]`` accepted / expected-by-score per depth, starting at 1 (the drafter trusted)."""
+        """``[S, D]`` accepted / expected-by-score per source and depth, starting at 1 (the drafter trusted)."""
         k = self.prior_strength
-        return (self.accepted.sum(axis=1) + k) / (self.scored.sum(axis=1) + k)
+        return (self.accepted.sum(axis=2) + k) / (self.scored.sum(axis=2) + k)
 
     def estimate(self, tree: DraftTree) -> np.ndarray:
         """Calibrated acceptance of every node of a tree.
 
         Args:
-            tree: the drafter's tree, with or without scores.
+            tree: the drafter's tree, with or without scores and sources.
 
         Returns:
             ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
         """
         scores = self._scores(tree)  # [n]
-        rows, cols = self._cells(scores, tree.depth)
+        sources, rows, cols = self._cells(tree, scores, slice(None))
         k = self.prior_strength
-        prior = np.minimum(scores * self.depth_ratio()[rows], 1.0)  # [n]
-        estimate = (self.accepted[rows, cols] + k * prior) / (self.proposed[rows, cols] + k)  # [n]
+        prior = np.minimum(scores * self.depth_ratio()[sources, rows], 1.0)  # [n]
+        estimate = (self.accepted[sources, rows, cols] + k * prior) / (self.proposed[sources, rows, cols] + k)  # [n]
         estimate[0] = 1.0
         for depth in range(1, int(tree.depth.max(initial=0)) + 1):  # a node is accepted only with its parent
             level = np.flatnonzero(tree.depth == depth)  # [w]
@@ -85,14 +92,14 @@ class AcceptanceCalibrator:
         if tree.size < 2:
             return
         scores = self._scores(tree)[1:]  # [n-1]
-        rows, cols = self._cells(scores, tree.depth[1:])
+        cells = self._cells(tree, scores, slice(1, None))
         hit = np.zeros(tree.size)  # [n]
         hit[accepted] = 1.0
         for counts in (self.accepted, self.proposed, self.scored):
             counts *= self.keep
-        np.add.at(self.proposed, (rows, cols), 1.0)
-        np.add.at(self.accepted, (rows, cols), hit[1:])
-        np.add.at(self.scored, (rows, cols), scores)
+        np.add.at(self.proposed, cells, 1.0)
+        np.add.at(self.accepted, cells, hit[1:])
+        np.add.at(self.scored, cells, scores)
 
 
 class Reliability:

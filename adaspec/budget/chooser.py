@@ -4,6 +4,7 @@ millisecond, and fall back to plain decoding when no tree pays for itself."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Hashable
 
 import numpy as np
@@ -12,16 +13,20 @@ from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
 from adaspec.budget.profile import LatencyProfile
 from adaspec.tree import DraftTree
 
-def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile) -> np.ndarray:
+
+def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: float = 0.0) -> np.ndarray:
     """The nodes worth verifying: the best prefix of the nodes in decreasing acceptance.
 
     Expected tokens of a step that verifies m draft nodes are 1 (the root's next token)
-    plus their acceptance probabilities; its cost is ``profile.cost(m + 1)``. The m with
-    the most expected tokens per millisecond wins; m = 0 is plain decoding.
+    plus their acceptance probabilities; its cost is ``profile.cost(m + 1)`` plus, for m > 0,
+    ``draft_ms``: what drafting costs a step, which plain decoding saves (a request decoding
+    plainly skips the drafter until its next exploration). The m with the most expected
+    tokens per millisecond wins; m = 0 is plain decoding.
 
     Args:
         acceptance: ``[n]`` float64 per node (root first), each at most its parent's.
         profile: the verify cost curve.
+        draft_ms: the drafter's measured time per step.
 
     Returns:
         ``[m + 1]`` int64 node indices to keep, increasing, root first; each node's parent
@@ -30,8 +35,8 @@ def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile) -> np.ndarray:
     order = np.argsort(-acceptance[1:], kind="stable") + 1  # [n-1] parents (smaller index, >= acceptance) come first
     order = order[: profile.max_size - 1]
     expected = 1.0 + np.concatenate(([0.0], np.cumsum(acceptance[order])))  # [m+1] for m = 0..
-    rate = expected / profile.cost(np.arange(1, expected.size + 1))
-    best = int(np.argmax(rate))
+    cost = profile.cost(np.arange(1, expected.size + 1)) + np.where(np.arange(expected.size) > 0, draft_ms, 0.0)
+    best = int(np.argmax(expected / cost))
     return np.sort(np.concatenate(([0], order[:best]))).astype(np.int64)
 
 
@@ -57,14 +62,17 @@ class TreeSizer:
     decoding setting, the reliability table); ``begin`` hands each request a ``RequestSizer``
     with its own exploration state.
 
-    While plain decoding wins, the calibration would never see a draft again; so after
-    ``explore_every`` plain steps in a row, one step verifies the ``explore_nodes`` likeliest
-    nodes anyway. An exploration that accepts nothing doubles the wait (up to
-    ``explore_max``); one that accepts resets it, so text that stays unpredictable costs almost
-    nothing and text that becomes predictable is noticed soon.
+    Once plain decoding wins a step, a request stops drafting: its next ``wait`` steps are
+    plain and cost nothing beyond a plain step. Then one step drafts again and, if plain
+    decoding still wins, verifies the ``explore_nodes`` likeliest nodes anyway (the
+    calibration would never see a draft otherwise). An exploration that accepts nothing
+    doubles the wait (up to ``explore_max``); one that accepts resets it to ``explore_every``,
+    so text that stays unpredictable costs almost nothing and text that becomes predictable
+    is noticed soon.
 
-    Calibration is kept per decoding setting (greedy, or each temperature / top-k / top-p),
-    because acceptance depends on it; settings are chosen by clients, so only the
+    Calibration and the exploration wait are kept per decoding setting (greedy, or each
+    temperature / top-k / top-p), shared by the requests that use it, so a new request starts
+    from what earlier ones learned; settings are chosen by clients, so only the
     ``max_settings`` most recently used are kept.
 
     Args:
@@ -82,7 +90,7 @@ class TreeSizer:
         self.explore_max = explore_max
         self.explore_nodes = explore_nodes
         self.max_settings = max_settings
-        self.calibrators: OrderedDict[Hashable, AcceptanceCalibrator] = OrderedDict()  # least recently used first
+        self.calibrators: OrderedDict[Hashable, SettingState] = OrderedDict()  # least recently used first
         self.reliability = Reliability()
         self.plain_steps = 0  # steps that verified the root alone, over all requests
         self.explorations = 0
@@ -97,47 +105,76 @@ class TreeSizer:
         Returns:
             The request's sizer.
         """
-        calibrator = self.calibrators.pop(setting, None) or AcceptanceCalibrator()
-        self.calibrators[setting] = calibrator  # now the most recently used
+        state = self.calibrators.pop(setting, None) or SettingState(AcceptanceCalibrator(), self.explore_every)
+        self.calibrators[setting] = state  # now the most recently used
         while len(self.calibrators) > self.max_settings:
             self.calibrators.popitem(last=False)  # a request still using it keeps its own reference
-        return RequestSizer(self, calibrator)
+        return RequestSizer(self, state)
+
+
+@dataclass
+class SettingState:
+    """What requests of one decoding setting share.
+
+    Attributes:
+        calibrator: their acceptance calibration.
+        wait: plain steps between explorations now.
+        draft_ms: the drafter's time per drafting step (a moving average), in milliseconds.
+    """
+
+    calibrator: AcceptanceCalibrator
+    wait: int
+    draft_ms: float = 0.0
 
 
 class RequestSizer:
-    """One request's side of ``TreeSizer``: its exploration wait and the tree in flight.
+    """One request's side of ``TreeSizer``: its plain streak and the tree in flight.
 
     Args:
-        shared: the sizer whose profile, calibration and counters it uses.
-        calibrator: the calibration of the request's decoding setting.
+        shared: the sizer whose profile and counters it uses.
+        setting: what the requests of its decoding setting share (calibration, wait).
     """
 
-    def __init__(self, shared: TreeSizer, calibrator: AcceptanceCalibrator) -> None:
+    def __init__(self, shared: TreeSizer, setting: SettingState) -> None:
         self.shared = shared
-        self.calibrator = calibrator
-        self.wait = shared.explore_every  # steps between explorations now
+        self.setting = setting
+        self.calibrator = setting.calibrator
         self.since_tree = 0  # plain steps in a row
         self._exploring = False
         self._predicted: np.ndarray | None = None  # [n] estimates of the tree being verified
 
-    def size(self, tree: DraftTree) -> DraftTree:
+    def wants_draft(self) -> bool:
+        """Whether this step should draft at all: not while a plain streak waits for its next exploration."""
+        return self.since_tree == 0 or self.since_tree >= self.setting.wait
+
+    def skip(self) -> None:
+        """Counts a plain step taken without drafting."""
+        self.since_tree += 1
+        self.shared.plain_steps += 1
+        self._exploring = False
+        self._predicted = None
+
+    def size(self, tree: DraftTree, draft_ms: float = 0.0) -> DraftTree:
         """Chooses the part of a drafted tree to verify this step.
 
         Args:
             tree: the drafter's whole tree.
+            draft_ms: what drafting it took, in milliseconds.
 
         Returns:
             A subtree of ``tree`` (possibly its root alone).
         """
-        shared = self.shared
+        shared, setting = self.shared, self.setting
+        setting.draft_ms = draft_ms if setting.draft_ms == 0.0 else 0.9 * setting.draft_ms + 0.1 * draft_ms
         acceptance = self.calibrator.estimate(tree)  # [n]
-        keep = choose_nodes(acceptance, shared.profile)
-        self.since_tree = 0 if keep.size > 1 else self.since_tree + 1
-        self._exploring = self.since_tree > self.wait and tree.size > 1
+        keep = choose_nodes(acceptance, shared.profile, setting.draft_ms)
+        streak = 0 if keep.size > 1 else self.since_tree + 1
+        self._exploring = keep.size == 1 and self.since_tree >= setting.wait and tree.size > 1
         if self._exploring:
             keep = best_nodes(acceptance, shared.explore_nodes)
-            self.since_tree = 0
+            streak = 0
             shared.explorations += 1
+        self.since_tree = streak
         shared.plain_steps += keep.size == 1
         self._predicted = acceptance[keep]
         return tree.subtree(keep)
@@ -149,11 +186,13 @@ class RequestSizer:
             tree: that tree.
             accepted: ``[k]`` its accepted node indices, root first.
         """
+        if self._predicted is None:  # a plain step taken without drafting: nothing to learn here
+            return
         self.calibrator.update(tree, accepted)
         hit = np.zeros(tree.size)  # [n]
         hit[accepted] = 1.0
-        if self._predicted is not None and self._predicted.size == tree.size:
+        if self._predicted.size == tree.size:
             self.shared.reliability.add(self._predicted[1:], hit[1:])
         if self._exploring:
-            shared = self.shared
-            self.wait = shared.explore_every if accepted.size > 1 else min(2 * self.wait, shared.explore_max)
+            shared, setting = self.shared, self.setting
+            setting.wait = shared.explore_every if accepted.size > 1 else min(2 * setting.wait, shared.explore_max)

@@ -15,6 +15,7 @@ from adaspec.drafters.hybrid import HybridConfig, HybridDrafter
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter
 from adaspec.drafters.plain import PlainDrafter
 from adaspec.drafters.recycling import RecyclingConfig, TokenRecyclingDrafter
+from adaspec.drafters.suffix import SuffixConfig, SuffixDrafter
 from adaspec.errors import AdaspecError
 
 # name -> factory taking the model's vocabulary size and a config (None for drafters without one)
@@ -24,10 +25,12 @@ DRAFTER_FACTORIES: dict[str, Callable[[int, Any], Drafter]] = {
     "recycling": lambda vocab_size, config: TokenRecyclingDrafter(vocab_size, config),
     "aded": lambda vocab_size, config: AdedDrafter(vocab_size, config),
     "hybrid": lambda vocab_size, config: make_hybrid(vocab_size, config or HybridConfig()),
+    "suffix": lambda vocab_size, config: SuffixDrafter(config or SuffixConfig()),
 }
 # the drafters whose tunables can be overridden in a spec
 DRAFTER_CONFIGS: dict[str, type] = {
     "lookup": LookupConfig, "recycling": RecyclingConfig, "aded": AdedConfig, "hybrid": HybridConfig,
+    "suffix": SuffixConfig,
 }
 
 
@@ -137,6 +140,8 @@ __all__ = [
     "LookupConfig",
     "TokenRecyclingDrafter",
     "RecyclingConfig",
+    "SuffixDrafter",
+    "SuffixConfig",
     "make_drafter",
     "parse_drafter_spec",
     "drafter_names",

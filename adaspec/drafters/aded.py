@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback, check_range
+from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
 from adaspec.drafters.trigram import MAX_CAPACITY, TrigramTable, trigrams
 from adaspec.tree import DraftTree
@@ -90,14 +90,14 @@ class AdedDrafter:
         self._parents = np.empty(buffer_size, dtype=np.int64)  # [buffer]
         self._probs = np.empty(buffer_size, dtype=np.float64)  # [buffer]
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request: DraftRequest) -> None:
         """Learns the prompt's tri-grams (source ``prompt``); the table persists across requests.
 
         Args:
-            prompt: ``[p]`` int64 prompt token ids.
+            request: the request, whose prompt is learned.
         """
         if self.config.prompt_rate > 0:
-            self.learn_sequence(prompt, self.config.prompt_rate)
+            self.learn_sequence(request.prompt, self.config.prompt_rate)
 
     def learn_sequence(self, tokens: np.ndarray, rate: float) -> None:
         """Moves the tri-gram and bigram rows of a token sequence towards what followed.
@@ -114,12 +114,13 @@ class AdedDrafter:
         self.table.update(self.table.context_keys(first, second), followers, ones, rate)
         self.table.update(second, followers, ones, rate)
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
         """Builds a tree from the tri-gram model.
 
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
             budget: the most nodes, root included.
+            state: None.
 
         Returns:
             The draft tree (the root alone when the table knows nothing about the context).
@@ -144,11 +145,12 @@ class AdedDrafter:
             )
         return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy(), self._probs[:n].copy())
 
-    def observe(self, step: StepFeedback) -> None:
+    def observe(self, step: StepFeedback, state: None = None) -> None:
         """Learns the verifier's top-K at every node and the tri-grams of the accepted text.
 
         Args:
             step: what the verifier said about the last tree.
+            state: None.
         """
         config = self.config
         tree = step.tree
@@ -167,6 +169,14 @@ class AdedDrafter:
         if config.accepted_rate > 0:
             produced = np.concatenate(([step.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
             self.learn_sequence(produced[1:] if step.before_root < 0 else produced, config.accepted_rate)
+
+    def end(self, state: None, output: np.ndarray) -> None:
+        """Nothing to do when a request ends: what it taught the table stays.
+
+        Args:
+            state: None.
+            output: the request's tokens (unused).
+        """
 
     def state(self) -> dict[str, np.ndarray]:
         """The learned table as arrays (what a server keeps across restarts).

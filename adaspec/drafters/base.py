@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,13 +38,28 @@ class StepFeedback:
         return self.tree.tokens[self.accepted]
 
 
+@dataclass(frozen=True, eq=False)
+class DraftRequest:
+    """What a drafter is told about a request when it begins.
+
+    Attributes:
+        prompt: ``[p]`` int64 the prompt's token ids.
+        scope: whose shared history the request may draft from and adds to (``""``: everyone
+            served by this drafter; a server can scope by tenant or client key).
+    """
+
+    prompt: np.ndarray
+    scope: str = ""
+
+
 @runtime_checkable
 class Drafter(Protocol):
     """Pure token-id logic that guesses what the model will say next.
 
-    A drafter never sees the model or its KV cache. Its state lives on the instance, is learned
-    from every request and shared by all of them: what belongs to one request (its context,
-    the token before the root) comes in the arguments, so requests may interleave step by step.
+    A drafter never sees the model or its KV cache. Its learned state lives on the instance and
+    is shared by all requests; what belongs to one request (its context, the token before the
+    root, and whatever ``begin`` returns for it) comes in the arguments and is owned by the
+    request, so requests may interleave step by step.
 
     Attributes:
         name: the registry name (``"lookup"``...).
@@ -55,32 +70,47 @@ class Drafter(Protocol):
     name: str
     feedback_width: int
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request: DraftRequest) -> Any:
         """Starts a new request.
 
         Args:
-            prompt: ``[p]`` int64 prompt token ids.
+            request: its prompt and scope.
+
+        Returns:
+            The request's own drafting state (None when the drafter keeps none), handed back to
+            ``propose``, ``observe`` and ``end``.
         """
         ...
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state: Any = None) -> DraftTree:
         """Guesses a tree of at most ``budget`` nodes.
 
         Args:
             context: ``[L]`` int64, every token so far (prompt and output); ``context[-1]`` is
                 the pending token and must be the tree's root.
             budget: the most nodes the tree may have, root included (>= 1).
+            state: what ``begin`` returned for this request.
 
         Returns:
             The draft tree, rooted at ``context[-1]``.
         """
         ...
 
-    def observe(self, step: StepFeedback) -> None:
+    def observe(self, step: StepFeedback, state: Any = None) -> None:
         """Learns from one verification step.
 
         Args:
             step: the verified tree, the accepted path and the verifier's top candidates.
+            state: what ``begin`` returned for this request.
+        """
+        ...
+
+    def end(self, state: Any, output: np.ndarray) -> None:
+        """The request is over (finished or abandoned).
+
+        Args:
+            state: what ``begin`` returned for it.
+            output: ``[m]`` int64 the tokens it generated.
         """
         ...
 

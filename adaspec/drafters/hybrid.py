@@ -9,12 +9,12 @@ drafter sees the same feedback, so each keeps learning.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from adaspec.drafters.base import Drafter, StepFeedback, check_range
-from adaspec.tree import DraftTree, TreeBuilder
+from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback, check_range
+from adaspec.tree import DraftTree, Source, TreeBuilder
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:
         if len(builder.tokens) >= limit:
             return
         score = float(tree.scores[node]) if tree.scores is not None else 0.0
-        child = builder.add_child(int(placed[tree.parents[node]]), int(tree.tokens[node]), score)
+        source = int(tree.sources[node]) if tree.sources is not None else Source.LEARNED
+        child = builder.add_child(int(placed[tree.parents[node]]), int(tree.tokens[node]), score, source)
         if child is None:
             return
         placed[node] = child
@@ -67,44 +68,59 @@ class HybridDrafter:
         self.shares = list(shares)
         self.feedback_width = max(p.feedback_width for p in self.parts)
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request: DraftRequest) -> list[Any]:
         """Starts a request in every part.
 
         Args:
-            prompt: ``[p]`` int64 prompt token ids, passed to each part.
-        """
-        for part in self.parts:
-            part.begin(prompt)
+            request: the request, passed to each part.
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+        Returns:
+            Each part's state for the request.
+        """
+        return [part.begin(request) for part in self.parts]
+
+    def propose(self, context: np.ndarray, budget: int, state: list[Any] | None = None) -> DraftTree:
         """The parts' trees merged in priority order.
 
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
             budget: the most nodes, root included.
+            state: the parts' states (from ``begin``).
 
         Returns:
             One tree holding each part's nodes, duplicates merged, until the budget is spent.
         """
+        states = state or [None] * len(self.parts)
         builder = TreeBuilder(int(context[-1]), budget)
-        for part, share in zip(self.parts, self.shares):
+        for part, share, part_state in zip(self.parts, self.shares, states):
             if builder.full:
                 break
             used = len(builder.tokens)
             limit = min(budget, used + max(1, round(share * (budget - 1))))
-            graft(builder, part.propose(context, limit - used + 1), limit)
+            graft(builder, part.propose(context, limit - used + 1, part_state), limit)
         return builder.build()
 
-    def observe(self, step: StepFeedback) -> None:
+    def observe(self, step: StepFeedback, state: list[Any] | None = None) -> None:
         """Every part learns from the same step (each reads only the top-K it asked for).
 
         Args:
             step: what the verifier said about the merged tree.
+            state: the parts' states.
         """
-        for part in self.parts:
+        for part, part_state in zip(self.parts, state or [None] * len(self.parts)):
             k = part.feedback_width
             part.observe(StepFeedback(step.tree, step.accepted, step.next_token, step.topk_ids[:, :k], step.topk_probs[:, :k],
-                                      step.before_root))
+                                      step.before_root), part_state)
+
+    def end(self, state: list[Any] | None, output: np.ndarray) -> None:
+        """Ends the request in every part.
+
+        Args:
+            state: the parts' states.
+            output: the request's tokens.
+        """
+        for part, part_state in zip(self.parts, state or [None] * len(self.parts)):
+            part.end(part_state, output)
 
     def state(self) -> dict[str, np.ndarray]:
         """The learned state of every part that has one, keyed ``<part index>.<array>``.

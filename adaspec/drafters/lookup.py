@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback, check_range
-from adaspec.tree import DraftTree, TreeBuilder
+from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.tree import DraftTree, Source, TreeBuilder
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,20 @@ class PromptLookupDrafter:
     def __init__(self, config: LookupConfig | None = None) -> None:
         self.config = config or LookupConfig()
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request: DraftRequest) -> None:
         """Nothing to prepare: the context is searched afresh each step (one compiled scan).
 
         Args:
-            prompt: ``[p]`` int64 prompt token ids (unused).
+            request: the request (unused).
         """
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
         """Merges the continuations of the longest matching suffixes into one trie.
 
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
             budget: the most nodes, root included.
+            state: None.
 
         Returns:
             The draft tree (root only when nothing matches).
@@ -114,14 +115,25 @@ class PromptLookupDrafter:
         for ngram in range(cfg.max_ngram, cfg.min_ngram - 1, -1):
             reliability = ngram / (ngram + 1)  # longer matches are likelier to continue alike
             for continuation in continuations(context, found[ngram], cfg.max_depth):
-                builder.add_path(continuation, scores=reliability ** np.arange(1, continuation.size + 1))
+                builder.add_path(continuation, scores=reliability ** np.arange(1, continuation.size + 1),
+                                 source=Source.CONTEXT)
                 if builder.full:
                     return builder.build()
         return builder.build()
 
-    def observe(self, step: StepFeedback) -> None:
+    def observe(self, step: StepFeedback, state: None = None) -> None:
         """Nothing to learn: the context already holds the accepted tokens.
 
         Args:
             step: the verification step (unused).
+            state: None.
         """
+
+    def end(self, state: None, output: np.ndarray) -> None:
+        """Nothing to do when a request ends.
+
+        Args:
+            state: None.
+            output: the request's tokens (unused).
+        """
+

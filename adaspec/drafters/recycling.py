@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import StepFeedback, check_range
+from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
 from adaspec.tree import DraftTree
 
 
@@ -129,19 +129,20 @@ class TokenRecyclingDrafter:
         strength = self.config.prior_strength
         return (self.rank_hits + strength * prior) / (self.rank_trials + strength)
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, request: DraftRequest) -> None:
         """Nothing to reset: the table deliberately persists across requests.
 
         Args:
-            prompt: ``[p]`` int64 prompt token ids (unused).
+            request: the request (unused).
         """
 
-    def propose(self, context: np.ndarray, budget: int) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
         """Reads a tree out of the candidate table along the template.
 
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
             budget: the most nodes, root included.
+            state: None.
 
         Returns:
             The draft tree; branches under tokens never seen are left out.
@@ -161,11 +162,12 @@ class TokenRecyclingDrafter:
         parents = np.where(old_parents >= 0, new_index[old_parents], -1)
         return DraftTree(tokens[keep], parents, template.path_probs[keep])
 
-    def observe(self, step: StepFeedback) -> None:
+    def observe(self, step: StepFeedback, state: None = None) -> None:
         """Updates rank statistics, then recycles every node's top-K into the table.
 
         Args:
             step: the verified tree, the accepted path and every node's top-K candidates.
+            state: None.
         """
         path_tokens = step.accepted_tokens  # [k]
         truth = np.append(path_tokens[1:], step.next_token)  # [k], what the model said after each
@@ -180,6 +182,14 @@ class TokenRecyclingDrafter:
             self.template = build_template(
                 self.rank_probabilities(), self.config.template_nodes, self.config.max_depth
             )
+
+    def end(self, state: None, output: np.ndarray) -> None:
+        """Nothing to do when a request ends: what it taught the table stays.
+
+        Args:
+            state: None.
+            output: the request's tokens (unused).
+        """
 
     def state(self) -> dict[str, np.ndarray]:
         """The candidate table and rank statistics as arrays.

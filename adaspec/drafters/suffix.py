@@ -1,0 +1,257 @@
+"""Suffix decoding: draft what followed the text's last tokens wherever they occurred before, in
+the request's own context and in a bounded history of earlier requests.
+
+Each request keeps an index of its own prompt and output; the drafter keeps, per scope, a
+history of past outputs (optionally prompts) shared by the requests of that scope and bounded
+in tokens (oldest out). A step looks up the context's suffix in both (``SuffixIndex``: longest
+match first, up to 64 tokens), merges what followed the matches into a tree whose nodes are
+scored by how many matches agree on them, and lets the draft grow with the match: a 4-token
+match drafts ~10 tokens, a 30-token match (a verbatim copy under way) up to 64. Per-step cost
+does not depend on how many tokens the history holds.
+
+Scopes keep users apart: a request drafts only from its own scope's history and adds only to it
+(the server maps scopes to tenants or API keys, or turns history off).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
+from adaspec.tree import DraftTree, Source, TreeBuilder
+
+MAX_HISTORY_TOKENS = 1 << 24  # the most tokens one scope's history may keep
+
+
+@dataclass
+class SuffixConfig:
+    """Tunables of the suffix drafter.
+
+    Attributes:
+        history_tokens: tokens of earlier requests kept per scope (0 turns the shared history off).
+        scopes: scopes whose history is kept (least recently used out).
+        learn_prompts: add prompts, not only outputs, to the history.
+        max_depth: the deepest draft node.
+        max_match: the longest match measured.
+        depth_per_match: a draft reaches at most ``2 + depth_per_match * match length`` tokens deep.
+        ways: occurrences remembered per window (the most branches one match can offer).
+    """
+
+    history_tokens: int = 1 << 20
+    scopes: int = 16
+    learn_prompts: bool = False
+    max_depth: int = 64
+    max_match: int = 64
+    depth_per_match: float = 2.0
+    ways: int = 4
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("history_tokens", 0, MAX_HISTORY_TOKENS), ("scopes", 1, 1024), ("max_depth", 1, 256),
+                                ("max_match", 1, 64), ("depth_per_match", 0.0, 64.0), ("ways", 1, 16)):
+            check_range(name, getattr(self, name), low, high)
+
+
+@dataclass
+class SuffixRequest:
+    """One request's side of the suffix drafter.
+
+    Attributes:
+        own: an index of the request's context (prompt and output).
+        indexed: context tokens already in ``own``.
+        scope: the history it drafts from and adds to.
+        prompt: its prompt (added to the history at the end when prompts are learned).
+    """
+
+    own: SuffixIndex
+    scope: str
+    prompt: np.ndarray
+    indexed: int = 0
+
+
+@dataclass
+class SuffixDrafter:
+    """Drafts from matches in the request's context and in its scope's history (module doc).
+
+    Args:
+        config: the tunables.
+    """
+
+    config: SuffixConfig = field(default_factory=SuffixConfig)
+    name = "suffix"
+    feedback_width = 0
+
+    def __post_init__(self) -> None:
+        self.histories: OrderedDict[str, SuffixIndex] = OrderedDict()  # scope -> history, least recently used first
+
+    def history(self, scope: str) -> SuffixIndex | None:
+        """The history of a scope, made when first needed (None when histories are off).
+
+        Args:
+            scope: the scope's name.
+
+        Returns:
+            Its index.
+        """
+        if self.config.history_tokens == 0:
+            return None
+        index = self.histories.pop(scope, None) or SuffixIndex(self.config.history_tokens + 1, self.config.ways)
+        self.histories[scope] = index
+        while len(self.histories) > self.config.scopes:
+            self.histories.popitem(last=False)
+        return index
+
+    def begin(self, request: DraftRequest) -> SuffixRequest:
+        """Indexes the request's prompt.
+
+        Args:
+            request: the prompt and scope.
+
+        Returns:
+            The request's state.
+        """
+        capacity = max(4096, 2 * request.prompt.size)
+        return SuffixRequest(SuffixIndex(capacity, self.config.ways), request.scope, request.prompt)
+
+    def propose(self, context: np.ndarray, budget: int, state: SuffixRequest | None = None) -> DraftTree:
+        """Matches in the request's own context first, then in its scope's history.
+
+        Args:
+            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
+            budget: the most nodes, root included.
+            state: from ``begin`` (None: the context is indexed for this call alone).
+
+        Returns:
+            The draft tree (root only when nothing matches).
+        """
+        state = state if state is not None else self.begin(DraftRequest(context[:0]))
+        state.own.extend(context[state.indexed :])
+        state.indexed = context.size
+        builder = TreeBuilder(int(context[-1]), budget)
+        query = context[-self.config.max_match :]
+        # the own index ends with the query itself: only earlier occurrences count
+        grow(builder, state.own, query, self.config, Source.CONTEXT, skip_from=state.own.written - 1)
+        history = self.histories.get(state.scope)
+        if history is not None and not builder.full:
+            grow(builder, history, query, self.config, Source.HISTORY)
+        return builder.build()
+
+    def observe(self, step: StepFeedback, state: SuffixRequest | None = None) -> None:
+        """Nothing to learn per step: the context reaches the own index at the next ``propose``.
+
+        Args:
+            step: the verification step (unused).
+            state: the request's state (unused).
+        """
+
+    def end(self, state: SuffixRequest | None, output: np.ndarray) -> None:
+        """Adds the request's output (and prompt, when configured) to its scope's history.
+
+        Args:
+            state: from ``begin``.
+            output: ``[m]`` int64 the tokens it generated.
+        """
+        if state is None or output.size == 0:
+            return
+        history = self.history(state.scope)
+        if history is None:
+            return
+        if self.config.learn_prompts:
+            history.add_sequence(state.prompt)
+        history.add_sequence(output)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The histories' tokens (their tables are rebuilt on ``restore``).
+
+        Returns:
+            ``scopes`` (the names) and ``tokens.<i>`` int32 per scope, oldest first.
+        """
+        arrays: dict[str, np.ndarray] = {"scopes": np.array(list(self.histories), dtype=str)}
+        for index, history in enumerate(self.histories.values()):
+            arrays[f"tokens.{index}"] = history.recent_tokens().astype(np.int32)
+        return arrays
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Rebuilds the histories from ``state()``.
+
+        Args:
+            state: the arrays.
+
+        Raises:
+            ValueError: if they are not a suffix drafter's state.
+        """
+        try:
+            scopes = [str(name) for name in state["scopes"]]
+            token_arrays = [np.asarray(state[f"tokens.{i}"], dtype=np.int64) for i in range(len(scopes))]
+        except KeyError as missing:
+            raise ValueError(f"not a suffix drafter's state: {missing} is missing") from None
+        if any(a.ndim != 1 or (a.size and int(a.min()) < SEPARATOR) for a in token_arrays):
+            raise ValueError("a suffix drafter's state holds malformed token arrays")
+        self.histories.clear()
+        for scope, tokens in zip(scopes[-self.config.scopes :], token_arrays[-self.config.scopes :]):
+            history = self.history(scope)
+            if history is not None:
+                history.extend(tokens[-self.config.history_tokens :])
+
+
+def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: SuffixConfig, source: Source,
+         skip_from: int | None = None) -> None:
+    """Adds to the tree what followed the query's suffix in one index.
+
+    Matches are taken longest first, then most recent; a node's score is the share of matches
+    whose continuation passes through it, times ``match / (match + 1)`` per token of depth.
+
+    Args:
+        builder: the tree so far.
+        index: where to look.
+        query: ``[q]`` the text whose suffix is matched (its last token is the tree's root).
+        config: the depth rules.
+        source: what the index holds (``Source``), recorded on the nodes.
+        skip_from: ignore matches ending at or after this position.
+    """
+    ends, lengths = index.matches(query, config.max_match, skip_from)
+    if ends.size == 0:
+        return
+    order = np.lexsort((-ends, -lengths))  # longest match first, then most recent
+    depth = int(min(config.max_depth, builder.budget - 1, 2 + config.depth_per_match * int(lengths.max())))
+    if depth <= 0:
+        return
+    continuations = index.following(ends[order], depth)  # [m, depth]
+    lengths = lengths[order]
+    for row, length in zip(continuations, lengths):
+        path = row[row != SEPARATOR]
+        if path.size == 0:
+            continue
+        agree = np.cumprod(continuations[:, : path.size] == path[None, :], axis=1).sum(axis=0)  # [d] matches sharing each prefix
+        reliability = length / (length + 1.0)
+        scores = agree / len(continuations) * reliability ** np.arange(1, path.size + 1)
+        builder.add_path(path.tolist(), scores=scores.tolist(), source=source)
+        if builder.full:
+            return
+
+
+def draft_from(index: SuffixIndex, query: np.ndarray, root: int, budget: int, config: SuffixConfig, source: Source,
+               skip_from: int | None = None) -> DraftTree:
+    """A tree of what followed the query's suffix in one index (``grow`` on an empty tree).
+
+    Args:
+        index: where to look.
+        query: ``[q]`` the text whose suffix is matched.
+        root: the tree's root token.
+        budget: the most nodes, root included.
+        config: the depth rules.
+        source: what the index holds (``Source``).
+        skip_from: ignore matches ending at or after this position.
+
+    Returns:
+        The tree (root only when nothing matches).
+    """
+    builder = TreeBuilder(root, budget)
+    grow(builder, index, query, config, source, skip_from)
+    return builder.build()
+
+
+__all__ = ["SuffixConfig", "SuffixDrafter", "SuffixRequest", "draft_from", "grow"]
