@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve llamacpp demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,12 @@ LLAMACPP_FLAVOUR ?= exact
 LLAMACPP_ISA ?= auto
 llamacpp: setup
 	PYTHON=$(PY) scripts/llamacpp_install.sh $(LLAMACPP_FLAVOUR) $(LLAMACPP_ISA)
+
+# llama-cpp-python with llama.cpp's default kernels (llamafile's sgemm), beside the project, for the
+# benchmark's llama.cpp-generate-default-kernels peer (its own process): ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels
+llamacpp-default-kernels: setup
+	wheel=$$(PYTHON=$(PY) scripts/llamacpp_wheel.sh fast $$(scripts/llamacpp_isa.sh)) && \
+		$(PIP) install -q --no-deps --upgrade --target .llamacpp-default-kernels "$$wheel"
 
 demo-llamacpp: llamacpp
 	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --max-new-tokens 256 --compare

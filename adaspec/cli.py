@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (default: 0, all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens holding this probability (default: 1.0)")
     gen.add_argument("--seed", type=int, default=None, help="seed for sampling; the same seed gives the same text (default: random)")
+    gen.add_argument("--prediction", type=Path, default=None,
+                     help="a text file the output is expected to be close to (the file being edited): it is drafted "
+                          "from, so matching spans are verified many tokens at a time; the output is unchanged")
     gen.add_argument("--state-dir", type=Path, default=None,
                      help="where the drafter's learned state is kept between runs (default: $ADASPEC_STATE_DIR or "
                           "$ADASPEC_CACHE/drafter-state)")
@@ -124,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the drafter's learned state is kept (default: $ADASPEC_CACHE/drafter-state)")
     serve.add_argument("--no-state", action="store_true", help="start cold and keep nothing")
     serve.add_argument("--save-every", type=float, default=300.0, help="seconds between state saves (default: 300)")
+    serve.add_argument("--history-scope", default="server", choices=["server", "user", "key"],
+                       help="whose requests share the suffix drafter's history: everyone (server), requests with "
+                            "the same OpenAI user field (user) or the same API key (key) (default: server)")
     serve.add_argument("--no-batch", action="store_true",
                        help="verify one request per forward (default: all active requests in one forward, where a "
                             "start-up check shows it gives each request exactly its solo logits)")
@@ -365,8 +371,16 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AdaspecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # one seed for the run and its --compare baseline, so both sample the same text
     seed = args.seed if args.seed is not None else random.randrange(2**31)
+    prediction = None
+    if args.prediction is not None:
+        try:
+            prediction = args.prediction.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise AdaspecError(f"cannot read the prediction file {args.prediction}: "
+                               f"{getattr(error, 'strerror', None) or error}") from None
     options = RequestOptions(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), chat=args.chat,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed)
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed,
+                             prediction=prediction)
     prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise AdaspecError("the prompt is empty")
@@ -492,7 +506,7 @@ def run_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     server = build_server(generator, name, spec, aliases=aliases, max_active=args.max_concurrency,
                           max_waiting=args.max_queue, request_timeout=args.request_timeout, state_dir=state_dir,
-                          save_every=args.save_every, batch=not args.no_batch)
+                          save_every=args.save_every, batch=not args.no_batch, history_scope=args.history_scope)
     saver = server.scheduler.saver
     print(f"adaspec: serving {name!r} on http://{args.host}:{args.port}/v1 (drafter {spec}, budget "
           f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once, "

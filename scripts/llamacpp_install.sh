@@ -14,12 +14,7 @@ flavour="${1:-exact}"
 isa="${2:-auto}"
 python="${PYTHON:-python3}"
 if [ "$isa" = auto ]; then
-  isa=avx2
-  flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
-  if [[ " $flags " == *" avx512f "* && " $flags " == *" avx512bw "* && " $flags " == *" avx512vl "* \
-        && " $flags " == *" avx512_vnni "* && " $flags " == *" avx512vbmi "* && " $flags " == *" avx512_bf16 "* ]]; then
-    isa=avx512
-  fi
+  isa=$(scripts/llamacpp_isa.sh)
 fi
 install() {
   local wheel

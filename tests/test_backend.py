@@ -128,9 +128,11 @@ def test_lean_cache_and_mask_give_the_same_logits_as_dynamic_cache(model) -> Non
         lean.commit(accepted)
         dynamic.commit(accepted)
         assert lean.cache_len == dynamic.cache_len
-    lean.release()  # the allocation stays for the next request, its contents do not
-    assert lean.cache_len == 0
-    assert torch.equal(lean.prefill_logits(prompt), dynamic.prefill_logits(prompt))
+    lean.release()  # the positions stay for a next prompt that shares their prefix
+    assert lean.cache_len == dynamic.cache_len and lean.cached_prefix(prompt) == dynamic.cached_prefix(prompt) > 0
+    assert torch.equal(lean.prefill_logits(prompt), dynamic.prefill_logits(prompt))  # both reuse the same prefix
+    lean.reset()
+    assert lean.cache_len == 0 and lean.cached_prefix(prompt) == 0
 
 
 def test_lean_cache_grows_past_its_first_capacity(model) -> None:

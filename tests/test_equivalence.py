@@ -99,7 +99,7 @@ def test_no_reference_position_is_a_near_tie(model, references) -> None:
     assert smallest > TIE_TOLERANCE, f"a reference position has top-2 gap {smallest:.2e}: choose other prompts"
 
 
-@pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "aded:builder=mcts", "hybrid"])
+@pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "aded:builder=mcts", "hybrid", "suffix"])
 def test_greedy_output_equals_plain_generate(model, references, drafter, float_noise_log) -> None:
     """Every drafter on every prompt; the MCTS builder, a variant of aded's, on every other one.
     (The ``none`` drafter needs no run of its own: its steps are the root-only steps that every

@@ -107,8 +107,8 @@ class HFBackend:
             self._mask[..., length : self.cache.length + self._tree_size] = self._mask_fill
             self.cache.crop_to(length)
             self._tree_size = 0
-        else:
-            self.cache.crop(length)
+        elif self.cache_len > length:
+            self.cache.crop(length - self.cache_len)  # a negative count: sliding-window layers take only that
         self._held = self._held[:length]
 
     def _reserve_mask(self, rows: int, columns: int) -> None:

@@ -4,14 +4,19 @@
 default context settings); ``llama.cpp-prompt-lookup`` adds its ``LlamaPromptLookupDecoding``
 draft model (chains of up to 10 tokens copied from the context). Each peer runs in a process of
 its own (``adaspec.bench.peer_worker``), as a user runs llama-cpp-python: same file, same
-llama.cpp build, same threads, but not sharing adaspec's process, its torch threads or its memory.
+threads, but not sharing adaspec's process, its torch threads or its memory. Both use the
+installed build; ``llama.cpp-generate-default-kernels`` runs ``Llama.generate`` on a build with
+llama.cpp's default kernels (llamafile's sgemm on), found in the folder ``$ADASPEC_DEFAULT_KERNELS``
+(``make llamacpp-default-kernels`` puts one in ``.llamacpp-default-kernels``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +24,8 @@ from adaspec.bench.metrics import RunRecord
 from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 
-LLAMACPP_PEERS = ("llama.cpp-generate", "llama.cpp-prompt-lookup")
+LLAMACPP_PEERS = ("llama.cpp-generate", "llama.cpp-prompt-lookup", "llama.cpp-generate-default-kernels")
+DEFAULT_KERNELS_ENV = "ADASPEC_DEFAULT_KERNELS"  # a folder holding llama-cpp-python built with llama.cpp's default kernels
 PEER_CONTEXT = 4096  # cells of the peers' contexts: the benchmark's longest turn is ~2,000 tokens
 
 
@@ -38,15 +44,25 @@ class LlamaCppPeer:
         weights = model.weights
         self.name = name
         self.eos_token_ids = sorted(model.eos_token_ids)
+        environment = dict(os.environ)
+        if name == "llama.cpp-generate-default-kernels":
+            folder = os.environ.get(DEFAULT_KERNELS_ENV, "")
+            if not folder or not Path(folder, "llama_cpp").is_dir():
+                raise AdaspecError(f"{name} needs ${DEFAULT_KERNELS_ENV} to name a folder holding a llama-cpp-python "
+                                   "built with llama.cpp's default kernels (make llamacpp-default-kernels)")
+            environment["PYTHONPATH"] = os.pathsep.join([folder, str(Path(__file__).resolve().parents[2])])
         command = [sys.executable, "-m", "adaspec.bench.peer_worker", str(weights.path), name, str(weights.threads),
                    str(min(weights.n_ctx, PEER_CONTEXT))]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=environment)
         ready = self.process.stdout.readline()
         if not ready:
             raise AdaspecError(f"the {name} peer process did not start (exit code {self.process.poll()})")
 
-    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
-        """Generates greedily with ``Llama.generate`` in the peer's process (see ``runner.Method.run``).
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+            prediction: str | None = None) -> RunRecord:
+        """Generates greedily with ``Llama.generate`` in the peer's process (see ``runner.Method.run``);
+        llama-cpp-python has no use for a prediction.
 
         Raises:
             AdaspecError: when the peer process has died.

@@ -8,6 +8,9 @@
   (word-problem templates written for it, and a frozen snapshot of its own source files and
   README, ``own_texts.json``, so that the prompts stay the same as the code changes);
   nothing copied in.
+- ``stdlib-edit``, ``stdlib-edit-predicted``, ``revise``, ``agent``, ``quote``: where text repeats,
+  built from functions and documentation of CPython's standard library (PSF license) with this
+  project's instructions, frozen in ``repeats.json`` (``scripts/build_repeats.py``, provenance inside).
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ class BenchPrompt:
         turns: user turns; more than one means a multi-turn chat, each turn asked after
             the model's own previous answer.
         chat: wrap in the chat template (False: raw completion of ``turns[0]``).
+        prediction: the output the client expects (Predicted Outputs), drafted from by adaspec's
+            methods; None for none.
     """
 
     id: str
     category: str
     turns: tuple[str, ...]
     chat: bool = True
+    prediction: str | None = None
 
     def digest(self, turn: int) -> str:
         """Identifies what is asked up to a turn, so records can be matched with their prompt.
@@ -50,9 +56,11 @@ class BenchPrompt:
             turn: the turn's index.
 
         Returns:
-            16 hex digits of the sha256 of the chat flag and the user turns up to ``turn``.
+            16 hex digits of the sha256 of the chat flag, the user turns up to ``turn`` and the
+            prediction (when there is one).
         """
-        asked = json.dumps([self.chat, self.turns[: turn + 1]], ensure_ascii=False)
+        asked = [self.chat, self.turns[: turn + 1]] + ([self.prediction] if self.prediction is not None else [])
+        asked = json.dumps(asked, ensure_ascii=False)
         return hashlib.sha256(asked.encode()).hexdigest()[:16]
 
 
@@ -161,6 +169,34 @@ def code_edit() -> list[BenchPrompt]:
     ]
 
 
+def repeats() -> dict:
+    """The frozen standard-library workload (``repeats.json``)."""
+    return json.loads((Path(__file__).parent / "repeats.json").read_text())
+
+
+def stdlib_edit(predicted: bool) -> list[BenchPrompt]:
+    """Edits of standard-library functions, with or without the original as the prediction."""
+    category = "stdlib-edit-predicted" if predicted else "stdlib-edit"
+    return [BenchPrompt(f"{category}-{item['id']}", category, (f"{item['instruction']}\n\n```python\n{item['code']}```",),
+                        prediction=f"```python\n{item['prediction']}```" if predicted else None)
+            for item in repeats()["edit"]]
+
+
+def revise() -> list[BenchPrompt]:
+    """Explain a function, then revise that answer (the second turn follows the model's own first)."""
+    return [BenchPrompt(f"revise-{item['id']}", "revise", tuple(item["turns"])) for item in repeats()["revise"]]
+
+
+def agent() -> list[BenchPrompt]:
+    """One tool-call template over 24 functions, in order (a drafter learns from the earlier ones)."""
+    return [BenchPrompt(f"agent-{item['id']}", "agent", (item["prompt"],)) for item in repeats()["agent"]]
+
+
+def quote() -> list[BenchPrompt]:
+    """Answers that must quote a passage of the given documentation."""
+    return [BenchPrompt(f"quote-{item['id']}", "quote", (item["prompt"],)) for item in repeats()["quote"]]
+
+
 CATEGORIES: dict[str, Callable[[], list[BenchPrompt]]] = {
     "mt-bench": mt_bench,
     "humaneval": humaneval,
@@ -169,7 +205,13 @@ CATEGORIES: dict[str, Callable[[], list[BenchPrompt]]] = {
     "summarise": summarise,
     "qa": readme_qa,
     "code-edit": code_edit,
+    "stdlib-edit": lambda: stdlib_edit(predicted=False),
+    "stdlib-edit-predicted": lambda: stdlib_edit(predicted=True),
+    "revise": revise,
+    "agent": agent,
+    "quote": quote,
 }
+REPEATS = ("stdlib-edit", "stdlib-edit-predicted", "revise", "agent", "quote")  # where text repeats
 
 
 def load_prompts(categories: list[str] | None = None, limit: int | None = None) -> list[BenchPrompt]:

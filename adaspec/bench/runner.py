@@ -47,13 +47,15 @@ class Method(Protocol):
 
     name: str
 
-    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+            prediction: str | None = None) -> RunRecord:
         """Generates up to ``new_tokens`` after ``prompt_ids``.
 
         Args:
             prompt_ids: ``[p]`` int64 prompt token ids.
             new_tokens: the most tokens to generate.
             label: (prompt id, category, turn), also the source of the turn's sampling seed.
+            prediction: the output the client expects (only methods that can draft from it use it).
 
         Returns:
             The generation's record.
@@ -94,10 +96,11 @@ class AdaspecMethod:
             return None
         return {**sizer.reliability.to_dict(), "explorations": sizer.explorations, "turns": self.turns_run}
 
-    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+            prediction: str | None = None) -> RunRecord:
         """Generates with the drafter (see ``Method.run``)."""
         out = self.generator.generate(prompt_ids, max_new_tokens=new_tokens, temperature=self.temperature,
-                                      seed=turn_seed(label))
+                                      seed=turn_seed(label), prediction=prediction)
         self.turns_run += label != WARM_UP
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
 
@@ -114,8 +117,9 @@ class HFMethod:
         else:
             self.extra |= {"do_sample": False}
 
-    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int]) -> RunRecord:
-        """Generates with ``model.generate()`` (see ``Method.run``)."""
+    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
+            prediction: str | None = None) -> RunRecord:
+        """Generates with ``model.generate()`` (see ``Method.run``); a prediction is not used."""
         ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.model.device)[None]  # [1, p]
         torch.manual_seed(turn_seed(label))
         started = time.perf_counter()
@@ -330,7 +334,7 @@ def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_toke
     made: dict[str, RunRecord] = {}
     for method in list(methods[start:]) + list(methods[:start]):
         memory.reset()
-        record = method.run(ids, new_tokens, label)
+        record = method.run(ids, new_tokens, label, prompt.prediction if turn == 0 else None)
         record.peak_rss_mb = memory.read()
         record.prompt_digest = prompt.digest(turn)
         made[method.name] = record

@@ -35,7 +35,8 @@ DRAFTER_CONFIGS: dict[str, type] = {
 
 
 def make_hybrid(vocab_size: int, config: HybridConfig) -> HybridDrafter:
-    """The hybrid drafter: prompt lookup first, the learned drafter fills the rest.
+    """The hybrid drafter: a copying drafter first (prompt lookup, or suffix decoding over the
+    context and earlier requests), the learned drafter fills the rest.
 
     A context match of ``min_ngram``+ tokens takes what it finds. Measured better than a
     half/half split or 1-token matches (README, Benchmark).
@@ -48,7 +49,9 @@ def make_hybrid(vocab_size: int, config: HybridConfig) -> HybridDrafter:
         The drafter.
     """
     learned: Drafter = AdedDrafter(vocab_size) if config.learned == "aded" else TokenRecyclingDrafter(vocab_size)
-    return HybridDrafter([PromptLookupDrafter(LookupConfig(min_ngram=config.min_ngram)), learned], shares=[1.0, 1.0])
+    copier: Drafter = (PromptLookupDrafter(LookupConfig(min_ngram=config.min_ngram)) if config.copy == "lookup"
+                       else SuffixDrafter(SuffixConfig(min_match=config.min_ngram)))
+    return HybridDrafter([copier, learned], shares=[1.0, 1.0])
 
 
 def drafter_names() -> list[str]:

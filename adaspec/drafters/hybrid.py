@@ -22,11 +22,14 @@ class HybridConfig:
     """What the registry's ``hybrid`` merges."""
 
     learned: str = "aded"  # the drafter that fills the budget after the context match: aded or recycling
-    min_ngram: int = 2  # the shortest context match that lookup may use
+    min_ngram: int = 2  # the shortest context match the copying drafter may use
+    copy: str = "lookup"  # the drafter that copies first: lookup (the context) or suffix (context and history)
 
     def __post_init__(self) -> None:
         if self.learned not in ("recycling", "aded"):
             raise ValueError(f"learned must be recycling or aded, got {self.learned!r}")
+        if self.copy not in ("lookup", "suffix"):
+            raise ValueError(f"copy must be lookup or suffix, got {self.copy!r}")
         check_range("min_ngram", self.min_ngram, 1, 64)
 
 

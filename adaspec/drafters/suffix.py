@@ -37,6 +37,7 @@ class SuffixConfig:
         learn_prompts: add prompts, not only outputs, to the history.
         max_depth: the deepest draft node.
         max_match: the longest match measured.
+        min_match: the shortest match drafted from.
         depth_per_match: a draft reaches at most ``2 + depth_per_match * match length`` tokens deep.
         ways: occurrences remembered per window (the most branches one match can offer).
     """
@@ -46,12 +47,14 @@ class SuffixConfig:
     learn_prompts: bool = False
     max_depth: int = 64
     max_match: int = 64
+    min_match: int = 1
     depth_per_match: float = 2.0
     ways: int = 4
 
     def __post_init__(self) -> None:
         for name, low, high in (("history_tokens", 0, MAX_HISTORY_TOKENS), ("scopes", 1, 1024), ("max_depth", 1, 256),
-                                ("max_match", 1, 64), ("depth_per_match", 0.0, 64.0), ("ways", 1, 16)):
+                                ("max_match", 1, 64), ("min_match", 1, 64),
+                                ("depth_per_match", 0.0, 64.0), ("ways", 1, 16)):
             check_range(name, getattr(self, name), low, high)
 
 
@@ -213,6 +216,8 @@ def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: Su
         skip_from: ignore matches ending at or after this position.
     """
     ends, lengths = index.matches(query, config.max_match, skip_from)
+    keep = lengths >= config.min_match
+    ends, lengths = ends[keep], lengths[keep]
     if ends.size == 0:
         return
     order = np.lexsort((-ends, -lengths))  # longest match first, then most recent

@@ -33,7 +33,7 @@ def served_name(model_name: str) -> str:
 def build_server(generator: Generator, model_name: str, drafter_spec: str, aliases: tuple[str, ...] = (),
                  max_active: int = 8, max_waiting: int = 64, request_timeout: float = 600.0,
                  state_dir: str | Path | None = None, save_every: float = 300.0, batch: bool = True,
-                 idle_release: float = 20.0) -> OpenAIServer:
+                 idle_release: float = 20.0, history_scope: str = "server") -> OpenAIServer:
     """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
 
     Args:
@@ -49,6 +49,7 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
         batch: verify the active requests' trees in one forward where the runtime can do it
             exactly (it checks the machine now; the answer is logged, in ``/health`` and a metric).
         idle_release: seconds without requests after which idle caches are freed.
+        history_scope: whose requests share a drafting history (``server``, ``user`` or ``key``).
 
     Returns:
         The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
@@ -68,7 +69,7 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
                           request_timeout=request_timeout, saver=saver, batch=support.verifier,
                           idle_release=idle_release)
     return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context,
-                        batching=support)
+                        batching=support, history_scope=history_scope)
 
 
 def run_server(server: OpenAIServer, host: str, port: int) -> None:

@@ -8,6 +8,7 @@ only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -28,6 +29,7 @@ from adaspec.serve.schemas import ChatRequest, CompletionRequest, RequestError
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 DISCONNECT_POLL_S = 0.25  # how often a waiting handler checks its client and the scheduler
 DEADLINE_GRACE_S = 30.0  # a handler gives up this long after the request's own timeout
+HISTORY_SCOPES = ("server", "user", "key")
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
                500: "internal_error", 503: "service_unavailable", 504: "timeout"}
 
@@ -84,12 +86,17 @@ def usage(generation: Generation) -> dict:
         generation: a finished request.
 
     Returns:
-        Prompt, completion and total token counts, and how many prompt tokens were served from
-        positions cached by an earlier request (``prompt_tokens_details.cached_tokens``).
+        Prompt, completion and total token counts, how many prompt tokens were served from
+        positions cached by an earlier request (``prompt_tokens_details.cached_tokens``), and, with
+        a prediction, how many of its tokens did and did not end up in the completion.
     """
     prompt, completion = len(generation.prompt_ids), len(generation.token_ids)
+    stats = generation.stats
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": generation.stats.cached_prompt_tokens}}
+            "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens},
+            "completion_tokens_details": {"reasoning_tokens": 0,
+                                          "accepted_prediction_tokens": stats.accepted_prediction_tokens,
+                                          "rejected_prediction_tokens": stats.rejected_prediction_tokens}}
 
 
 def sse(payload: dict | str) -> str:
@@ -113,10 +120,15 @@ class OpenAIServer:
         aliases: other names accepted for the model (e.g. the path it was loaded from).
         max_context: the model's context length, reported by ``/v1/models``.
         batching: whether requests are verified together, and why (not), for ``/health``.
+        history_scope: whose requests share a drafting history: ``server`` (everyone), ``user``
+            (OpenAI's ``user`` field) or ``key`` (the API key sent).
     """
 
     def __init__(self, scheduler: Scheduler, model_name: str, aliases: tuple[str, ...] = (),
-                 max_context: int = 0, batching: BatchSupport | None = None) -> None:
+                 max_context: int = 0, batching: BatchSupport | None = None, history_scope: str = "server") -> None:
+        if history_scope not in HISTORY_SCOPES:
+            raise ValueError(f"history_scope must be one of {', '.join(HISTORY_SCOPES)}, got {history_scope!r}")
+        self.history_scope = history_scope
         self.scheduler = scheduler
         self.batching = batching or BatchSupport(None, "not asked")
         self.model_name = model_name
@@ -181,7 +193,7 @@ class OpenAIServer:
         if body.model is not None and body.model not in self.names:
             raise RequestError(f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", status=404, code="model_not_found")
-        spec = body.to_job(default_max_tokens=self.max_context)
+        spec = body.to_job(default_max_tokens=self.max_context, scope=self.scope_of(body, request))
         if spec.options.max_new_tokens > self.max_context:
             raise RequestError(f"max_tokens is {spec.options.max_new_tokens} but the model's context holds "
                                f"{self.max_context} tokens in all", "max_tokens")
@@ -204,6 +216,23 @@ class OpenAIServer:
             return StreamingResponse(self._stream(job, request, identity, chat, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await self._complete(job, request, identity, chat)
+
+    def scope_of(self, body: ChatRequest | CompletionRequest, request: Request) -> str:
+        """The drafting-history scope of a request (see ``history_scope``); never the raw key.
+
+        Args:
+            body: the request body.
+            request: the HTTP request (its headers).
+
+        Returns:
+            The scope's name.
+        """
+        if self.history_scope == "user":
+            return "user:" + (body.user or "")
+        if self.history_scope == "key":
+            key = request.headers.get("authorization", "")
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        return ""
 
     async def _next_event(self, job: Job, request: Request) -> Event | None:
         """The job's next event; None (and the job cancelled) if the client disconnected.

@@ -9,7 +9,7 @@ from adaspec.request import Generation, StepReport
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                    20.0, 40.0, 80.0)
-MAX_POSITIONS = 16  # accepted-token counts are kept per draft position up to here
+MAX_POSITIONS = 256  # accepted-token counts are kept per draft position up to here (the longest draft a step may verify)
 
 
 class ServerMetrics:

@@ -5,8 +5,10 @@ Three kinds of field:
 
 * honoured: the prompt or messages, ``max_tokens`` / ``max_completion_tokens``, ``temperature``,
   ``top_p``, ``top_k`` (vLLM's extension), ``seed``, ``stop``, ``stream``,
-  ``stream_options.include_usage``;
-* accepted and ignored, because they do not change what is generated: ``user``, ``metadata``,
+  ``stream_options.include_usage``, ``prediction`` (Predicted Outputs; an extension on
+  ``/v1/completions``), and ``user`` where the server scopes drafting history by user;
+* accepted and ignored, because they do not change what is generated: ``user`` (unless it scopes
+  history), ``metadata``,
   ``store``, ``service_tier``, ``parallel_tool_calls``, ``stream_options.continuous_usage_stats``,
   ``response_format`` of type ``text``, ``tool_choice`` ``none``;
 * refused with a 400: everything that would change the model's distribution (penalties, logit
@@ -25,6 +27,7 @@ from adaspec.options import RequestOptions
 from adaspec.serve.scheduler import JobSpec
 
 ROLES = ("system", "developer", "user", "assistant")
+MAX_PREDICTION_CHARACTERS = 200_000
 
 
 class RequestError(Exception):
@@ -62,6 +65,18 @@ class Message(BaseModel):
     name: str | None = None
 
 
+class Prediction(BaseModel):
+    """``prediction``: the output the client expects (OpenAI's Predicted Outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["content"]
+    content: Union[str, list[TextPart]]
+
+    def text(self) -> str:
+        """The predicted text."""
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
 class StreamOptions(BaseModel):
     """``stream_options``: only ``include_usage``."""
 
@@ -88,6 +103,7 @@ class CommonRequest(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    prediction: Prediction | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -115,12 +131,13 @@ class CommonRequest(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def options(self, chat: bool, max_tokens: int) -> RequestOptions:
+    def options(self, chat: bool, max_tokens: int, scope: str) -> RequestOptions:
         """The request's generation options.
 
         Args:
             chat: apply the chat template (False for completions).
             max_tokens: the most tokens to generate.
+            scope: whose drafting history the request shares (chosen by the server).
 
         Returns:
             The options.
@@ -128,10 +145,13 @@ class CommonRequest(BaseModel):
         Raises:
             RequestError: for a value the options refuse.
         """
+        if self.prediction is not None and len(self.prediction.text()) > MAX_PREDICTION_CHARACTERS:
+            raise RequestError(f"prediction holds more than {MAX_PREDICTION_CHARACTERS} characters", "prediction")
         try:
             return RequestOptions(max_new_tokens=max_tokens, stop=tuple(self.stop_list()), chat=chat,
                                   temperature=self.temperature, top_k=max(0, self.top_k), top_p=self.top_p,
-                                  seed=self.seed)
+                                  seed=self.seed, prediction=self.prediction.text() if self.prediction else None,
+                                  scope=scope)
         except AdaspecError as error:
             raise RequestError(str(error)) from None
 
@@ -148,11 +168,12 @@ class ChatRequest(CommonRequest):
     response_format: dict | None = None
     parallel_tool_calls: bool | None = None
 
-    def to_job(self, default_max_tokens: int) -> JobSpec:
+    def to_job(self, default_max_tokens: int, scope: str = "") -> JobSpec:
         """The scheduler's job for this request.
 
         Args:
             default_max_tokens: used when neither ``max_tokens`` nor ``max_completion_tokens`` is given.
+            scope: whose drafting history the request shares.
 
         Returns:
             The job spec.
@@ -184,7 +205,7 @@ class ChatRequest(CommonRequest):
         if not any(m["content"].strip() for m in messages):
             raise RequestError("the messages hold no text", "messages")
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        return JobSpec(messages, self.options(chat=True, max_tokens=limit))
+        return JobSpec(messages, self.options(chat=True, max_tokens=limit, scope=scope))
 
 
 class CompletionRequest(CommonRequest):
@@ -197,11 +218,12 @@ class CompletionRequest(CommonRequest):
     best_of: int | None = None
     logprobs: int | None = None
 
-    def to_job(self, default_max_tokens: int) -> JobSpec:
+    def to_job(self, default_max_tokens: int, scope: str = "") -> JobSpec:
         """The scheduler's job for this request.
 
         Args:
             default_max_tokens: used when ``max_tokens`` is null.
+            scope: whose drafting history the request shares.
 
         Returns:
             The job spec.
@@ -225,4 +247,4 @@ class CompletionRequest(CommonRequest):
             prompt = prompt[0]
         if isinstance(prompt, str) and not prompt.strip() or isinstance(prompt, list) and not prompt:
             raise RequestError("the prompt is empty", "prompt")
-        return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens))
+        return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens, scope=scope))

@@ -1,0 +1,136 @@
+"""Writes every table of figures in README.md and docs/*.md from the committed benchmark results,
+so that no table can drift from the results it reports.
+
+A table lives between two markers naming its source::
+
+    <!-- table: bench-summary benchmarks/llamacpp-limit10 -->
+    ...generated...
+    <!-- /table -->
+
+    python scripts/docs.py           # rewrite every table
+    python scripts/docs.py --check   # exit 1, naming each table that differs from its results (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"(<!-- table: (?P<kind>[\w-]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def results(folder: str) -> dict:
+    """A results folder's ``results.json``."""
+    return json.loads((ROOT / folder / "results.json").read_text())
+
+
+def pick(methods: list[str], wanted: str) -> list[str]:
+    """The methods named in ``wanted`` (comma-separated; empty: all), in that order."""
+    if not wanted:
+        return methods
+    names = wanted.split(",")
+    missing = [n for n in names if n not in methods]
+    if missing:
+        raise ValueError(f"no method {missing[0]!r} in the results (have: {', '.join(methods)})")
+    return names
+
+
+def bench_summary(folder: str, wanted: str = "") -> str:
+    """Overall figures per method of an ``adaspec bench`` run."""
+    data = results(folder)
+    summary = data["summary"]
+    lines = ["| method | tokens/s | speedup | MAT | outputs equal to plain decoding |", "|---|---|---|---|---|"]
+    for method in pick(list(summary), wanted):
+        overall = summary[method]["overall"]
+        mat = overall.get("mat")
+        differing = sum(overall.get("differing_from_baseline", {}).values()) if overall.get("differing_from_baseline") else 0
+        lines.append(f"| {method} | {overall['tokens_per_s']:.1f} | {overall['speedup']:.2f}x | "
+                     f"{'–' if mat is None else f'{mat:.2f}'} | {overall['runs'] - differing}/{overall['runs']} |")
+    return "\n".join(lines)
+
+
+def bench_categories(folder: str, wanted: str = "") -> str:
+    """Speedup (and MAT) per method and category of an ``adaspec bench`` run."""
+    summary = results(folder)["summary"]
+    methods = pick(list(summary), wanted)
+    categories = [c for c in summary[methods[0]] if c != "overall"]
+    lines = ["| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+    for method in methods:
+        cells = []
+        for category in categories:
+            figures = summary[method].get(category)
+            if figures is None:
+                cells.append("–")
+                continue
+            mat = figures.get("mat")
+            cells.append(f"{figures['speedup']:.2f}x" + ("" if mat is None else f" ({mat:.2f})"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_setting(folder: str) -> str:
+    """One line saying what an ``adaspec bench`` run measured."""
+    data = results(folder)
+    config = data["config"]
+    return (f"{data['model']} · {config.get('backend', 'hf')} · {config.get('new_tokens')} new tokens · "
+            f"{config.get('generations_done', config.get('generations'))} turns · `{data['command']}`")
+
+
+def plain_table(folder: str, file: str = "table.md") -> str:
+    """A results folder's own ``table.md`` (scripts that write their table beside their results)."""
+    return (ROOT / folder / file).read_text().strip()
+
+
+TABLES: dict[str, Callable[..., str]] = {
+    "bench-summary": bench_summary,
+    "bench-categories": bench_categories,
+    "bench-setting": bench_setting,
+    "table": plain_table,
+}
+
+
+def render(kind: str, args: str) -> str:
+    """The generated text of one table."""
+    if kind not in TABLES:
+        raise ValueError(f"unknown table kind {kind!r}")
+    return TABLES[kind](*args.split()).strip() + "\n"
+
+
+def update(text: str) -> tuple[str, list[str]]:
+    """The text with every table regenerated, and the tables that changed."""
+    changed: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        body = render(match["kind"], match["args"])
+        if body != match["body"]:
+            changed.append(f"{match['kind']}{match['args']}")
+        return match.group(1) + body + match.group(5)
+
+    return MARKER.sub(replace, text), changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 when a table is stale")
+    args = parser.parse_args()
+    stale = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        new, changed = update(text)
+        stale += [f"{path.relative_to(ROOT)}: {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(new)
+    if args.check and stale:
+        print("tables that differ from their committed results (run: make docs):\n  " + "\n  ".join(stale), file=sys.stderr)
+        return 1
+    print(f"{len(stale)} table(s) {'stale' if args.check else 'rewritten'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

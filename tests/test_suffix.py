@@ -1,0 +1,123 @@
+"""The suffix index and the suffix drafter: exact matches found whatever the history's size,
+bounded memory, scopes kept apart, and lossless decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaspec import Generator
+from adaspec.drafters import make_drafter
+from adaspec.drafters.base import DraftRequest
+from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
+from adaspec.tree import Source
+
+
+def brute_force_longest(sequences: list[list[int]], query: list[int], max_match: int) -> int:
+    """The longest suffix of ``query`` (at most ``max_match``) that occurs inside one sequence."""
+    best = 0
+    for sequence in sequences:
+        for end in range(len(sequence)):
+            n = 0
+            while n < max_match and n < len(query) and end - n >= 0 and sequence[end - n] == query[-1 - n]:
+                n += 1
+            best = max(best, n)
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=40), min_size=1, max_size=5),
+       st.lists(st.integers(0, 5), min_size=1, max_size=20))
+def test_matches_are_real_and_as_long_as_any(sequences, query) -> None:
+    """Every reported match is a true occurrence of the query's suffix, and the longest one is as
+    long as brute force finds (within the anchors: the longest anchor that fits is found)."""
+    index = SuffixIndex(1024, ways=8)
+    for sequence in sequences:
+        index.add_sequence(np.array(sequence))
+    ends, lengths = index.matches(np.array(query), max_match=64)
+    flat = index.recent_tokens().tolist()
+    offset = index.written - len(flat)
+    for end, length in zip(ends, lengths):
+        window = flat[end - offset - length + 1 : end - offset + 1]
+        assert window == query[-length:] and SEPARATOR not in window
+    longest = brute_force_longest(sequences, query, 64)
+    if longest:
+        assert ends.size and lengths.max() >= 1
+        anchors = [a for a in (64, 32, 16, 8, 4, 2, 1) if a <= longest]
+        assert lengths.max() >= anchors[0]  # the longest anchor within the true match is found
+    else:
+        assert ends.size == 0
+
+
+def test_continuations_stop_at_a_sequences_end_and_old_tokens_are_overwritten() -> None:
+    index = SuffixIndex(16, ways=2)
+    index.add_sequence(np.array([1, 2, 3, 4]))
+    ends, lengths = index.matches(np.array([9, 1, 2]))
+    assert lengths.tolist() == [2]
+    assert index.following(ends, 5).tolist() == [[3, 4, SEPARATOR, SEPARATOR, SEPARATOR]]
+    for _ in range(5):
+        index.add_sequence(np.array([7, 8, 7]))  # 20 more cells: [1, 2, 3, 4] is overwritten
+    assert index.matches(np.array([1, 2]))[0].size == 0
+    assert index.size == 15 and index.nbytes < 4096
+
+
+def test_a_lookup_costs_the_same_over_ten_thousand_and_a_million_tokens() -> None:
+    """Flat per-step cost: the look-up touches a few table slots whatever the history holds."""
+    import time
+
+    rng = np.random.default_rng(0)
+    query = rng.integers(0, 500, 64)
+    timings = []
+    for size in (10_000, 1_000_000):
+        index = SuffixIndex(size + 1)
+        index.extend(rng.integers(0, 500, size))
+        index.matches(query)  # compiled already; warm
+        started = time.perf_counter()
+        for _ in range(200):
+            index.matches(query)
+        timings.append(time.perf_counter() - started)
+    assert timings[1] < 5 * timings[0] + 0.01  # not 100x: independent of the size (noise allowed)
+
+
+def test_scopes_draft_only_from_their_own_history() -> None:
+    drafter = make_drafter("suffix", 1000)
+    secret = np.arange(100, 140)
+    alice = drafter.begin(DraftRequest(np.array([1, 2, 3]), scope="alice"))
+    drafter.end(alice, secret)
+    for scope, expected in (("alice", True), ("bob", False)):
+        state = drafter.begin(DraftRequest(np.array([5, 6]), scope=scope))
+        tree = drafter.propose(np.array([5, 6, 100, 101, 102]), 16, state)
+        assert (tree.size > 1) == expected, scope
+        if expected:
+            assert tree.tokens[1] == 103 and tree.sources[1] == Source.HISTORY
+    off = make_drafter("suffix:history_tokens=0", 1000)
+    state = off.begin(DraftRequest(np.array([1])))
+    off.end(state, secret)
+    assert not off.histories
+
+
+def test_history_is_bounded_in_tokens_and_survives_a_save(tmp_path) -> None:
+    drafter = make_drafter("suffix:history_tokens=1000,scopes=2", 1000)
+    rng = np.random.default_rng(1)
+    for scope in ("a", "b", "c"):
+        for _ in range(20):
+            state = drafter.begin(DraftRequest(np.array([1]), scope=scope))
+            drafter.end(state, rng.integers(0, 1000, 100))
+    assert list(drafter.histories) == ["b", "c"]  # least recently used scope dropped
+    assert all(h.size <= 1000 for h in drafter.histories.values())
+    restored = make_drafter("suffix:history_tokens=1000,scopes=2", 1000)
+    restored.restore(drafter.state())
+    assert restored.histories["c"].recent_tokens().tolist() == drafter.histories["c"].recent_tokens().tolist()
+
+
+def test_the_suffix_drafter_decodes_like_plain_decoding_and_learns_across_requests(model) -> None:
+    prompts = ["Write a Python function that returns the n-th Fibonacci number.",
+               "Write a Python function that returns the n-th Fibonacci number."]
+    plain = Generator(model, drafter="none")
+    suffix = Generator(model, drafter="suffix", budget=32)
+    expected = plain.generate(prompts[0], max_new_tokens=48).token_ids
+    runs = [suffix.generate(p, max_new_tokens=48) for p in prompts]
+    assert [r.token_ids for r in runs] == [expected, expected]
+    assert runs[1].stats.mat > 3 * runs[0].stats.mat / 2  # the second time, the history knows the answer
