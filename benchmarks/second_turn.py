@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 import adaspec
-from adaspec.bench.llamacpp_peers import LlamaCppPeer
+from adaspec.bench.peers import Peer
 from adaspec.bench.prompts import load_prompts
 from adaspec.bench.server_process import start_server
 
@@ -58,7 +58,7 @@ def api_second_turn(model: adaspec.LoadedModel, first: list[dict]) -> dict:
             "api_cold_s": cold.stats.prefill_s, "second": second}
 
 
-def peer_second_turn(peer: LlamaCppPeer, model: adaspec.LoadedModel, first: list[dict], second: list[dict]) -> dict:
+def peer_second_turn(peer: Peer, model: adaspec.LoadedModel, first: list[dict], second: list[dict]) -> dict:
     """llama-cpp-python in its own process: turn one, then turn two keeping its prefix, and cold."""
     encode = adaspec.Generator(model, drafter="none").encode
     peer.ask(encode(first), FIRST_ANSWER_TOKENS)
@@ -91,7 +91,7 @@ def main() -> None:
     for backend in args.backends.split(","):
         model = adaspec.load(backend=backend)
         rows = []
-        peer = LlamaCppPeer(model, "llama.cpp-generate") if backend == "llama.cpp" else None
+        peer = Peer(model, "llama.cpp-generate") if backend == "llama.cpp" else None
         process, url = start_server(["--backend", backend])
         try:
             for first in conversations(args.conversations, args.history, model):

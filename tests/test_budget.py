@@ -118,7 +118,7 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
             sizes.append(1)
             continue
         drafted += 1
-        verified = sizer.size(weak, draft_ms=0.5)
+        verified = sizer.size(weak, draft_ms=5.0)  # a tenth of a plain step: not worth running on every step
         sizes.append(verified.size)
         sizer.update(verified, np.array([0]))  # nothing is ever accepted
     explored = [i for i, size in enumerate(sizes) if size > 1]
@@ -127,6 +127,9 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
     assert shared.plain_steps == 40 - len(explored)
     assert drafted == 2 * len(explored) + 1  # the drafter ran only to explore (and once after each try)
     assert shared.begin("greedy").setting.wait == 16  # a new request inherits the backed-off wait
+    cheap = TreeSizer(CPU, explore_every=4).begin("greedy")
+    cheap.size(weak, draft_ms=0.2)  # drafting costs under 2% of a plain step: it runs on every step
+    assert cheap.since_tree == 1 and cheap.wants_draft()
     sizer.since_tree = sizer.setting.wait  # force the next exploration, and let it succeed
     verified = sizer.size(weak)
     sizer.update(verified, np.array([0, 1]))

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import re
 import resource
-import time
 import zlib
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from adaspec.bench.checkpoint import turn_key
-from adaspec.bench.llamacpp_peers import LLAMACPP_PEERS, LlamaCppPeer
 from adaspec.bench.metrics import RunRecord
+from adaspec.bench.peers import HF_PEERS, LLAMACPP_PEERS, Peer
 from adaspec.bench.prompts import BenchPrompt
 from adaspec.drafters import drafter_names, parse_drafter_spec
 from adaspec.backends.base import DEFAULT_BUDGET
@@ -30,7 +28,6 @@ from adaspec.errors import AdaspecError
 from adaspec.loading import LoadedModel
 
 BASELINE = "none"
-HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 WARM_UP = ("warm-up", "warm-up", 0)  # the label of the untimed generation each method makes first
 
 
@@ -105,38 +102,10 @@ class AdaspecMethod:
         return RunRecord.from_stats(label[0], label[1], self.name, label[2], out.token_ids, out.stats)
 
 
-class HFMethod:
-    """transformers' own ``generate()``: plain, or with its prompt lookup; greedy or sampled."""
-
-    def __init__(self, model: LoadedModel, name: str, prompt_lookup_tokens: int | None, temperature: float = 0.0) -> None:
-        self.name = name
-        self.model = model
-        self.extra = {"prompt_lookup_num_tokens": prompt_lookup_tokens} if prompt_lookup_tokens else {}
-        if temperature > 0:
-            self.extra |= {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        else:
-            self.extra |= {"do_sample": False}
-
-    def run(self, prompt_ids: np.ndarray, new_tokens: int, label: tuple[str, str, int],
-            prediction: str | None = None) -> RunRecord:
-        """Generates with ``model.generate()`` (see ``Method.run``); a prediction is not used."""
-        ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.model.device)[None]  # [1, p]
-        torch.manual_seed(turn_seed(label))
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                pad_token_id=self.model.tokenizer.eos_token_id, **self.extra,
-            )
-        seconds = time.perf_counter() - started
-        tokens = out[0, ids.shape[1]:].tolist()
-        return RunRecord(label[0], label[1], self.name, label[2], len(tokens), seconds, tokens)
-
-
 def method_names() -> list[str]:
     """Every method ``build_methods`` knows: adaspec's drafter specs (``NAME[:key=value,...][@BUDGET]``),
     transformers' peers (hf backend) and llama-cpp-python's (llama.cpp backend)."""
-    return drafter_names() + list(HF_METHODS) + list(LLAMACPP_PEERS)
+    return drafter_names() + list(HF_PEERS) + list(LLAMACPP_PEERS)
 
 
 def default_method_names(runtime: str) -> list[str]:
@@ -148,7 +117,7 @@ def default_method_names(runtime: str) -> list[str]:
     Returns:
         The method names.
     """
-    return drafter_names() + list(HF_METHODS if runtime == "hf" else LLAMACPP_PEERS)
+    return drafter_names() + list(HF_PEERS if runtime == "hf" else LLAMACPP_PEERS)
 
 
 def check_method_names(names: Sequence[str]) -> None:
@@ -163,7 +132,7 @@ def check_method_names(names: Sequence[str]) -> None:
     """
     for name in names:
         drafter, at, size = name.rpartition("@") if "@" in name else (name, "", "")
-        if drafter in HF_METHODS + LLAMACPP_PEERS and not at:
+        if drafter in HF_PEERS + LLAMACPP_PEERS and not at:
             continue
         if drafter.partition(":")[0] not in drafter_names():
             raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
@@ -193,20 +162,16 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
     """
     check_method_names(names)
     for name in names:
-        if (name in HF_METHODS and model.runtime != "hf") or (name in LLAMACPP_PEERS and model.runtime != "llama.cpp"):
-            runtime = "hf" if name in HF_METHODS else "llama.cpp"
+        if (name in HF_PEERS and model.runtime != "hf") or (name in LLAMACPP_PEERS and model.runtime != "llama.cpp"):
+            runtime = "hf" if name in HF_PEERS else "llama.cpp"
             raise AdaspecError(f"method {name!r} runs on the {runtime} backend; this run uses {model.runtime}")
     if temperature > 0 and any(name in LLAMACPP_PEERS for name in names):
         raise AdaspecError("llama-cpp-python's peers are benchmarked greedy only (--temperature 0)")
     methods: list[Method] = []
     for name in dict.fromkeys([BASELINE, *names]):
         drafter, _, size = name.rpartition("@") if "@" in name else (name, "", "")
-        if name == "hf-generate":
-            methods.append(HFMethod(model, name, None, temperature))
-        elif name == "hf-prompt-lookup":
-            methods.append(HFMethod(model, name, 10, temperature))
-        elif name in LLAMACPP_PEERS:
-            methods.append(LlamaCppPeer(model, name))
+        if name in HF_PEERS or name in LLAMACPP_PEERS:
+            methods.append(Peer(model, name, temperature))
         else:
             chosen = 1 if drafter == BASELINE else (size if size == "auto" else int(size)) if size else budget
             methods.append(AdaspecMethod(model, name, drafter, chosen, temperature))

@@ -3,8 +3,8 @@ millisecond, and fall back to plain decoding when no tree pays for itself."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Hashable
 
 import numpy as np
@@ -12,6 +12,10 @@ import numpy as np
 from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
 from adaspec.budget.profile import LatencyProfile
 from adaspec.tree import DraftTree
+
+CHEAP_DRAFT = 0.05  # drafting that costs under this share of a plain step runs on every step
+DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
+MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
 
 
 def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: float = 0.0) -> np.ndarray:
@@ -119,12 +123,20 @@ class SettingState:
     Attributes:
         calibrator: their acceptance calibration.
         wait: plain steps between explorations now.
-        draft_ms: the drafter's time per drafting step (a moving average), in milliseconds.
+        draft_times: the drafter's last few times per drafting step, in milliseconds.
     """
 
     calibrator: AcceptanceCalibrator
     wait: int
-    draft_ms: float = 0.0
+    draft_times: deque = field(default_factory=lambda: deque(maxlen=DRAFT_SAMPLES))
+
+    @property
+    def draft_ms(self) -> float:
+        """What drafting costs a step: the median of the recent times (a first call that loads
+        compiled code cannot dominate it), 0 until ``MIN_DRAFT_SAMPLES`` are known."""
+        if len(self.draft_times) < MIN_DRAFT_SAMPLES:
+            return 0.0
+        return float(np.median(self.draft_times))
 
 
 class RequestSizer:
@@ -144,8 +156,16 @@ class RequestSizer:
         self._predicted: np.ndarray | None = None  # [n] estimates of the tree being verified
 
     def wants_draft(self) -> bool:
-        """Whether this step should draft at all: not while a plain streak waits for its next exploration."""
-        return self.since_tree == 0 or self.since_tree >= self.setting.wait
+        """Whether this step should draft at all.
+
+        Always after a step that verified a tree, and whenever drafting costs under
+        ``CHEAP_DRAFT`` of a plain step (looking costs little then, and a strong match, such as
+        the start of a verbatim copy, is seen at once); otherwise not while a plain streak
+        waits for its next exploration.
+        """
+        setting = self.setting
+        cheap = setting.draft_ms <= CHEAP_DRAFT * float(self.shared.profile.cost(np.array([1]))[0])
+        return self.since_tree == 0 or cheap or self.since_tree >= setting.wait
 
     def skip(self) -> None:
         """Counts a plain step taken without drafting."""
@@ -165,7 +185,7 @@ class RequestSizer:
             A subtree of ``tree`` (possibly its root alone).
         """
         shared, setting = self.shared, self.setting
-        setting.draft_ms = draft_ms if setting.draft_ms == 0.0 else 0.9 * setting.draft_ms + 0.1 * draft_ms
+        setting.draft_times.append(draft_ms)
         acceptance = self.calibrator.estimate(tree)  # [n]
         keep = choose_nodes(acceptance, shared.profile, setting.draft_ms)
         streak = 0 if keep.size > 1 else self.since_tree + 1
