@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adaspec.budget import AcceptanceCalibrator, LatencyProfile, Reliability, TreeSizer, choose_nodes
+from adaspec.budget.chooser import MIN_DRAFT_SAMPLES
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
@@ -125,7 +126,8 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
     assert all(sizes[i] == 3 for i in explored)
     assert np.diff(explored).tolist() == [9, 17]  # waits of 4, then 8, then 16 plain steps
     assert shared.plain_steps == 40 - len(explored)
-    assert drafted == 2 * len(explored) + 1  # the drafter ran only to explore (and once after each try)
+    # the drafter ran on the first steps, until its time was known, then only to explore (and once after each try)
+    assert drafted == MIN_DRAFT_SAMPLES + 2 * len(explored)
     assert shared.begin("greedy").setting.wait == 16  # a new request inherits the backed-off wait
     cheap = TreeSizer(CPU, explore_every=4).begin("greedy")
     cheap.size(weak, draft_ms=0.2)  # drafting costs under 2% of a plain step: it runs on every step

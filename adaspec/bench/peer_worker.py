@@ -43,13 +43,17 @@ class LlamaCppLoop:
                          draft_model=draft, logits_all=draft is not None, verbose=False)
 
     def generate(self, request: dict) -> dict:
-        """Greedy generation, from a fresh context or keeping the cached prefix (``reuse``)."""
-        reuse = request.get("reuse", False)
-        if not reuse:
+        """Greedy generation, from a fresh context or keeping the cached prefix (``reuse``).
+
+        ``Llama.generate(reset=True)`` is what finds the longest common prefix with the context's
+        tokens and keeps those cells (``reset=False`` would append the prompt after them), so reuse
+        leaves the context as it is and a cold request empties it first.
+        """
+        if not request.get("reuse", False):
             self.llm.reset()
         eos, tokens, first = set(request["eos"]), [], None
         started = time.perf_counter()
-        for token in self.llm.generate(request["prompt_ids"], temp=0.0, reset=not reuse):
+        for token in self.llm.generate(request["prompt_ids"], temp=0.0, reset=True):
             first = first or time.perf_counter() - started
             tokens.append(int(token))
             if token in eos or len(tokens) >= request["new_tokens"]:
