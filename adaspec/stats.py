@@ -14,7 +14,8 @@ class GenerationStats:
         cached_prompt_tokens: of those, tokens whose cache positions were kept from an earlier
             request sharing the prefix (not run again).
         new_tokens: tokens generated (EOS included when it ended the output).
-        num_drafts: verification steps (one model forward each, after the prefill).
+        num_steps: verification steps (one model forward each, after the prefill), plain ones
+            included: MAT is new tokens per step.
         num_draft_tokens: draft nodes verified, roots excluded.
         num_accepted_tokens: draft tokens accepted, roots excluded.
         num_accepted_tokens_per_pos: entry d-1 counts the steps whose accepted path reached depth d.
@@ -31,7 +32,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     new_tokens: int = 0
-    num_drafts: int = 0
+    num_steps: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
@@ -50,7 +51,7 @@ class GenerationStats:
             tree_size: nodes in the verified tree, root included.
             accepted_len: nodes on the accepted path, root included.
         """
-        self.num_drafts += 1
+        self.num_steps += 1
         self.num_plain_steps += tree_size == 1
         self.num_draft_tokens += tree_size - 1
         self.num_accepted_tokens += accepted_len - 1
@@ -61,9 +62,15 @@ class GenerationStats:
             self.num_accepted_tokens_per_pos[d] += 1
 
     @property
+    def num_drafts(self) -> int:
+        """Steps that verified a draft (plain steps left out), as vLLM's and the server's
+        ``spec_decode_num_drafts`` counter counts them."""
+        return self.num_steps - self.num_plain_steps
+
+    @property
     def mat(self) -> float:
         """Mean accepted tokens per step, root counted (1.0 for plain decoding)."""
-        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
+        return 1.0 + self.num_accepted_tokens / self.num_steps if self.num_steps else 1.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -73,7 +80,7 @@ class GenerationStats:
     @property
     def acceptance_rate_per_pos(self) -> list[float]:
         """Entry d-1: share of steps that accepted a draft token at depth d."""
-        return [c / self.num_drafts for c in self.num_accepted_tokens_per_pos] if self.num_drafts else []
+        return [c / self.num_steps for c in self.num_accepted_tokens_per_pos] if self.num_steps else []
 
     @property
     def other_s(self) -> float:
@@ -84,6 +91,7 @@ class GenerationStats:
         """Every field and derived figure, JSON-ready."""
         out = asdict(self)
         out.update(
+            num_drafts=self.num_drafts,
             mat=self.mat,
             tokens_per_s=self.tokens_per_s,
             acceptance_rate_per_pos=self.acceptance_rate_per_pos,

@@ -6,7 +6,7 @@ both ran (token-weighted: total tokens / total seconds). The two ran in differen
 different times on the same machine, so the ratio carries that machine's drift (plain HF decoding
 measured 15.4-19.7 tok/s across our runs).
 
-Usage: python benchmarks/against_hf.py benchmarks/llamacpp-limit3 [--hf benchmarks/full] [--hf-method hybrid]
+Usage: python benchmarks/against_hf.py benchmarks/llamacpp-categories [--hf benchmarks/full] [--hf-method hybrid]
 """
 
 from __future__ import annotations

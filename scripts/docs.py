@@ -3,7 +3,7 @@ so that no table can drift from the results it reports.
 
 A table lives between two markers naming its source::
 
-    <!-- table: bench-summary benchmarks/llamacpp-limit10 -->
+    <!-- table: bench-summary benchmarks/llamacpp-categories -->
     ...generated...
     <!-- /table -->
 
@@ -44,13 +44,15 @@ def bench_summary(folder: str, wanted: str = "") -> str:
     """Overall figures per method of an ``adaspec bench`` run."""
     data = results(folder)
     summary = data["summary"]
-    lines = ["| method | tokens/s | speedup | MAT | outputs equal to plain decoding |", "|---|---|---|---|---|"]
+    lines = ["| method | tokens/s | speedup | MAT | plain steps | outputs equal to plain decoding |",
+             "|---|---|---|---|---|---|"]
     for method in pick(list(summary), wanted):
         overall = summary[method]["overall"]
-        mat = overall.get("mat")
-        differing = sum(overall.get("differing_from_baseline", {}).values()) if overall.get("differing_from_baseline") else 0
+        mat, plain = overall.get("mat"), overall.get("plain_step_share")
+        differing = len(overall.get("differing_from_baseline") or {})  # turn -> first differing position
         lines.append(f"| {method} | {overall['tokens_per_s']:.1f} | {overall['speedup']:.2f}x | "
-                     f"{'–' if mat is None else f'{mat:.2f}'} | {overall['runs'] - differing}/{overall['runs']} |")
+                     f"{'–' if mat is None else f'{mat:.2f}'} | {'–' if plain is None else f'{plain:.0%}'} | "
+                     f"{overall['runs'] - differing}/{overall['runs']} |")
     return "\n".join(lines)
 
 
@@ -77,8 +79,11 @@ def bench_setting(folder: str) -> str:
     """One line saying what an ``adaspec bench`` run measured."""
     data = results(folder)
     config = data["config"]
+    machine = data.get("machine", {})
+    cpu = machine.get("cpu", "?") + (f" ({machine['isa']})" if machine.get("isa") else "")
     return (f"{data['model']} · {config.get('backend', 'hf')} · {config.get('new_tokens')} new tokens · "
-            f"{config.get('generations_done', config.get('generations'))} turns · `{data['command']}`")
+            f"{config.get('generations_done', config.get('generations'))} turns · {cpu}, "
+            f"{machine.get('cpu_threads', '?')} threads · `{data['command']}`")
 
 
 def plain_table(folder: str, file: str = "table.md") -> str:
@@ -101,30 +106,42 @@ def render(kind: str, args: str) -> str:
     return TABLES[kind](*args.split()).strip() + "\n"
 
 
-def update(text: str) -> tuple[str, list[str]]:
-    """The text with every table regenerated, and the tables that changed."""
+def update(text: str) -> tuple[str, list[str], list[str]]:
+    """The text with every table regenerated, the tables that changed, and those that could not
+    be made (a missing results file, an unknown method), each with its reason; those are left as
+    they are."""
     changed: list[str] = []
+    failed: list[str] = []
 
     def replace(match: re.Match) -> str:
-        body = render(match["kind"], match["args"])
+        name = f"{match['kind']}{match['args']}"
+        try:
+            body = render(match["kind"], match["args"])
+        except (OSError, ValueError, KeyError) as error:
+            failed.append(f"{name}: {error}")
+            return match.group(0)
         if body != match["body"]:
-            changed.append(f"{match['kind']}{match['args']}")
+            changed.append(name)
         return match.group(1) + body + match.group(5)
 
-    return MARKER.sub(replace, text), changed
+    return MARKER.sub(replace, text), changed, failed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 when a table is stale")
     args = parser.parse_args()
-    stale = []
+    stale, broken = [], []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = path.read_text()
-        new, changed = update(text)
+        new, changed, failed = update(text)
         stale += [f"{path.relative_to(ROOT)}: {name}" for name in changed]
+        broken += [f"{path.relative_to(ROOT)}: {name}" for name in failed]
         if changed and not args.check:
             path.write_text(new)
+    if broken:
+        print("tables that cannot be made from the committed results:\n  " + "\n  ".join(broken), file=sys.stderr)
+        return 1
     if args.check and stale:
         print("tables that differ from their committed results (run: make docs):\n  " + "\n  ".join(stale), file=sys.stderr)
         return 1

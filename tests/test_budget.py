@@ -138,6 +138,28 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
     assert sizer.setting.wait == 4
 
 
+def test_drafting_that_pays_for_itself_runs_every_step_even_when_it_is_not_cheap() -> None:
+    sizer = TreeSizer(CPU, explore_every=4).begin("greedy")
+    strong = chain([1.0, 0.95, 0.9, 0.85])
+    for _ in range(MIN_DRAFT_SAMPLES + 1):  # every draft is accepted whole: each step saves ~3 plain steps
+        verified = sizer.size(strong, draft_ms=5.0)  # a tenth of a plain step: not cheap
+        assert verified.size == 4
+        sizer.update(verified, np.arange(4))
+    assert sizer.setting.saving_ms == pytest.approx(3 * 48.0 - (CPU.cost(np.array([4]))[0] - 48.0))
+    sizer.size(chain([1.0, 0.01]), draft_ms=5.0)  # a step with no match: plain, but the drafter was worth asking
+    sizer.update(DraftTree.root_only(0), np.array([0]))
+    assert sizer.since_tree == 1 < sizer.setting.wait and sizer.wants_draft()
+    drafted = []
+    for _ in range(300):  # matches stop coming: the savings fade and the drafter waits for explorations again
+        drafted.append(sizer.wants_draft())
+        if drafted[-1]:
+            sizer.update(sizer.size(chain([1.0, 0.01]), draft_ms=5.0), np.array([0]))
+        else:
+            sizer.skip()
+    assert sizer.setting.saving_ms < 5.0
+    assert all(drafted[:40]) and sum(drafted[-100:]) <= 10  # at first every step; at the end explorations only
+
+
 def test_drafting_time_counts_against_a_tree() -> None:
     acceptance = np.array([1.0, 0.9])  # a one-node draft that pays on the verify curve alone
     assert choose_nodes(acceptance, CPU).size == 2

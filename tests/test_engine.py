@@ -60,7 +60,7 @@ def test_stats_count_what_the_steps_did(model) -> None:
     wall = time.perf_counter() - tick
     stats = out.stats
     assert stats.new_tokens == len(out.token_ids) == 1 + sum(r.new_tokens for r in reports)  # the prefill gave one
-    assert stats.num_drafts == len(reports)
+    assert stats.num_steps == len(reports)
     assert stats.num_accepted_tokens == sum(r.accepted_depth for r in reports)
     assert stats.num_draft_tokens == sum(r.draft_tokens for r in reports)
     assert stats.num_accepted_tokens_per_pos[0] == sum(r.accepted_depth >= 1 for r in reports)
@@ -73,13 +73,16 @@ def test_stats_arithmetic_on_hand_made_steps() -> None:
     stats.record_step(tree_size=8, accepted_len=3)  # accepted depths 1, 2
     stats.record_step(tree_size=8, accepted_len=1)  # only the root
     stats.record_step(tree_size=4, accepted_len=4)  # depths 1, 2, 3
-    assert stats.num_drafts == 3
+    assert stats.num_steps == 3 and stats.num_drafts == 3
     assert stats.num_draft_tokens == 7 + 7 + 3
     assert stats.num_accepted_tokens == 2 + 0 + 3
     assert stats.num_accepted_tokens_per_pos == [2, 2, 1]
     assert stats.mat == pytest.approx(8 / 3)
     assert stats.acceptance_rate_per_pos == pytest.approx([2 / 3, 2 / 3, 1 / 3])
     assert GenerationStats().mat == 1.0
+    stats.record_step(tree_size=1, accepted_len=1)  # a plain step: a step, not a draft
+    assert (stats.num_steps, stats.num_drafts, stats.num_plain_steps) == (4, 3, 1)
+    assert stats.mat == pytest.approx(9 / 4)
 
 
 class OversizedDrafter(PlainDrafter):

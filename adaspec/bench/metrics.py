@@ -61,7 +61,7 @@ class RunRecord:
             The record (peak memory is filled in by the runner).
         """
         return cls(prompt_id, category, method, turn, stats.new_tokens, stats.total_s, list(token_ids),
-                   stats.num_drafts, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s,
+                   stats.num_steps, list(stats.num_accepted_tokens_per_pos), stats.draft_s, stats.verify_s,
                    stats.prefill_s, stats.num_plain_steps)
 
 

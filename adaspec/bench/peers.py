@@ -73,12 +73,15 @@ class Peer:
             prediction: str | None = None) -> RunRecord:
         """Generates in the peer's process (see ``runner.Method.run``); peers have no use for a prediction.
 
+        A llama.cpp peer keeps the prefix its context shares with the prompt, as ``Llama.generate``
+        does by default (a chat's next turn, the same prompt again): adaspec's methods keep theirs.
+
         Raises:
             AdaspecError: when the peer process has died.
         """
         from adaspec.bench.runner import turn_seed
 
-        reply = self.ask(prompt_ids, new_tokens, seed=turn_seed(label))
+        reply = self.ask(prompt_ids, new_tokens, reuse=True, seed=turn_seed(label))
         return RunRecord(label[0], label[1], self.name, label[2], len(reply["tokens"]), reply["seconds"],
                          reply["tokens"])
 

@@ -24,11 +24,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def vector_isa() -> str:
+    """The widest vector instructions the CPU offers (Linux flags): ``amx``, ``avx512``, ``avx2`` or ``other``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags: set[str] = set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    for name, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return "other"
+
+
 def machine_description() -> dict:
     """Platform, CPU, threads, accelerator and this process's peak memory."""
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "isa": vector_isa(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),

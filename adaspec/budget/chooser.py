@@ -16,6 +16,7 @@ from adaspec.tree import DraftTree
 CHEAP_DRAFT = 0.05  # drafting that costs under this share of a plain step runs on every step
 DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
 MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
+GAIN_MEMORY = 16  # drafting steps after which an old step's saving weighs 1/e
 
 
 def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: float = 0.0) -> np.ndarray:
@@ -98,6 +99,7 @@ class TreeSizer:
         self.reliability = Reliability()
         self.plain_steps = 0  # steps that verified the root alone, over all requests
         self.explorations = 0
+        self.plain_ms = float(profile.cost(np.array([1]))[0])  # one plain step, in milliseconds
 
     def begin(self, setting: Hashable) -> RequestSizer:
         """Starts a request.
@@ -124,11 +126,16 @@ class SettingState:
         calibrator: their acceptance calibration.
         wait: plain steps between explorations now.
         draft_times: the drafter's last few times per drafting step, in milliseconds.
+        saving_ms: what a drafting step has saved lately, on average over drafting steps
+            (those whose tree was cut to its root save 0): the time of the plain steps its
+            accepted tokens replaced, less what verifying the tree cost beyond a plain step,
+            in milliseconds; None before the first.
     """
 
     calibrator: AcceptanceCalibrator
     wait: int
     draft_times: deque = field(default_factory=lambda: deque(maxlen=DRAFT_SAMPLES))
+    saving_ms: float | None = None
 
     @property
     def draft_ms(self) -> float:
@@ -158,14 +165,17 @@ class RequestSizer:
     def wants_draft(self) -> bool:
         """Whether this step should draft at all.
 
-        Always after a step that verified a tree, and whenever drafting costs under
-        ``CHEAP_DRAFT`` of a plain step (looking costs little then, and a strong match, such as
-        the start of a verbatim copy, is seen at once); otherwise not while a plain streak
-        waits for its next exploration.
+        Always after a step that verified a tree; whenever drafting costs under ``CHEAP_DRAFT``
+        of a plain step (looking costs little then, and a strong match, such as the start of a
+        verbatim copy, is seen at once); whenever drafting steps have lately saved more than
+        drafting costs (text where matches come and go: the steps that find one pay for those
+        that do not); otherwise not while a plain streak waits for its next exploration.
         """
         setting = self.setting
-        cheap = setting.draft_ms <= CHEAP_DRAFT * float(self.shared.profile.cost(np.array([1]))[0])
-        return self.since_tree == 0 or cheap or self.since_tree >= setting.wait
+        draft_ms = setting.draft_ms
+        cheap = draft_ms <= CHEAP_DRAFT * self.shared.plain_ms
+        paying = setting.saving_ms is not None and setting.saving_ms > draft_ms
+        return self.since_tree == 0 or cheap or paying or self.since_tree >= setting.wait
 
     def skip(self) -> None:
         """Counts a plain step taken without drafting."""
@@ -208,6 +218,10 @@ class RequestSizer:
         """
         if self._predicted is None:  # a plain step taken without drafting: nothing to learn here
             return
+        setting, plain_ms = self.setting, self.shared.plain_ms
+        saving = (accepted.size - 1) * plain_ms - (float(self.shared.profile.cost(np.array([tree.size]))[0]) - plain_ms)
+        keep = 1.0 - 1.0 / GAIN_MEMORY
+        setting.saving_ms = saving if setting.saving_ms is None else keep * setting.saving_ms + (1.0 - keep) * saving
         self.calibrator.update(tree, accepted)
         hit = np.zeros(tree.size)  # [n]
         hit[accepted] = 1.0
