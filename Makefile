@@ -60,18 +60,19 @@ demo-llamacpp: llamacpp
 	$(VENV)/bin/adaspec generate "$(PROMPT)" --backend llama.cpp --max-new-tokens 256 --compare
 
 # The committed benchmarks (run each alone on the machine; docs/benchmarks.md says what each shows).
-# transformers: 3 prompts of every existing category (128 tokens), then the repeating workload (200 tokens)
-HF_METHODS ?= none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,lookup@auto,hf-generate,hf-prompt-lookup
+# transformers: 2 prompts of every existing category (128 tokens), then of the repeating workload (200 tokens)
+HF_METHODS ?= none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,hf-generate,hf-prompt-lookup
 bench: setup
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --methods $(HF_METHODS) \
 		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit --out benchmarks/hf-categories --resume
-	$(VENV)/bin/adaspec bench --limit 3 --new-tokens 200 --methods $(HF_METHODS) \
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --methods $(HF_METHODS) \
 		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent --out benchmarks/hf-repeats --resume
 
 # every prompt of every category (599 turns, ~7 h here), prompts taken in turn from each category;
 # resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
 bench-full: setup
 	$(VENV)/bin/adaspec bench --new-tokens 128 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \
+		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit \
 		--out benchmarks/full --resume
 
 # llama.cpp: the same two runs, beside llama-cpp-python's own loop in its own process, on the project's

@@ -86,6 +86,34 @@ def bench_setting(folder: str) -> str:
             f"{machine.get('cpu_threads', '?')} threads · `{data['command']}`")
 
 
+def learning_curve(folder: str, wanted: str = "", size: str = "4") -> str:
+    """How a run's learned drafters improve over its requests: MAT and speedup over the first and
+    the last ``size`` requests, in the order they ran (one category of near-identical requests)."""
+    lines = (ROOT / folder / "records.jsonl").read_text().splitlines()[1:]  # the first line is the settings
+    records = [json.loads(line) for line in lines if line.strip()]
+    by_method: dict[str, list[dict]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    count = int(size)
+
+    def figures(runs: list[dict], plain: list[dict]) -> tuple[str, str]:
+        tokens, seconds = sum(r["new_tokens"] for r in runs), sum(r["seconds"] for r in runs)
+        speedup = (tokens / seconds) / (sum(r["new_tokens"] for r in plain) / sum(r["seconds"] for r in plain))
+        steps = sum(r["steps"] or 0 for r in runs)
+        mat = f"{1 + sum(sum(r['accepted_per_pos']) for r in runs) / steps:.2f}" if steps else "–"
+        return mat, f"{speedup:.2f}x"
+
+    plain = by_method["none"]
+    out = [f"| method | MAT, first {count} requests | MAT, last {count} | speedup, first {count} | speedup, last {count} |",
+           "|---|---|---|---|---|"]
+    for method in pick([m for m in by_method if m != "none"], wanted):
+        runs = by_method[method]
+        first_mat, first_speed = figures(runs[:count], plain[:count])
+        last_mat, last_speed = figures(runs[-count:], plain[-count:])
+        out.append(f"| {method} | {first_mat} | {last_mat} | {first_speed} | {last_speed} |")
+    return "\n".join(out)
+
+
 def plain_table(folder: str, file: str = "table.md") -> str:
     """A results folder's own ``table.md`` (scripts that write their table beside their results)."""
     return (ROOT / folder / file).read_text().strip()
@@ -96,6 +124,7 @@ TABLES: dict[str, Callable[..., str]] = {
     "bench-categories": bench_categories,
     "bench-setting": bench_setting,
     "table": plain_table,
+    "learning-curve": learning_curve,
 }
 
 

@@ -166,7 +166,7 @@ def test_a_tree_in_one_decode_matches_each_path_and_folds_back_into_sequence_0(g
 
 
 @needs_exact_build
-@pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "hybrid", "hybrid@auto"])
+@pytest.mark.parametrize("drafter", ["lookup", "recycling", "aded", "hybrid", "hybrid@auto", "suffix", "hybrid:copy=suffix@auto"])
 def test_greedy_output_equals_the_backends_plain_decoding(gguf, references, drafter) -> None:
     """Exact configuration: token for token, on the 13 greedy equivalence prompts, no tolerance."""
     name, _, budget = drafter.partition("@")
