@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/adaspec generate "$(PROMPT)" --drafter hybrid --max-new-tokens 256 --compare
+	$(VENV)/bin/adaspec generate "$(PROMPT)" --max-new-tokens 256 --compare
 
 test: setup
 	$(PY) -m pytest -q

@@ -64,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
     gen.add_argument("--model", default=None, help="a .gguf file, a Hugging Face model directory, or qwen2.5-coder-0.5b after make qwen (default: embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--drafter", default=None, help=f"one of: {', '.join(drafter_names())}, optionally with config overrides "
-        "as NAME:key=value,... (default: hybrid on hf, lookup on llama.cpp)")
+        "as NAME:key=value,... (default: hybrid:copy=suffix on hf, suffix on llama.cpp)")
     gen.add_argument("--budget", type=budget_value, default=None,
                      help=f"tree nodes per step, root included, or 'auto' to size each step from measured cost "
-                          f"(default: {DEFAULT_BUDGET} on hf, auto on llama.cpp)")
+                          f"(default: auto)")
     gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
     gen.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")

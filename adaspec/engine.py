@@ -72,10 +72,10 @@ class Generator:
     Args:
         model: from ``adaspec.load``.
         drafter: a registry name or spec (``none``, ``lookup``, ``recycling``, ``aded``,
-            ``hybrid``...), a Drafter instance, or None for the backend's default (``hybrid`` on
-            hf, ``lookup`` on llama.cpp: the fastest on each in the benchmark).
+            ``hybrid``...), a Drafter instance, or None for the backend's default
+            (``hybrid:copy=suffix`` on hf, ``suffix`` on llama.cpp: the fastest on each in the benchmark).
         budget: the most tree nodes per step, root included (1 = plain decoding), None for
-            the backend's own default (``DEFAULT_BUDGET`` on hf, ``"auto"`` on llama.cpp), or
+            the backend's own default (``"auto"`` on both), or
             ``"auto"``: each step verifies the part of the drafter's tree that maximises
             expected tokens per second under the measured verify cost (possibly only the root).
         max_context: cap on prompt + output tokens; at most the model's own limit.

@@ -24,6 +24,8 @@ import openai
 from adaspec.bench.prompts import load_prompts
 from adaspec.bench.server_process import start_server
 
+SETTINGS = ["--drafter", "hybrid", "--budget", "8"]  # what the committed table was measured with
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -76,7 +78,7 @@ def main() -> None:
     for mode, extra in modes.items():
         rows = []
         for streams in levels:
-            process, url = start_server(extra + ["--max-concurrency", str(max(levels))])
+            process, url = start_server(SETTINGS + extra + ["--max-concurrency", str(max(levels))])
             try:
                 rows.append(run_level(url, prompts, streams, args.tokens))
             finally:

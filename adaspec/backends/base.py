@@ -20,7 +20,7 @@ import torch
 from adaspec.sampling import SamplingParams, sample_tokens, sample_tokens_host, target_probs, target_probs_host
 from adaspec.tree import DraftTree
 
-DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (README)
+DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (docs/benchmarks.md)
 
 
 def safe_name(text: str) -> str:

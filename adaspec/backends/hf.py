@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from adaspec.backends.base import DEFAULT_BUDGET, NodeOutputs, Pick, pick_outputs, safe_name
+from adaspec.backends.base import NodeOutputs, Pick, pick_outputs, safe_name
 from adaspec.backends.kv import compact
 from adaspec.backends.tree_cache import TreeKVCache, supports_tree_cache
 from adaspec.tree import DraftTree
@@ -39,8 +39,10 @@ class HFBackend:
 
     name = "hf"
     chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
-    default_budget = DEFAULT_BUDGET  # trees of up to 8 nodes cost about one GEMM step here
-    default_drafter = "hybrid"  # 1.63x at budget 8 on the 599-turn run (README)
+    # hybrid:copy=suffix@auto: 1.57x over plain decoding on the existing categories and 3.19x where
+    # text repeats, against hybrid at 8 nodes' 1.42x / 2.16x (docs/benchmarks.md)
+    default_budget = "auto"
+    default_drafter = "hybrid:copy=suffix"
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
                  lean: bool | None = None, head: OutputHead | None = None, max_kept_tokens: int = 4096) -> None:
@@ -250,7 +252,7 @@ class HFBackend:
         if last_only:
             hidden = hidden[-1:]  # [1, H]
         # W @ h^T rather than h @ W^T: same products, but for a few rows MKL then packs the
-        # small activation instead of the [V, H] weight, 2-3x faster on CPU (README)
+        # small activation instead of the [V, H] weight, 2-3x faster on CPU (measured on the embedded model)
         return torch.mm(self.head_weight, hidden.t()).t().contiguous().float()  # [n, V]
 
 
