@@ -394,7 +394,10 @@ def run_generate(args: argparse.Namespace) -> int:
     baseline: Generation | None = None
     if args.compare:
         plain = Generator(model, drafter="none")
-        plain.generate(prompt, options, max_new_tokens=8)  # warm-up: first calls are slow
+        # both warmed alike (a new context's first decodes of each shape are slow), on another
+        # prompt: the same one would leave its prefix cached and skip the prefill being compared
+        for warming in (plain, generator):
+            warming.generate("Say hello.", options, max_new_tokens=8, chat=None, prediction=None)
         baseline = plain.generate(prompt, options)
 
     if args.json:
