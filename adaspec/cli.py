@@ -386,7 +386,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise AdaspecError("the prompt is empty")
     model = load_for(args)
     generator = Generator(model, drafter=args.drafter, budget=args.budget)
-    label = args.drafter or generator.drafter.name  # the backend's default when none was given
+    label = args.drafter or generator.pool.prototype.default_drafter  # the backend's default spec when none was given
     store = None if args.no_state else DrafterStateStore(args.state_dir or default_state_dir(), model.name, label)
     if store is not None:
         store.load_into(generator.drafter)  # warm: what earlier runs learned
@@ -500,7 +500,7 @@ def run_serve(args: argparse.Namespace) -> int:
     model = load_for(args)
     generator = Generator(model, drafter=args.drafter, budget=args.budget, max_requests=args.max_concurrency,
                           max_idle_backends=args.max_concurrency)
-    spec = args.drafter or generator.drafter.name
+    spec = args.drafter or generator.pool.prototype.default_drafter
     state_dir = None if args.no_state else (args.state_dir or default_state_dir())
     name = args.served_model_name or served_name(model.name)
     aliases = tuple(a for a in (args.model, model.name) if a)
