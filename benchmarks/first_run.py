@@ -30,15 +30,37 @@ def prompts(count: int) -> list[tuple[str, str]]:
     return chosen
 
 
+def table(rows: list[dict], backends: list[str]) -> str:
+    """The summary table: per runtime, medians over the prompts (each prompt's speedup is its own ratio)."""
+    lines = ["| runtime (default drafter) | prompts | plain tok/s | adaspec tok/s | median speedup | range | median MAT "
+             "| outputs identical |", "|---|---|---|---|---|---|---|---|"]
+    for backend in backends:
+        mine = [r for r in rows if r["backend"] == backend]
+        speedups = [r["speedup"] for r in mine]
+        plain = statistics.median(r["baseline_tokens_per_s"] for r in mine)
+        fast = statistics.median(r["tokens_per_s"] for r in mine)
+        lines.append(f"| {backend} ({mine[-1]['drafter']}) | {len(mine)} | {plain:.1f} | {fast:.1f} | "
+                     f"{statistics.median(speedups):.2f}x | "
+                     f"{min(speedups):.2f}x - {max(speedups):.2f}x | {statistics.median(r['mat'] for r in mine):.2f} | "
+                     f"{sum(r['identical'] for r in mine)}/{len(mine)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/first-run"))
     parser.add_argument("--prompts", type=int, default=4, help="prompts per prompt set")
     parser.add_argument("--backends", default="hf,llama.cpp")
+    parser.add_argument("--retable", action="store_true", help="rewrite OUT/table.md from OUT/results.json and stop")
     args = parser.parse_args()
+    backends = args.backends.split(",")
+    if args.retable:
+        rows = json.loads((args.out / "results.json").read_text())["runs"]
+        (args.out / "table.md").write_text(table(rows, backends))
+        return
     rows = []
     for label, text in prompts(args.prompts):
-        for backend in args.backends.split(","):
+        for backend in backends:
             run = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", text, "--backend", backend,
                                   "--max-new-tokens", str(TOKENS), "--compare", "--json", "--no-state"],
                                  capture_output=True, text=True, timeout=1200)
@@ -50,22 +72,9 @@ def main() -> None:
                          "baseline_tokens_per_s": out["baseline_tokens_per_s"], "identical": out["identical"]})
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    # tok/s are medians over the prompts; the speedup is each prompt's own ratio, then the median
-    lines = ["| runtime (default drafter) | prompts | plain tok/s | adaspec tok/s | median speedup | range | median MAT "
-             "| outputs identical |", "|---|---|---|---|---|---|---|---|"]
-    for backend in args.backends.split(","):
-        mine = [r for r in rows if r["backend"] == backend]
-        speedups = [r["speedup"] for r in mine]
-        plain = statistics.median(r["baseline_tokens_per_s"] for r in mine)
-        fast = statistics.median(r["tokens_per_s"] for r in mine)
-        lines.append(f"| {backend} ({mine[0]['drafter']}) | {len(mine)} | {plain:.1f} | {fast:.1f} | "
-                     f"{statistics.median(speedups):.2f}x | "
-                     f"{min(speedups):.2f}x - {max(speedups):.2f}x | {statistics.median(r['mat'] for r in mine):.2f} | "
-                     f"{sum(r['identical'] for r in mine)}/{len(mine)} |")
     (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "runs": rows}, indent=1))
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    (args.out / "table.md").write_text(table(rows, backends))
+    print(table(rows, backends))
 
 if __name__ == "__main__":
     main()

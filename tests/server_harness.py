@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(model: LoadedModel, drafter: str = "hybrid", budget: int | None = None,
+def live_server(model: LoadedModel, drafter: str = "hybrid", budget: int | None = 8,
                 **options) -> Iterator[tuple[str, OpenAIServer]]:
     """Serves ``model`` on 127.0.0.1 until the block ends.
 

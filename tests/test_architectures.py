@@ -132,7 +132,7 @@ def test_every_drafter_decodes_like_generate(model, family, tmp_path) -> None:
     assert smallest_gap > 1e-4, f"{family}: a near-tie in the reference ({smallest_gap:.1e}); pick another seed"
     accepted = {}
     for drafter in DRAFTERS:
-        generator = adaspec.Generator(loaded, drafter=drafter)
+        generator = adaspec.Generator(loaded, drafter=drafter, budget=8)
         runs = [generator.generate(prompt, max_new_tokens=new_tokens) for _ in range(2)]
         assert [run.token_ids for run in runs] == [expected, expected], (family, drafter)
         accepted[drafter] = runs[1].stats.num_accepted_tokens
@@ -152,7 +152,7 @@ def test_a_sliding_window_model_loaded_from_a_directory_decodes_like_generate(mo
     expected, smallest_gap = generate_reference(network, prompt, room, loaded.eos_token_ids)
     assert smallest_gap > 1e-4
     for drafter in ("none", "lookup", "hybrid"):
-        got = adaspec.Generator(loaded, drafter=drafter).generate(prompt, max_new_tokens=1000)
+        got = adaspec.Generator(loaded, drafter=drafter, budget=8).generate(prompt, max_new_tokens=1000)
         assert got.token_ids == expected, drafter
 
 

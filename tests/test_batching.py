@@ -99,7 +99,7 @@ def test_a_batch_bigger_than_one_forward_is_split(verifier) -> None:
 
 def test_requests_stepped_together_equal_their_solo_runs_through_the_verifier(verifier, model) -> None:
     prompts = ["Write a Python function that reverses a list.", "Name three colours.", "Why do cats purr?"]
-    generator = Generator(model, drafter="hybrid")
+    generator = Generator(model, drafter="hybrid", budget=8)
 
     def run(group: list[str], seeds: list[int]) -> list[list[int]]:
         requests = [generator.open(p, max_new_tokens=32, temperature=0.7 if s else 0.0, seed=s or None)

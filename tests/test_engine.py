@@ -13,7 +13,7 @@ from conftest import plain_generate
 
 
 def test_eos_ends_generation_where_plain_decoding_does(model) -> None:
-    generator = Generator(model, drafter="recycling")
+    generator = Generator(model, drafter="recycling", budget=8)
     prompt = generator.encode("Reply with only the word yes.", chat=True)
     out = generator.generate(prompt, max_new_tokens=64)
     assert out.finish_reason == "eos"
@@ -24,7 +24,7 @@ def test_eos_ends_generation_where_plain_decoding_does(model) -> None:
 
 @pytest.mark.parametrize("drafter", ["none", "lookup", "recycling", "hybrid"])
 def test_stop_string_cuts_exactly_where_plain_decoding_stops(model, drafter) -> None:
-    generator = Generator(model, drafter=drafter)
+    generator = Generator(model, drafter=drafter, budget=8)
     prompt = generator.encode("Count from 1 to 30, separated by commas.", chat=True)
     stop = "7. 7"
     out = generator.generate(prompt, max_new_tokens=80, stop=[stop])
@@ -37,16 +37,16 @@ def test_stop_string_cuts_exactly_where_plain_decoding_stops(model, drafter) -> 
 
 def test_stream_yields_the_same_text_as_generate(model) -> None:
     prompt = "List the planets of the solar system in order from the sun."
-    pieces_stream = Generator(model, drafter="lookup").stream(prompt, max_new_tokens=40, stop=["Saturn"])
+    pieces_stream = Generator(model, drafter="lookup", budget=8).stream(prompt, max_new_tokens=40, stop=["Saturn"])
     pieces = list(pieces_stream)
-    result = Generator(model, drafter="lookup").generate(prompt, max_new_tokens=40, stop=["Saturn"])
+    result = Generator(model, drafter="lookup", budget=8).generate(prompt, max_new_tokens=40, stop=["Saturn"])
     assert "".join(pieces) == result.text == pieces_stream.result.text
     assert len(pieces) > 2  # text arrives step by step, not at the end
 
 
 def test_stats_count_what_the_steps_did(model) -> None:
     """Stats against an independent tally: each step's report, watched from outside."""
-    request = Generator(model, drafter="lookup").open(
+    request = Generator(model, drafter="lookup", budget=8).open(
         "Repeat the sentence 'The cat sat on the mat.' five times.", max_new_tokens=48
     )
     tick = time.perf_counter()
@@ -116,4 +116,4 @@ def test_bad_generator_options_are_clear_errors(model) -> None:
     with pytest.raises(AdaspecError, match="budget"):
         Generator(model, budget=0)
     with pytest.raises(AdaspecError, match="unknown drafter"):
-        Generator(model, drafter="telepathy")
+        Generator(model, drafter="telepathy", budget=8)

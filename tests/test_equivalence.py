@@ -104,7 +104,7 @@ def test_greedy_output_equals_plain_generate(model, references, drafter, float_n
     """Every drafter on every prompt; the MCTS builder, a variant of aded's, on every other one.
     (The ``none`` drafter needs no run of its own: its steps are the root-only steps that every
     drafter here takes whenever it has nothing to propose.)"""
-    generator = Generator(model, drafter=drafter)  # one generator: recycling keeps learning across prompts
+    generator = Generator(model, drafter=drafter, budget=8)  # one generator: recycling keeps learning across prompts
     mismatches, near_ties, accepted_drafts = [], 0, 0
     for case_id, _, _ in GREEDY_CASES[::2] if "mcts" in drafter else GREEDY_CASES:
         prompt, expected = references[case_id]

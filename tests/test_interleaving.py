@@ -51,7 +51,7 @@ def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, dra
 
 
 def test_two_streams_interleaved_on_one_generator_each_match_generate(model, plain_greedy) -> None:
-    generator = Generator(model, drafter="hybrid")
+    generator = Generator(model, drafter="hybrid", budget=8)
     expected = [out.text for out in plain_greedy[:2]]
     first, second = (generator.stream(p, max_new_tokens=TOKENS) for p in PROMPTS[:2])
     pieces: dict[int, list[str]] = {0: [], 1: []}

@@ -198,7 +198,7 @@ def test_seeded_sampling_equals_plain_sampling_with_the_same_seed(gguf) -> None:
 
 
 def test_a_generation_that_stops_early_hands_its_context_back(gguf) -> None:
-    generator = adaspec.Generator(gguf, drafter="hybrid")
+    generator = adaspec.Generator(gguf, drafter="hybrid", budget=8)
     prompt = "Count from 1 to 30, separated by commas."
     stream = generator.stream(prompt, max_new_tokens=64)
     next(stream), next(stream)
@@ -216,7 +216,7 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill_token_for_toke
     from test_prefix_reuse import TOKENS, second_turns
 
     for options in ({}, {"temperature": 0.8, "top_p": 0.95, "seed": 3}):
-        warm = adaspec.Generator(gguf, drafter="lookup")
+        warm = adaspec.Generator(gguf, drafter="lookup", budget=8)
         for messages, token_ids, cached in second_turns(warm, **options):
             assert cached >= len(warm.encode(messages)) // 2
             cold = adaspec.Generator(gguf, drafter="none").generate(messages, max_new_tokens=TOKENS, **options)

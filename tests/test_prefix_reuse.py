@@ -34,7 +34,7 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill(model) -> None
     The reused prefill runs fewer rows than a cold one, so logits may differ in the last bits;
     no reference position of these prompts is a near-tie, so the tokens must be equal."""
     for drafter in ("lookup", "hybrid"):
-        warm = Generator(model, drafter=drafter)
+        warm = Generator(model, drafter=drafter, budget=8)
         for messages, token_ids, cached in second_turns(warm):
             prompt = warm.encode(messages)
             assert cached >= len(prompt) // 2, (drafter, cached, len(prompt))  # most of the prompt was kept
@@ -45,7 +45,7 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill(model) -> None
 
 def test_seeded_sampling_after_reuse_equals_a_cold_prefill(model) -> None:
     options = dict(temperature=0.8, top_p=0.95, seed=3)
-    warm = Generator(model, drafter="hybrid")
+    warm = Generator(model, drafter="hybrid", budget=8)
     for messages, token_ids, cached in second_turns(warm, **options):
         assert cached > 0
         assert token_ids == Generator(model, drafter="none").generate(messages, max_new_tokens=TOKENS, **options).token_ids

@@ -184,7 +184,7 @@ def test_first_tokens_over_a_real_tree_follow_the_models_distribution(model) -> 
     shift in the top token's probability is 5.7 standard errors: a z-test at 0.001 (3.3)
     catches it with power above 0.99.
     """
-    generator = Generator(model, drafter="hybrid")
+    generator = Generator(model, drafter="hybrid", budget=8)
     prompt = generator.encode("Name a colour and explain why you like it.")
     warm = generator.generate(prompt, max_new_tokens=40)  # the drafter learns this answer
     context = np.concatenate([prompt, warm.token_ids[:6]])
@@ -257,7 +257,7 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
     A mismatch is explained only if its position's uniform lay within BOUNDARY_TOLERANCE of a
     CDF boundary; at most MAX_BOUNDARY_MISSES of those pass, and any other mismatch fails.
     """
-    spec = Generator(model, drafter=drafter)
+    spec = Generator(model, drafter=drafter, budget=8)
     accepted, mismatches, boundary_misses = 0, [], 0
     for (prompt, temperature, top_p, seed), expected in zip(SAME_SEED_CASES, plain_samples):
         options = dict(max_new_tokens=SAMPLED_TOKENS, temperature=temperature, top_p=top_p, seed=seed)

@@ -83,7 +83,7 @@ class CrashingScheduler(Scheduler):
 
 
 def test_a_dead_scheduler_makes_new_requests_fail_fast(model) -> None:
-    generator = Generator(model, drafter="lookup")
+    generator = Generator(model, drafter="lookup", budget=8)
     scheduler = CrashingScheduler(generator, ServerMetrics("m"), request_timeout=600.0)
     with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
         first = httpx.post(f"{url}/v1/completions", json=OK_BODY, timeout=30)  # the one that kills it
@@ -108,7 +108,7 @@ class RecordingStore(DrafterStateStore):
 def test_state_is_saved_by_its_own_thread_while_requests_run(model, tmp_path) -> None:
     from adaspec.serve.saver import StateSaver
 
-    generator = Generator(model, drafter="aded")
+    generator = Generator(model, drafter="aded", budget=8)
     store = RecordingStore(tmp_path, model.name, "aded")
     store.writers = []
     saver = StateSaver(generator.session, store, every=0.05)
