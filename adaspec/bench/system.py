@@ -14,25 +14,24 @@ from adaspec.bench.prompts import BenchPrompt
 from adaspec.bench.runner import peak_rss_mb
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` says."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of a field of ``/proc/cpuinfo`` (Linux), None elsewhere or when absent."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` says."""
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def vector_isa() -> str:
     """The widest vector instructions the CPU offers (Linux flags): ``amx``, ``avx512``, ``avx2`` or ``other``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags: set[str] = set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = set((cpuinfo_field("flags") or "").split())
     for name, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
         if flag in flags:
             return name
