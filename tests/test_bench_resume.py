@@ -92,6 +92,28 @@ def test_an_interrupted_run_returns_whole_turns_only() -> None:
     assert len({r.prompt_id for r in stopped.value.records}) == 1
 
 
+def test_an_interrupt_just_after_a_turn_is_filed_keeps_that_turn() -> None:
+    """The window CI once hit: SIGTERM after a turn's last record reached the checkpoint, before the turn returned."""
+    from adaspec import load
+    from adaspec.bench.prompts import load_prompts
+    from adaspec.bench.runner import BenchInterrupted, build_methods, run_benchmark
+
+    model = load()
+    methods = build_methods(model, ["lookup"])
+    filed: list[RunRecord] = []
+
+    def stop_once_the_first_turn_is_filed(item: RunRecord) -> None:
+        filed.append(item)
+        if len(filed) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(BenchInterrupted) as stopped:
+        run_benchmark(model, load_prompts(["math"], 2), methods, 8, progress=False,
+                      on_record=stop_once_the_first_turn_is_filed)
+    assert sorted(r.method for r in stopped.value.records) == ["lookup", "none"]
+    assert stopped.value.records == sorted(filed, key=lambda r: r.method != "none")
+
+
 def test_resume_runs_only_the_missing_turns_and_gives_the_same_tokens(tmp_path, capsys) -> None:
     from adaspec.cli import main
 

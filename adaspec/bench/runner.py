@@ -250,6 +250,7 @@ def run_benchmark(
     total = len(methods) * sum(len(p.turns) for p in prompts)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
     records: list[RunRecord] = []
+    current: dict[str, RunRecord] = {}  # the turn being run, by method; kept if the signal comes once it is complete
     rotation = 0
     try:
         for prompt in prompts:
@@ -261,15 +262,21 @@ def run_benchmark(
                 else:
                     ids = encoder.encode(text, chat=False)
                 kept = earlier.get((prompt.category, prompt.id, turn), {})
+                current = {}
                 if all(method.name in kept and kept[method.name].prompt_digest == prompt.digest(turn) for method in methods):
-                    made = [kept[method.name] for method in methods]
+                    current.update((method.name, kept[method.name]) for method in methods)
                     bar.update(len(methods))
                 else:  # not run yet, or run on a prompt that has changed since
-                    made = run_turn(methods, rotation, ids, new_tokens, prompt, turn, memory, bar, on_record)
+                    run_turn(methods, rotation, ids, new_tokens, prompt, turn, memory, bar, on_record, current)
                 rotation += 1
+                made = [current[method.name] for method in methods]
                 records.extend(made)  # whole turns only, so an interrupted run stays comparable
                 history.append({"role": "assistant", "content": model.tokenizer.decode(made[0].token_ids, skip_special_tokens=True)})
     except KeyboardInterrupt:
+        if len(current) == len(methods):  # the signal came after the turn's last record was filed
+            finished = [current[method.name] for method in methods]
+            if not records or records[-1] is not finished[-1]:
+                records.extend(finished)
         raise BenchInterrupted(records) from None
     finally:
         bar.close()
@@ -277,7 +284,8 @@ def run_benchmark(
 
 
 def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_tokens: int, prompt: BenchPrompt, turn: int,
-             memory: PeakMemory, bar: tqdm, on_record: Callable[[RunRecord], None] | None) -> list[RunRecord]:
+             memory: PeakMemory, bar: tqdm, on_record: Callable[[RunRecord], None] | None,
+             made: dict[str, RunRecord]) -> None:
     """Runs every method on one turn, starting at ``methods[rotation % len(methods)]``.
 
     Args:
@@ -290,13 +298,11 @@ def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_toke
         memory: tracks the process's peak resident memory per generation.
         bar: the progress bar, advanced once per generation.
         on_record: called with each record as soon as it is made (for checkpoints).
-
-    Returns:
-        The records in the order of ``methods`` (the baseline's first).
+        made: filled with each method's record as soon as it is made, by method name; the caller owns it,
+            so that a turn whose records were all filed survives an interrupt that comes before this returns.
     """
     start = rotation % len(methods)
     label = (prompt.id, prompt.category, turn)
-    made: dict[str, RunRecord] = {}
     for method in list(methods[start:]) + list(methods[:start]):
         memory.reset()
         record = method.run(ids, new_tokens, label, prompt.prediction if turn == 0 else None)
@@ -307,4 +313,3 @@ def run_turn(methods: Sequence[Method], rotation: int, ids: np.ndarray, new_toke
             on_record(record)
         bar.set_postfix_str(f"{prompt.category} {method.name} {record.new_tokens / max(record.seconds, 1e-9):.1f} tok/s")
         bar.update()
-    return [made[method.name] for method in methods]
