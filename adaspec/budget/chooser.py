@@ -3,6 +3,7 @@ millisecond, and fall back to plain decoding when no tree pays for itself."""
 
 from __future__ import annotations
 
+import statistics
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable
@@ -84,12 +85,13 @@ class TreeSizer:
         profile: the verify cost curve.
         explore_every: the shortest wait between explorations, in steps.
         explore_max: the longest wait.
-        explore_nodes: nodes verified by an exploring step, root included.
+        explore_nodes: nodes verified by an exploring step, root included (default: the root
+            and the likeliest guess, so an exploration costs one extra row of a forward).
         max_settings: decoding settings whose calibration is kept (least recently used out).
     """
 
     def __init__(self, profile: LatencyProfile, explore_every: int = 16, explore_max: int = 256,
-                 explore_nodes: int = 4, max_settings: int = 32) -> None:
+                 explore_nodes: int = 2, max_settings: int = 32) -> None:
         self.profile = profile
         self.explore_every = explore_every
         self.explore_max = explore_max
@@ -130,20 +132,35 @@ class SettingState:
             (those whose tree was cut to its root save 0): the time of the plain steps its
             accepted tokens replaced, less what verifying the tree cost beyond a plain step,
             in milliseconds; None before the first.
+        draft_ms: what drafting costs a step (``record_draft``).
     """
 
     calibrator: AcceptanceCalibrator
     wait: int
     draft_times: deque = field(default_factory=lambda: deque(maxlen=DRAFT_SAMPLES))
     saving_ms: float | None = None
+    draft_ms: float = 0.0
 
-    @property
-    def draft_ms(self) -> float:
-        """What drafting costs a step: the median of the recent times (a first call that loads
-        compiled code cannot dominate it), 0 until ``MIN_DRAFT_SAMPLES`` are known."""
-        if len(self.draft_times) < MIN_DRAFT_SAMPLES:
-            return 0.0
-        return float(np.median(self.draft_times))
+    def record_draft(self, ms: float) -> None:
+        """Adds one drafting time and updates ``draft_ms``: what drafting costs a step, the median
+        of the recent times (a first call that loads compiled code cannot dominate it), 0 until
+        ``MIN_DRAFT_SAMPLES`` are known.
+
+        Args:
+            ms: the drafter's time this step, in milliseconds.
+        """
+        self.draft_times.append(ms)
+        if len(self.draft_times) >= MIN_DRAFT_SAMPLES:
+            self.draft_ms = statistics.median(self.draft_times)
+
+    def learn_saving(self, saving: float) -> None:
+        """Folds one drafting step's saving into ``saving_ms``.
+
+        Args:
+            saving: what the step saved, in milliseconds (0 for a tree cut to its root).
+        """
+        keep = 1.0 - 1.0 / GAIN_MEMORY
+        self.saving_ms = saving if self.saving_ms is None else keep * self.saving_ms + (1.0 - keep) * saving
 
 
 class RequestSizer:
@@ -195,7 +212,14 @@ class RequestSizer:
             A subtree of ``tree`` (possibly its root alone).
         """
         shared, setting = self.shared, self.setting
-        setting.draft_times.append(draft_ms)
+        setting.record_draft(draft_ms)
+        if tree.size == 1:  # nothing drafted: a plain step, whose saving (0) is all there is to learn
+            self.since_tree += 1
+            shared.plain_steps += 1
+            self._exploring = False
+            self._predicted = None
+            setting.learn_saving(0.0)
+            return tree
         acceptance = self.calibrator.estimate(tree)  # [n]
         keep = choose_nodes(acceptance, shared.profile, setting.draft_ms)
         streak = 0 if keep.size > 1 else self.since_tree + 1
@@ -219,9 +243,11 @@ class RequestSizer:
         if self._predicted is None:  # a plain step taken without drafting: nothing to learn here
             return
         setting, plain_ms = self.setting, self.shared.plain_ms
-        saving = (accepted.size - 1) * plain_ms - (float(self.shared.profile.cost(np.array([tree.size]))[0]) - plain_ms)
-        keep = 1.0 - 1.0 / GAIN_MEMORY
-        setting.saving_ms = saving if setting.saving_ms is None else keep * setting.saving_ms + (1.0 - keep) * saving
+        if tree.size == 1:  # cut to its root: saved nothing, taught nothing
+            setting.learn_saving(0.0)
+            return
+        setting.learn_saving((accepted.size - 1) * plain_ms
+                             - (float(self.shared.profile.cost(np.array([tree.size]))[0]) - plain_ms))
         self.calibrator.update(tree, accepted)
         hit = np.zeros(tree.size)  # [n]
         hit[accepted] = 1.0

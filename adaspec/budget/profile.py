@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,15 @@ class LatencyProfile:
         Returns:
             ``[m]`` float64 milliseconds.
         """
-        return np.interp(sizes, np.asarray(self.sizes, dtype=np.float64), np.asarray(self.ms, dtype=np.float64))
+        return np.interp(sizes, self._sizes_array, self._ms_array)
+
+    @cached_property
+    def _sizes_array(self) -> np.ndarray:
+        return np.asarray(self.sizes, dtype=np.float64)  # [k]
+
+    @cached_property
+    def _ms_array(self) -> np.ndarray:
+        return np.asarray(self.ms, dtype=np.float64)  # [k]
 
     def save(self, path: Path) -> None:
         """Writes the profile as JSON (atomically).
