@@ -13,7 +13,6 @@ import numba
 import numpy as np
 
 from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
-from adaspec.drafters.copy_odds import copy_scores
 from adaspec.tree import DraftTree, Source, TreeBuilder
 
 
@@ -114,8 +113,9 @@ class PromptLookupDrafter:
         context = np.ascontiguousarray(context, dtype=np.int64)
         found = recent_matches(context, cfg.max_ngram, cfg.max_matches)  # [max_ngram + 1, max_matches] one scan
         for ngram in range(cfg.max_ngram, cfg.min_ngram - 1, -1):
-            for continuation in continuations(context, found[ngram], cfg.max_depth):  # longer matches continue alike more often
-                builder.add_path(continuation, scores=copy_scores(ngram, continuation.size),
+            reliability = ngram / (ngram + 1)  # longer matches are likelier to continue alike
+            for continuation in continuations(context, found[ngram], cfg.max_depth):
+                builder.add_path(continuation, scores=reliability ** np.arange(1, continuation.size + 1),
                                  source=Source.CONTEXT)
                 if builder.full:
                     return builder.build()

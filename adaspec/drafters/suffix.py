@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
-from adaspec.drafters.copy_odds import copy_scores
 from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
 from adaspec.tree import DraftTree, Source, TreeBuilder
 
@@ -206,8 +205,7 @@ def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: Su
     """Adds to the tree what followed the query's suffix in one index.
 
     Matches are taken longest first, then most recent; a node's score is the share of matches
-    whose continuation passes through it, times the chance that a copy after a match that long
-    gets that deep (``copy_scores``).
+    whose continuation passes through it, times ``match / (match + 1)`` per token of depth.
 
     Args:
         builder: the tree so far.
@@ -233,7 +231,8 @@ def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: Su
         if path.size == 0:
             continue
         agree = np.cumprod(continuations[:, : path.size] == path[None, :], axis=1).sum(axis=0)  # [d] matches sharing each prefix
-        scores = agree / len(continuations) * copy_scores(int(length), path.size)
+        reliability = length / (length + 1.0)
+        scores = agree / len(continuations) * reliability ** np.arange(1, path.size + 1)
         builder.add_path(path.tolist(), scores=scores.tolist(), source=source)
         if builder.full:
             return
