@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds speed docs qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -99,6 +99,10 @@ bench-second-turn: llamacpp
 	$(PY) benchmarks/second_turn.py --out benchmarks/second-turn
 
 # the llama.cpp builds side by side, each installed beside the project (an AVX-512 CPU builds both)
+# what repacking and flash attention cost and whether they keep chains exact (the installed build)
+bench-llamacpp-configs: llamacpp
+	$(PY) benchmarks/llamacpp_configs.py --out benchmarks/llamacpp-configs
+
 bench-llamacpp-builds: setup
 	for isa in avx2 avx512; do wheel=$$(PYTHON=$(PY) scripts/llamacpp_wheel.sh exact $$isa) && \
 		$(PIP) install -q --no-deps --upgrade --target .llamacpp-builds/$$isa "$$wheel" || exit 1; done

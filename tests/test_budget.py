@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adaspec.budget import AcceptanceCalibrator, LatencyProfile, Reliability, TreeSizer, choose_nodes
-from adaspec.budget.chooser import MIN_DRAFT_SAMPLES
+from adaspec.budget.chooser import GAIN_MEMORY, MIN_DRAFT_SAMPLES
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
@@ -180,3 +180,18 @@ def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> 
         Generator(model, budget="big")
     with pytest.raises(AdaspecError, match="not a latency profile"):
         Generator(model, budget="auto", profile=tmp_path / "missing.json")
+
+
+def test_a_step_the_drafter_found_nothing_for_is_plain_and_teaches_only_that_it_saved_nothing() -> None:
+    sizer = TreeSizer(CPU, explore_every=4).begin("greedy")
+    strong = chain([1.0, 0.95])
+    sizer.update(sizer.size(strong, draft_ms=1.0), np.array([0, 1]))
+    saving, evidence = sizer.setting.saving_ms, sizer.calibrator.proposed.sum()
+    for step in range(MIN_DRAFT_SAMPLES):
+        verified = sizer.size(DraftTree.root_only(7), draft_ms=1.0)
+        assert verified.size == 1 and sizer.since_tree == step + 1
+        sizer.update(verified, np.array([0]))
+    assert sizer.setting.saving_ms < saving  # each such step counted as saving 0, once
+    assert sizer.setting.saving_ms == pytest.approx(saving * (1 - 1 / GAIN_MEMORY) ** MIN_DRAFT_SAMPLES)
+    assert sizer.calibrator.proposed.sum() == pytest.approx(evidence)  # no nodes, nothing learned
+    assert sizer.setting.draft_ms == 1.0 and sizer.shared.plain_steps == MIN_DRAFT_SAMPLES

@@ -203,7 +203,7 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
     default_budget = "auto"  # each extra node costs ~0.5 of a plain step on CPU: size every step
-    default_drafter = "suffix"  # suffix@auto 1.12x / 1.30x against lookup@auto 1.09x / 1.22x (docs/benchmarks.md)
+    default_drafter = "suffix"  # suffix@auto 1.10x / 1.33x against lookup@auto 1.07x / 1.25x (docs/benchmarks.md)
 
     def __init__(self, weights: LlamaWeights, batch: int = 512) -> None:
         lib = weights._lib
