@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as NAME:key=value,... (default: hybrid:copy=suffix on hf, suffix on llama.cpp)")
     gen.add_argument("--budget", type=budget_value, default=None,
                      help=f"tree nodes per step, root included, or 'auto' to size each step from measured cost "
-                          f"(default: auto)")
+                          "(default: auto)")
     gen.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens to generate (default: 256)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap the prompt in the chat template (default: when the model has one)")
     gen.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")

@@ -73,8 +73,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "runs": rows}, indent=1))
-    (args.out / "table.md").write_text(table(rows, backends))
-    print(table(rows, backends))
+    summary = table(rows, backends)
+    (args.out / "table.md").write_text(summary)
+    print(summary)
+
 
 if __name__ == "__main__":
     main()

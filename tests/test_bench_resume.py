@@ -72,28 +72,13 @@ def test_resume_reruns_a_turn_whose_prompt_changed_and_reuses_the_rest() -> None
     assert [m.turns_run for m in methods] == [3, 3]  # 2 turns, then 1 rerun: what @auto calibration covers
 
 
-def test_an_interrupted_run_returns_whole_turns_only() -> None:
-    from adaspec import load
-    from adaspec.bench.prompts import load_prompts
-    from adaspec.bench.runner import BenchInterrupted, build_methods, run_benchmark
+@pytest.mark.parametrize("stop_at", [2, 3], ids=["just-after-the-first-turn-is-filed", "in-the-second-turn"])
+def test_an_interrupted_run_returns_whole_turns_only(stop_at: int) -> None:
+    """Interrupted at the n-th filed record: the first turn (2 records) is kept whole, nothing of the second.
 
-    model = load()
-    methods = build_methods(model, ["lookup"])
-    made: list[RunRecord] = []
-
-    def stop_in_the_second_turn(item: RunRecord) -> None:
-        made.append(item)
-        if len(made) == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(BenchInterrupted) as stopped:
-        run_benchmark(model, load_prompts(["math"], 2), methods, 8, progress=False, on_record=stop_in_the_second_turn)
-    assert [r.method for r in stopped.value.records] == ["none", "lookup"]
-    assert len({r.prompt_id for r in stopped.value.records}) == 1
-
-
-def test_an_interrupt_just_after_a_turn_is_filed_keeps_that_turn() -> None:
-    """The window CI once hit: SIGTERM after a turn's last record reached the checkpoint, before the turn returned."""
+    At 2 the interrupt lands in the window CI once hit: after the turn's last record reached the
+    checkpoint, before the turn returned.
+    """
     from adaspec import load
     from adaspec.bench.prompts import load_prompts
     from adaspec.bench.runner import BenchInterrupted, build_methods, run_benchmark
@@ -102,16 +87,16 @@ def test_an_interrupt_just_after_a_turn_is_filed_keeps_that_turn() -> None:
     methods = build_methods(model, ["lookup"])
     filed: list[RunRecord] = []
 
-    def stop_once_the_first_turn_is_filed(item: RunRecord) -> None:
+    def stop_at_the_nth_record(item: RunRecord) -> None:
         filed.append(item)
-        if len(filed) == 2:
+        if len(filed) == stop_at:
             raise KeyboardInterrupt
 
     with pytest.raises(BenchInterrupted) as stopped:
-        run_benchmark(model, load_prompts(["math"], 2), methods, 8, progress=False,
-                      on_record=stop_once_the_first_turn_is_filed)
-    assert sorted(r.method for r in stopped.value.records) == ["lookup", "none"]
-    assert stopped.value.records == sorted(filed, key=lambda r: r.method != "none")
+        run_benchmark(model, load_prompts(["math"], 2), methods, 8, progress=False, on_record=stop_at_the_nth_record)
+    assert [r.method for r in stopped.value.records] == ["none", "lookup"]
+    assert len({r.prompt_id for r in stopped.value.records}) == 1
+    assert stopped.value.records == sorted(filed[:2], key=lambda r: r.method != "none")
 
 
 def test_resume_runs_only_the_missing_turns_and_gives_the_same_tokens(tmp_path, capsys) -> None:

@@ -214,10 +214,7 @@ class RequestSizer:
         shared, setting = self.shared, self.setting
         setting.record_draft(draft_ms)
         if tree.size == 1:  # nothing drafted: a plain step, whose saving (0) is all there is to learn
-            self.since_tree += 1
-            shared.plain_steps += 1
-            self._exploring = False
-            self._predicted = None
+            self.skip()
             setting.learn_saving(0.0)
             return tree
         acceptance = self.calibrator.estimate(tree)  # [n]
