@@ -32,6 +32,11 @@ class OutputTracker:
         limit: int,
     ) -> None:
         self.tokenizer = tokenizer
+        # a fast tokenizer that cleans up no spaces decodes exactly as its Rust tokenizer does: call
+        # that directly (this runs twice per generated token)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        self._decode_ids = tokenizer.decode if backend is None or cleans_up else backend.decode
         self.eos_token_ids = eos_token_ids
         self.stop = [s for s in stop if s]
         self.limit = limit
@@ -72,7 +77,7 @@ class OutputTracker:
                 return
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._decode_ids(ids, skip_special_tokens=True)
 
     def _decode_new_tokens(self, flush: bool = False) -> None:
         """Appends the text of the tokens after the read offset once it is whole characters."""

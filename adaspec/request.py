@@ -174,7 +174,7 @@ class Request:
         self.session.learn(tree, accepted, verified, self.pending, before_root, self._drafting)
         self.stats.draft_s += time.perf_counter() - tick
         self.stats.record_step(tree.size, accepted.size)
-        new_tokens = self._append(np.append(tree.tokens[accepted[1:]], self.pending))  # [k]
+        new_tokens = self._append(tree.tokens[accepted[1:]].tolist() + [self.pending])  # k tokens
         self.last_step = StepReport(tree.size - 1, accepted.size - 1, new_tokens)
         return self.output.text_delta()
 

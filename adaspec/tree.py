@@ -84,7 +84,12 @@ class DraftTree:
         Returns:
             A one-node tree.
         """
-        return cls(np.array([token], dtype=np.int64), np.array([-1], dtype=np.int64))
+        tree = cls.__new__(cls)  # valid by construction: the checks of ``__post_init__`` are skipped (a plain step's hot path)
+        object.__setattr__(tree, "tokens", np.array([token], dtype=np.int64))
+        object.__setattr__(tree, "parents", np.array([-1], dtype=np.int64))
+        object.__setattr__(tree, "scores", None)
+        object.__setattr__(tree, "sources", None)
+        return tree
 
     @property
     def size(self) -> int:
@@ -92,8 +97,15 @@ class DraftTree:
         return int(self.tokens.size)
 
     @cached_property
+    def is_chain(self) -> bool:
+        """True when every node's parent is the node before it (one path, no branches)."""
+        return self.size == 1 or bool(np.array_equal(self.parents, np.arange(-1, self.size - 1)))
+
+    @cached_property
     def depth(self) -> np.ndarray:
         """``[n]`` int64, distance of each node from the root (root = 0)."""
+        if self.is_chain:
+            return np.arange(self.size, dtype=np.int64)
         depth = np.zeros(self.size, dtype=np.int64)
         for i in range(1, self.size):  # parents[i] < i, so one forward pass suffices
             depth[i] = depth[self.parents[i]] + 1
@@ -153,7 +165,7 @@ class DraftTree:
         Returns:
             The tree itself when it already is a chain, else the chain's nodes re-indexed.
         """
-        if np.array_equal(self.parents, np.arange(-1, self.size - 1)):
+        if self.is_chain:
             return self
         path = [0]
         while self.children[path[-1]]:

@@ -33,6 +33,8 @@ def accept_path(tree: DraftTree, model_tokens: np.ndarray) -> np.ndarray:
         ``[k]`` int64 accepted node indices, root first (k >= 1). The model's next token is
         ``model_tokens[path[-1]]``.
     """
+    if tree.size == 1:  # a plain step
+        return np.zeros(1, dtype=np.int64)
     child_of = tree.child_of
     path = [0]
     while True:

@@ -236,7 +236,10 @@ class LlamaCppBackend:
         self._wants_logits = np.ctypeslib.as_array(b.logits, shape=(self.batch_size,))  # [B] int8
         self._seq_rows = [np.ctypeslib.as_array(b.seq_id[i], shape=(self.max_seqs,)) for i in range(self.batch_size)]  # B x [S]
         self._length = 0  # committed cells of the request (positions 0 .. length-1, sequence 0)
-        self._held = np.zeros(0, dtype=np.int64)  # [length] the tokens in those cells (kept for the next prompt)
+        self._held = np.zeros(weights.n_ctx, dtype=np.int64)  # [n_ctx] _held[:length]: the tokens in those cells
+        self._rows_on_zero = 0  # leading batch rows known to be on sequence 0 alone (set once, kept across steps)
+        self._logits_at = 0  # where the last logits view points (llama.cpp moves its buffer when it grows)
+        self._logits_rows = np.zeros((0, self.vocab_size), dtype=np.float32)  # [rows, V] that view
         self._tree: DraftTree | None = None  # the last verified tree, until commit
         self._leaves: np.ndarray | None = None  # [m] its leaves' node indices; leaf j is sequence j + 1
 
@@ -269,7 +272,7 @@ class LlamaCppBackend:
             self._wants_logits[n - 1] = begin + n == prompt_ids.size
             self._decode(n)
         self._length = int(prompt_ids.size)
-        self._held = np.array(prompt_ids, dtype=np.int64)
+        self._held[: self._length] = prompt_ids
         return pick_outputs_host(self.last_logits(1), pick)
 
     def cached_prefix(self, prompt_ids: np.ndarray) -> int:
@@ -302,7 +305,7 @@ class LlamaCppBackend:
         self._token[:n] = tree.tokens
         self._pos[:n] = start + tree.depth
         self._wants_logits[:n] = 1
-        chain = bool(np.array_equal(tree.parents, np.arange(-1, n - 1)))
+        chain = tree.is_chain
         if self.chain_only and not chain:
             raise AdaspecError("the exact llama.cpp configuration verifies chains only")
         if chain:  # every node on sequence 0: the cells plain decoding would use
@@ -315,10 +318,13 @@ class LlamaCppBackend:
         return pick_outputs_host(self.last_logits(n), pick)
 
     def _on_sequence_zero(self, n: int) -> None:
-        """Puts the batch's first ``n`` tokens on sequence 0 alone."""
+        """Puts the batch's first ``n`` tokens on sequence 0 alone (rows already there are left as they are)."""
+        if n <= self._rows_on_zero:
+            return
         self._n_seq[:n] = 1
         for i in range(n):
             self._seq_rows[i][0] = 0
+        self._rows_on_zero = n
 
     def _assign_sequences(self, tree: DraftTree) -> np.ndarray:
         """Gives leaf j sequence j + 1 (holding the committed cells too) and each node its leaves' ids."""
@@ -328,6 +334,7 @@ class LlamaCppBackend:
             below[leaf].append(j + 1)
         for i in range(tree.size - 1, 0, -1):  # children come after parents: sweep up once
             below[int(tree.parents[i])].extend(below[i])
+        self._rows_on_zero = 0
         for i, seqs in enumerate(below):
             self._n_seq[i] = len(seqs)
             self._seq_rows[i][: len(seqs)] = seqs
@@ -340,9 +347,10 @@ class LlamaCppBackend:
         lib, memory, tree = self._lib, self.memory, self._tree
         k = int(accepted.size)
         end = self._length + k
-        self._held = np.concatenate([self._held[: self._length], tree.tokens[accepted]])  # [end]
+        self._held[self._length : end] = tree.tokens[accepted]
         if self._leaves is None:
-            lib.llama_memory_seq_rm(memory, 0, end, -1)
+            if k < tree.size:  # the chain's rejected tail
+                lib.llama_memory_seq_rm(memory, 0, end, -1)
         elif k == 0:
             for j in range(self._leaves.size):
                 lib.llama_memory_seq_rm(memory, j + 1, -1, -1)
@@ -387,7 +395,11 @@ class LlamaCppBackend:
     def last_logits(self, n: int) -> np.ndarray:
         """``[n, V]`` float32 logits of the last decode's output rows (a view; used before the next decode)."""
         pointer = self._lib.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size))
+        at = ctypes.addressof(pointer.contents)
+        if at != self._logits_at or n > self._logits_rows.shape[0]:  # a view is made only when the buffer moved or grew
+            self._logits_rows = np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size))  # [n, V]
+            self._logits_at = at
+        return self._logits_rows[:n]
 
     def __del__(self) -> None:
         self.close()
