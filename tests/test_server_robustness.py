@@ -149,3 +149,33 @@ def test_health_says_whether_requests_are_verified_together(server) -> None:
     assert "adaspec:batched_verification{" in metrics
     assert not math.isnan(float(next(line for line in metrics.splitlines()
                                      if line.startswith("adaspec:batched_verification{")).rsplit(" ", 1)[1]))
+
+
+class StepRecordingScheduler(Scheduler):
+    """Notes, at every step, whether each stream's first text had been written by then."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_text_written: list[bool | None] = []  # None: a request that does not stream
+
+    def _advance(self, job) -> None:
+        self.first_text_written.append(None if job.first_text is None else job.first_text.is_set())
+        super()._advance(job)
+
+
+def test_a_streams_first_text_is_written_before_the_next_forward(model) -> None:
+    # the scheduler waits (here without a time limit) until the handler has written the first
+    # text, so that it does not reach the client one forward late; a non-streamed request is
+    # never waited for
+    generator = Generator(model, drafter="none")
+    scheduler = StepRecordingScheduler(generator, ServerMetrics("m"), first_text_wait=60.0)
+    with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
+        body = {"prompt": "Count to five:", "max_tokens": 6, "temperature": 0}
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+            streamed = "".join(json.loads(line[6:])["choices"][0]["text"] for line in response.iter_lines()
+                               if line.startswith("data: {"))
+        assert scheduler.first_text_written and all(scheduler.first_text_written)
+        scheduler.first_text_written.clear()
+        whole = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+        assert scheduler.first_text_written and all(w is None for w in scheduler.first_text_written)
+    assert streamed == whole

@@ -296,6 +296,8 @@ class OpenAIServer:
                     break
                 if event.kind == "text":
                     yield sse(chunk(event.data))
+                    if event.delivered is not None:  # resumed once the server took the chunk: it is on its way
+                        event.delivered.set()
                 elif event.kind == "error":
                     status, message = event.data
                     yield sse(error_body(message, status))

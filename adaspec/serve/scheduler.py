@@ -29,6 +29,7 @@ from adaspec.serve.saver import StateSaver
 
 log = logging.getLogger("adaspec")
 T = TypeVar("T")
+FIRST_TEXT_WAIT_S = 0.05  # the longest the scheduler waits for a stream's first text to be written
 
 
 class ServerBusy(Exception):
@@ -46,10 +47,12 @@ class JobSpec:
     Attributes:
         prompt: text, chat messages or token ids.
         options: how to generate (``chat`` False for completions).
+        stream: the client reads text as it comes (its first piece is a time to first token).
     """
 
     prompt: Prompt
     options: RequestOptions
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,13 @@ class Event:
         kind: ``started`` (data: prompt tokens), ``text`` (data: a text piece), ``done``
             (data: the Generation) or ``error`` (data: (HTTP status, message)).
         data: as described for each kind.
+        delivered: set by the handler once it has written this event's text to the connection
+            (None: nobody waits for that).
     """
 
     kind: str
     data: Any = None
+    delivered: threading.Event | None = None
 
 
 @dataclass
@@ -77,6 +83,9 @@ class Job:
         arrived: ``time.monotonic()`` at submission.
         cancelled: set by the handler when the client goes away.
         request: the decoding request once admitted.
+        last_output: ``time.monotonic()`` of its latest output.
+        id: its number, for logs.
+        first_text: for a stream, set by the handler once the first text is written (None until sent).
     """
 
     spec: JobSpec
@@ -87,11 +96,12 @@ class Job:
     request: Request | None = None
     last_output: float = 0.0
     id: int = 0
+    first_text: threading.Event | None = None
 
-    def send(self, kind: str, data: Any = None) -> None:
+    def send(self, kind: str, data: Any = None, delivered: threading.Event | None = None) -> None:
         """Hands an event to the handler's loop (safe from any thread)."""
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, Event(kind, data))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, Event(kind, data, delivered))
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
@@ -110,11 +120,14 @@ class Scheduler:
             time); its results equal each request's batch-of-one results by construction.
         idle_release: seconds without any request after which idle caches are freed and freed
             memory is handed back to the system.
+        first_text_wait: the most seconds the scheduler waits, before the next forward, for a
+            stream's first text to be written to its connection.
     """
 
     def __init__(self, generator: Generator, metrics: ServerMetrics, max_active: int = 8, max_waiting: int = 64,
                  request_timeout: float = 600.0, saver: StateSaver | None = None,
-                 batch: BatchVerifier | None = None, idle_release: float = 20.0) -> None:
+                 batch: BatchVerifier | None = None, idle_release: float = 20.0,
+                 first_text_wait: float = FIRST_TEXT_WAIT_S) -> None:
         if max_active < 1 or max_waiting < 0 or request_timeout <= 0 or idle_release <= 0:
             raise AdaspecError("need max_active >= 1, max_waiting >= 0, a positive request timeout and idle release")
         self.generator = generator
@@ -125,6 +138,7 @@ class Scheduler:
         self.saver = saver
         self.batch = batch
         self.idle_release = idle_release
+        self.first_text_wait = first_text_wait
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._wake = threading.Condition()
@@ -326,7 +340,15 @@ class Scheduler:
         """Sends a step's text, and the result when the request has finished."""
         request = job.request
         assert request is not None
-        if piece:
+        if piece and job.spec.stream and job.first_text is None:
+            # The handler's thread needs a core to write the first text, and the next forward would
+            # take both (llama.cpp's threads spin through it): the text would reach the client one
+            # forward late. So the scheduler waits until it is written (briefly: a stalled client
+            # cannot hold the others up), which is what a stream's time to first token measures.
+            job.first_text = threading.Event()
+            job.send("text", piece, job.first_text)
+            job.first_text.wait(self.first_text_wait)
+        elif piece:
             job.send("text", piece)
         if request.finished:
             generation: Generation = request.result()

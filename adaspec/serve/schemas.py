@@ -205,7 +205,7 @@ class ChatRequest(CommonRequest):
         if not any(m["content"].strip() for m in messages):
             raise RequestError("the messages hold no text", "messages")
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        return JobSpec(messages, self.options(chat=True, max_tokens=limit, scope=scope))
+        return JobSpec(messages, self.options(chat=True, max_tokens=limit, scope=scope), self.stream)
 
 
 class CompletionRequest(CommonRequest):
@@ -247,4 +247,5 @@ class CompletionRequest(CommonRequest):
             prompt = prompt[0]
         if isinstance(prompt, str) and not prompt.strip() or isinstance(prompt, list) and not prompt:
             raise RequestError("the prompt is empty", "prompt")
-        return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens, scope=scope))
+        return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens, scope=scope),
+                      self.stream)
