@@ -77,6 +77,8 @@ class AcceptanceCalibrator:
         prior = np.minimum(scores * self.depth_ratio()[sources, rows], 1.0)  # [n]
         estimate = (self.accepted[sources, rows, cols] + k * prior) / (self.proposed[sources, rows, cols] + k)  # [n]
         estimate[0] = 1.0
+        if tree.is_chain:  # a node is accepted only with its parent: here, the node before it
+            return np.minimum.accumulate(estimate)
         for depth in range(1, int(tree.depth.max(initial=0)) + 1):  # a node is accepted only with its parent
             level = np.flatnonzero(tree.depth == depth)  # [w]
             estimate[level] = np.minimum(estimate[level], estimate[tree.parents[level]])
