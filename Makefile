@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -100,6 +100,11 @@ bench-second-turn: llamacpp
 
 # the llama.cpp builds side by side, each installed beside the project (an AVX-512 CPU builds both)
 # what repacking and flash attention cost and whether they keep chains exact (the installed build)
+bench-llamacpp-fast: llamacpp-default-kernels
+	PYTHONPATH=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --no-exact --limit 3 \
+		--new-tokens 128 --methods none,lookup@auto,suffix@auto,llama.cpp-generate --out benchmarks/llamacpp-fast \
+		--resume --categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit
+
 bench-llamacpp-configs: llamacpp
 	$(PY) benchmarks/llamacpp_configs.py --out benchmarks/llamacpp-configs
 
