@@ -116,8 +116,7 @@ class Request:
         self._started = time.perf_counter()
         self.backend = self.pool.acquire(self.prompt_ids)
         self.stats.cached_prompt_tokens = self.backend.cached_prefix(self.prompt_ids)
-        self._drafting = self.session.begin(self.prompt_ids, self.sampling, self.options.scope, self.prediction_ids,
-                                            self.backend.chain_only)
+        self._drafting = self.session.begin(self.prompt_ids, self.sampling, self.options.scope, self.prediction_ids)
         self._prediction = self._drafting.prediction
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]
         first = self.backend.prefill(self.prompt_ids, Pick(self.sampling, uniforms, 0))

@@ -69,7 +69,7 @@ class Session:
                 self.drafter.propose(context, budget)
 
     def begin(self, prompt_ids: np.ndarray, sampling: SamplingParams, scope: str = "",
-              prediction: np.ndarray | None = None, chains_only: bool = False) -> RequestDrafting:
+              prediction: np.ndarray | None = None) -> RequestDrafting:
         """Tells the drafter a request starts and hands the request its drafting state.
 
         Args:
@@ -77,13 +77,12 @@ class Session:
             sampling: its settings (each setting keeps its own acceptance calibration).
             scope: whose shared history it drafts from and adds to.
             prediction: ``[q]`` token ids of its predicted output, if the client sent one.
-            chains_only: its backend verifies chains only.
 
         Returns:
             The request's drafting state.
         """
         with self.lock:
-            state = self.drafter.begin(DraftRequest(prompt_ids, scope, chains_only))
+            state = self.drafter.begin(DraftRequest(prompt_ids, scope))
             sizer = None if self.sizer is None else self.sizer.begin((sampling.temperature, sampling.top_k,
                                                                       sampling.top_p))
         source = PredictionSource(prediction) if prediction is not None and prediction.size else None

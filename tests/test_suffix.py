@@ -98,23 +98,6 @@ def test_scopes_draft_only_from_their_own_history() -> None:
     assert not off.histories
 
 
-def test_for_a_chains_only_backend_the_drafter_stops_at_the_chain_the_tree_would_be_cut_to() -> None:
-    # a repeated phrase with two different continuations (a branching tree), plus history
-    drafter = make_drafter("suffix", 1000)
-    drafter.end(drafter.begin(DraftRequest(np.array([1]))), np.array([7, 8, 9, 10, 11, 12]))
-    context = np.array([7, 8, 9, 20, 21, 22, 5, 7, 8, 9, 30, 31, 32, 6, 7, 8, 9])
-    trees = {}
-    for chains_only in (False, True):
-        state = drafter.begin(DraftRequest(context[:4], chains_only=chains_only))
-        trees[chains_only] = drafter.propose(context, 32, state)
-    whole, chain = trees[False], trees[True]
-    assert not whole.is_chain and chain.is_chain
-    cut = whole.first_chain()
-    np.testing.assert_array_equal(chain.tokens, cut.tokens)
-    np.testing.assert_allclose(chain.scores, cut.scores)
-    np.testing.assert_array_equal(chain.sources, cut.sources)
-
-
 def test_history_is_bounded_in_tokens_and_survives_a_save(tmp_path) -> None:
     drafter = make_drafter("suffix:history_tokens=1000,scopes=2", 1000)
     rng = np.random.default_rng(1)

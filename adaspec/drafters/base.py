@@ -46,13 +46,10 @@ class DraftRequest:
         prompt: ``[p]`` int64 the prompt's token ids.
         scope: whose shared history the request may draft from and adds to (``""``: everyone
             served by this drafter; a server can scope by tenant or client key).
-        chains_only: its backend verifies chains only (a tree is cut to its first chain), so a
-            drafter may stop once it has its first chain.
     """
 
     prompt: np.ndarray
     scope: str = ""
-    chains_only: bool = False
 
 
 @runtime_checkable

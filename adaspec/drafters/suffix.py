@@ -67,14 +67,12 @@ class SuffixRequest:
         indexed: context tokens already in ``own``.
         scope: the history it drafts from and adds to.
         prompt: its prompt (added to the history at the end when prompts are learned).
-        chains_only: its backend verifies only the tree's first chain: drafting stops there.
     """
 
     own: SuffixIndex
     scope: str
     prompt: np.ndarray
     indexed: int = 0
-    chains_only: bool = False
 
 
 @dataclass
@@ -119,8 +117,7 @@ class SuffixDrafter:
             The request's state.
         """
         capacity = max(4096, 2 * request.prompt.size)
-        return SuffixRequest(SuffixIndex(capacity, self.config.ways), request.scope, request.prompt,
-                             chains_only=request.chains_only)
+        return SuffixRequest(SuffixIndex(capacity, self.config.ways), request.scope, request.prompt)
 
     def propose(self, context: np.ndarray, budget: int, state: SuffixRequest | None = None) -> DraftTree:
         """Matches in the request's own context first, then in its scope's history.
@@ -139,12 +136,10 @@ class SuffixDrafter:
         builder = TreeBuilder(int(context[-1]), budget)
         query = context[-self.config.max_match :]
         # the own index ends with the query itself: only earlier occurrences count
-        chains_only = state.chains_only
-        grow(builder, state.own, query, self.config, Source.CONTEXT, skip_from=state.own.written - 1,
-             first_only=chains_only)
+        grow(builder, state.own, query, self.config, Source.CONTEXT, skip_from=state.own.written - 1)
         history = self.histories.get(state.scope)
-        if history is not None and not builder.full and not (chains_only and len(builder.tokens) > 1):
-            grow(builder, history, query, self.config, Source.HISTORY, first_only=chains_only)
+        if history is not None and not builder.full:
+            grow(builder, history, query, self.config, Source.HISTORY)
         return builder.build()
 
     def observe(self, step: StepFeedback, state: SuffixRequest | None = None) -> None:
@@ -206,7 +201,7 @@ class SuffixDrafter:
 
 
 def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: SuffixConfig, source: Source,
-         skip_from: int | None = None, first_only: bool = False) -> None:
+         skip_from: int | None = None) -> None:
     """Adds to the tree what followed the query's suffix in one index.
 
     Matches are taken longest first, then most recent; a node's score is the share of matches
@@ -219,8 +214,6 @@ def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: Su
         config: the depth rules.
         source: what the index holds (``Source``), recorded on the nodes.
         skip_from: ignore matches ending at or after this position.
-        first_only: stop after the first continuation (the tree's first chain; its scores still
-            count every match's agreement).
     """
     ends, lengths = index.matches(query, config.max_match, skip_from)
     keep = lengths >= config.min_match
@@ -241,7 +234,7 @@ def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: Su
         reliability = length / (length + 1.0)
         scores = agree / len(continuations) * reliability ** np.arange(1, path.size + 1)
         builder.add_path(path.tolist(), scores=scores.tolist(), source=source)
-        if builder.full or first_only:
+        if builder.full:
             return
 
 
