@@ -165,8 +165,8 @@ class StepRecordingScheduler(Scheduler):
 
 def test_a_streams_first_text_is_written_before_the_next_forward(model) -> None:
     # the scheduler waits (here without a time limit) until the handler has written the first
-    # text, so that it does not reach the client one forward late; a non-streamed request is
-    # never waited for
+    # text, so that it does not wait for a core while the next forward runs; a non-streamed
+    # request is never waited for
     generator = Generator(model, drafter="none")
     scheduler = StepRecordingScheduler(generator, ServerMetrics("m"), first_text_wait=60.0)
     with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
