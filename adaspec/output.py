@@ -4,9 +4,32 @@ final."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+
+def rust_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[..., str] | None:
+    """The Rust tokenizer's own ``decode``, where it gives exactly what ``tokenizer.decode`` gives.
+
+    That holds for a fast tokenizer that cleans up no spaces and whose class adds no decoding of
+    its own (no subclass of the class that holds the Rust tokenizer overrides a decode method;
+    Whisper's, for one, does).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+
+    Returns:
+        The function, or None where ``tokenizer.decode`` must be used.
+    """
+    if getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return None
+    classes = type(tokenizer).__mro__
+    owner = next((i for i, c in enumerate(classes) if "backend_tokenizer" in c.__dict__), None)
+    if owner is None or any(name in c.__dict__ for c in classes[:owner]
+                            for name in ("decode", "_decode", "convert_tokens_to_string")):
+        return None
+    return tokenizer.backend_tokenizer.decode
 
 
 class OutputTracker:
@@ -32,11 +55,7 @@ class OutputTracker:
         limit: int,
     ) -> None:
         self.tokenizer = tokenizer
-        # a fast tokenizer that cleans up no spaces decodes exactly as its Rust tokenizer does: call
-        # that directly (this runs twice per generated token)
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", True)
-        self._decode_ids = tokenizer.decode if backend is None or cleans_up else backend.decode
+        self._decode_ids = rust_decode(tokenizer) or tokenizer.decode  # runs twice per generated token
         self.eos_token_ids = eos_token_ids
         self.stop = [s for s in stop if s]
         self.limit = limit

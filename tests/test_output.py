@@ -70,3 +70,27 @@ def test_eos_ends_the_text_without_decoding_it(model) -> None:
     tracker = OutputTracker(model.tokenizer, model.eos_token_ids, [], limit=100)
     tracker.extend(ids + [eos, ids[0]])
     assert tracker.finish_reason == "eos" and tracker.ids == ids + [eos] and tracker.text == "Hello there"
+
+
+def test_the_rust_decode_shortcut_is_taken_only_where_it_decodes_alike(model) -> None:
+    from adaspec.output import rust_decode
+
+    tokenizer = model.tokenizer
+    decode = rust_decode(tokenizer)
+    assert decode is not None  # the embedded model's fast tokenizer cleans nothing up
+    ids = tokenizer("def f(x):\n    return x  # 🙂 <|im_end|>", add_special_tokens=False).input_ids
+    for end in range(1, len(ids) + 1):
+        assert decode(ids[:end], skip_special_tokens=True) == tokenizer.decode(ids[:end], skip_special_tokens=True)
+
+    class Fast:  # the shape rust_decode looks for: the class that holds the Rust tokenizer
+        backend_tokenizer = tokenizer.backend_tokenizer
+        clean_up_tokenization_spaces = False
+
+    class Plain(Fast):
+        pass
+
+    class OwnDecoding(Fast):  # decoding of its own, as Whisper's tokenizer has
+        def _decode(self, ids: list[int]) -> str:
+            return ""
+
+    assert rust_decode(Plain()) is not None and rust_decode(OwnDecoding()) is None

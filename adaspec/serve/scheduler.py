@@ -265,6 +265,7 @@ class Scheduler:
             self.metrics.observe_start(request.prompt_ids.size, job.last_output - job.arrived)
             job.send("started", int(request.prompt_ids.size))
             self._after_output(job, piece)
+            job.last_output = time.monotonic()  # the next step's time leaves out the wait for the first text
 
     def _still_wanted(self, job: Job) -> bool:
         """False (and the job retired) when its client left or its time is up."""
