@@ -106,14 +106,12 @@ class Session:
             ValueError: when the drafter breaks its contract (a bug in the drafter).
         """
         sizer = drafting.sizer
-        if budget <= 1:  # room for the root alone (plain decoding, or the last token): nothing to draft
-            if sizer is not None:
-                with self.lock:
-                    sizer.skip()
-            return DraftTree.root_only(pending)
         with self.lock:
-            if sizer is not None and not sizer.wants_draft():  # plain decoding wins for now: skip the drafter
-                sizer.skip()
+            # room for the root alone (plain decoding, or the last token), or plain decoding wins for
+            # now: the drafter is not asked
+            if budget <= 1 or (sizer is not None and not sizer.wants_draft()):
+                if sizer is not None:
+                    sizer.skip()
                 return DraftTree.root_only(pending)
             started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
             predicted = None

@@ -261,11 +261,10 @@ class Scheduler:
             piece = self._guarded(job, request.start)
             if piece is None:
                 continue
-            job.last_output = time.monotonic()
-            self.metrics.observe_start(request.prompt_ids.size, job.last_output - job.arrived)
+            self.metrics.observe_start(request.prompt_ids.size, time.monotonic() - job.arrived)
             job.send("started", int(request.prompt_ids.size))
             self._after_output(job, piece)
-            job.last_output = time.monotonic()  # the next step's time leaves out the wait for the first text
+            job.last_output = time.monotonic()  # after any wait for the first text: the next step's time leaves it out
 
     def _still_wanted(self, job: Job) -> bool:
         """False (and the job retired) when its client left or its time is up."""
