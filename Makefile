@@ -63,17 +63,17 @@ demo-llamacpp: llamacpp
 # transformers: 2 prompts of every existing category (128 tokens), then of the repeating workload (200 tokens)
 HF_METHODS ?= none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,hf-generate,hf-prompt-lookup
 bench: setup
-	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --methods $(HF_METHODS) \
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 128 --budget 8 --methods $(HF_METHODS) \
 		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit --out benchmarks/hf-categories --resume
-	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --methods $(HF_METHODS) \
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --budget 8 --methods $(HF_METHODS) \
 		--categories stdlib-edit,stdlib-edit-predicted,revise,quote,agent --out benchmarks/hf-repeats --resume
-	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --methods none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,hf-prompt-lookup \
+	$(VENV)/bin/adaspec bench --limit 2 --new-tokens 200 --budget 8 --methods none,hybrid,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,hf-prompt-lookup \
 		--categories stdlib-edit-predicted --out benchmarks/hf-predicted --resume
 
 # every prompt of every category (599 turns, ~7 h here), prompts taken in turn from each category;
 # resumable: stop it any time (Ctrl-C) and rerun the same command to go on where it stopped
 bench-full: setup
-	$(VENV)/bin/adaspec bench --new-tokens 128 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \
+	$(VENV)/bin/adaspec bench --new-tokens 128 --budget 8 --methods lookup,recycling,aded,hybrid,hybrid@auto,hf-prompt-lookup \
 		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit \
 		--out benchmarks/full --resume
 
@@ -129,7 +129,7 @@ qwen: setup
 
 # the committed benchmarks/qwen-limit1 (~8 min here, after a one-time ~1.5 min conversion)
 bench-qwen: qwen
-	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 1 --new-tokens 64 \
+	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 1 --new-tokens 64 --budget 8 \
 		--methods none,lookup,aded,hybrid,hybrid@auto,hf-prompt-lookup --out benchmarks/qwen-limit1
 
 clean:

@@ -10,10 +10,10 @@ Typical use::
 """
 
 from adaspec.drafters import Drafter, StepFeedback, drafter_names, make_drafter
-from adaspec.backends.base import DEFAULT_BUDGET
 from adaspec.engine import Generation, Generator, TextStream
 from adaspec.errors import AdaspecError
-from adaspec.loading import LoadedModel, load
+from adaspec.loading import load
+from adaspec.models.loaded import LoadedModel
 from adaspec.sampling import SamplingParams
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree, TreeBuilder
@@ -22,7 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaspecError",
-    "DEFAULT_BUDGET",
     "DraftTree",
     "Drafter",
     "Generation",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,3 +52,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """
     with atomic_writer(path) as file:
         file.write(text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Stages a folder beside ``target``; on a clean exit it becomes ``target`` in one step.
+
+    A reader never sees a half-written folder. If another process put ``target`` in place
+    first, its folder is kept and this one dropped. The staging folder is always removed.
+
+    Args:
+        target: the folder to create; its parent is created if missing.
+
+    Yields:
+        The staging folder, empty, to fill.
+
+    Raises:
+        OSError: if the folder cannot be created or moved into place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():  # not a concurrent writer that won
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

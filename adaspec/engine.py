@@ -18,7 +18,7 @@ from adaspec.backends.pool import BackendPool
 from adaspec.budget import LatencyProfile, TreeSizer, load_or_measure_profile
 from adaspec.drafters import Drafter, make_drafter
 from adaspec.errors import AdaspecError
-from adaspec.loading import LoadedModel
+from adaspec.models.loaded import LoadedModel
 from adaspec.options import RequestOptions
 from adaspec.output import OutputTracker
 from adaspec.request import Generation, Request
@@ -28,7 +28,6 @@ from adaspec.session import Session
 Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int], np.ndarray]
 
 AUTO = "auto"  # the budget that sizes each step's tree from measured cost and calibrated acceptance
-MAX_BUDGET = 256  # the most tree nodes one step may verify
 
 
 class TextStream:
@@ -72,12 +71,13 @@ class Generator:
     Args:
         model: from ``adaspec.load``.
         drafter: a registry name or spec (``none``, ``lookup``, ``recycling``, ``aded``,
-            ``hybrid``...), a Drafter instance, or None for the backend's default
-            (``hybrid:copy=suffix`` on hf, ``suffix`` on llama.cpp: the fastest on each in the benchmark).
-        budget: the most tree nodes per step, root included (1 = plain decoding), None for
-            the backend's own default (``"auto"`` on both), or
-            ``"auto"``: each step verifies the part of the drafter's tree that maximises
-            expected tokens per second under the measured verify cost (possibly only the root).
+            ``hybrid``...), a Drafter instance, or None for the runtime's default
+            (``model.runtime.default_drafter``: the fastest on it in the benchmark).
+        budget: the most tree nodes per step, root included (1 = plain decoding; at most
+            ``model.runtime.max_tree_nodes``), None for the runtime's own default
+            (``model.runtime.default_budget``), or ``"auto"``: each step verifies the part of the
+            drafter's tree that maximises expected tokens per second under the measured verify
+            cost (possibly only the root).
         max_context: cap on prompt + output tokens; at most the model's own limit.
         profile: for ``"auto"``: a ``LatencyProfile`` or its JSON file; None measures one
             at first use and caches it per backend / model / device / dtype / thread count.
@@ -87,7 +87,7 @@ class Generator:
         max_idle_backends: backends kept warm between requests (the rest are freed).
 
     Raises:
-        AdaspecError: for an unknown drafter, a budget < 1 or bad pool limits.
+        AdaspecError: for an unknown drafter, a budget the runtime cannot verify, or bad pool limits.
     """
 
     def __init__(
@@ -101,21 +101,25 @@ class Generator:
         max_requests: int = 64,
         max_idle_backends: int = 2,
     ) -> None:
+        runtime = model.runtime
+        most = runtime.max_tree_nodes
         if budget is not None and budget != AUTO and (isinstance(budget, bool) or not isinstance(budget, int)
-                                                      or not 1 <= budget <= MAX_BUDGET):
-            raise AdaspecError(f"budget must be a number of tree nodes in 1..{MAX_BUDGET} or {AUTO!r}, got {budget!r}")
+                                                      or not 1 <= budget <= most):
+            raise AdaspecError(f"budget must be a number of tree nodes in 1..{most} (the most the {runtime.name} "
+                               f"runtime verifies at once) or {AUTO!r}, got {budget!r}")
         self.model = model
         self.pool = BackendPool(model.new_backend, max_in_use=max_requests, max_idle=max_idle_backends, first=backend)
-        described = self.pool.prototype
         if drafter is None:
-            drafter = described.default_drafter
+            drafter = runtime.default_drafter
         if budget is None:  # plain decoding needs no budget, so no latency profile either
-            budget = 1 if drafter == "none" else described.default_budget
+            budget = 1 if drafter == "none" else runtime.default_budget
         drafter = make_drafter(drafter, model.vocab_size) if isinstance(drafter, str) else drafter
+        if not isinstance(drafter, Drafter):
+            raise AdaspecError(f"a drafter is a spec or an adaspec.Drafter, got {type(drafter).__name__}")
         sizer = None  # sizes each step's tree when the budget is "auto"
         if budget == AUTO:
-            sizer = TreeSizer(load_or_measure_profile(described, profile))
-            budget = sizer.profile.max_size
+            sizer = TreeSizer(load_or_measure_profile(self.pool.prototype, profile, most))
+            budget = min(sizer.profile.max_size, most)
         self.session = Session(drafter, int(budget), sizer, model.vocab_size)
         self.max_context = min(max_context or model.max_context, model.max_context)
 
@@ -136,7 +140,7 @@ class Generator:
 
     @property
     def backend(self) -> Backend:
-        """A backend of this generator's runtime, for what it says about itself (name, defaults)."""
+        """A backend of this generator's runtime, for what it says about itself (name, profile key)."""
         return self.pool.prototype
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> np.ndarray:
@@ -194,7 +198,6 @@ class Generator:
         stream = self.stream(prompt, options, **fields)
         for _ in stream:
             pass
-        assert stream.result is not None
         return stream.result
 
     def stream(self, prompt: Prompt, options: RequestOptions | None = None, **fields: Any) -> TextStream:

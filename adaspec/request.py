@@ -16,7 +16,8 @@ from adaspec.backends.base import Backend, NodeOutputs, Pick
 from adaspec.backends.pool import BackendPool
 from adaspec.options import RequestOptions
 from adaspec.output import OutputTracker
-from adaspec.drafters.prediction import PredictionSource
+from adaspec.drafters.prediction import PredictionDrafter
+from adaspec.errors import AdaspecError
 from adaspec.session import RequestDrafting, Session
 from adaspec.stats import GenerationStats
 from adaspec.tree import DraftTree
@@ -93,7 +94,7 @@ class Request:
         self.backend: Backend | None = None
         self.prediction_ids = prediction_ids
         self._drafting: RequestDrafting | None = None
-        self._prediction: PredictionSource | None = None  # kept after close, for the usage counts
+        self._prediction: PredictionDrafter | None = None  # kept after close, for the usage counts
         # one uniform number per output position, drawn up front: the text depends on the seed only.
         # The tree budget shrinks to the tokens left, so no node looks past position limit - 1.
         self._uniforms = None if self.sampling.greedy else self.sampling.uniforms(self.limit)  # [limit]
@@ -111,15 +112,17 @@ class Request:
             The text that is final so far (possibly empty).
 
         Raises:
-            AdaspecError: when the pool has no backend to spare.
+            AdaspecError: when the pool has no backend to spare, or the request was started before.
         """
+        if self._started:
+            raise AdaspecError("a request starts once")
         self._started = time.perf_counter()
         self.backend = self.pool.acquire(self.prompt_ids)
-        self.stats.cached_prompt_tokens = self.backend.cached_prefix(self.prompt_ids)
         self._drafting = self.session.begin(self.prompt_ids, self.sampling, self.options.scope, self.prediction_ids)
         self._prediction = self._drafting.prediction
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]
         first = self.backend.prefill(self.prompt_ids, Pick(self.sampling, uniforms, 0))
+        self.stats.cached_prompt_tokens = self.backend.reused_prefix
         self.stats.prefill_s = time.perf_counter() - self._started
         self._append([int(first.tokens[0])])
         return self.output.text_delta()
@@ -143,8 +146,12 @@ class Request:
 
         Returns:
             The tree (sized for this step) and the pick for ``Backend.verify``.
+
+        Raises:
+            AdaspecError: before ``start`` or after ``close``.
         """
-        assert self.backend is not None, "start() first"
+        if self.backend is None:
+            raise AdaspecError("a request steps only between start() and close()")
         budget = min(self.session.budget, self.limit - len(self.output.ids))
         tick = time.perf_counter()
         tree = self.session.propose(self.context[: self.length], budget, self.pending, self.backend.chain_only,
@@ -173,7 +180,7 @@ class Request:
         tick = time.perf_counter()
         self.session.learn(tree, accepted, verified, self.pending, before_root, self._drafting)
         self.stats.draft_s += time.perf_counter() - tick
-        self.stats.record_step(tree.size, accepted.size)
+        self.stats.record_step(tree, accepted)
         new_tokens = self._append(tree.tokens[accepted[1:]].tolist() + [self.pending])  # k tokens
         self.last_step = StepReport(tree.size - 1, accepted.size - 1, new_tokens)
         return self.output.text_delta()

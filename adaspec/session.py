@@ -17,11 +17,10 @@ import numpy as np
 from adaspec.backends.base import NodeOutputs
 from adaspec.budget import RequestSizer, TreeSizer
 from adaspec.drafters import Drafter, StepFeedback
-from adaspec.drafters.base import DraftRequest, learns
-from adaspec.drafters.hybrid import graft
-from adaspec.drafters.prediction import PredictionSource
+from adaspec.drafters.base import DraftRequest
+from adaspec.drafters.prediction import PredictionDrafter, with_prediction
 from adaspec.sampling import SamplingParams
-from adaspec.tree import DraftTree, TreeBuilder
+from adaspec.tree import DraftTree
 
 
 @dataclass
@@ -29,16 +28,17 @@ class RequestDrafting:
     """One request's side of drafting, owned by the request.
 
     Attributes:
-        state: what the drafter's ``begin`` returned for it.
+        drafter: what drafts for it: the session's drafter, or with a prediction, the prediction
+            merged in front of it.
+        state: what that drafter's ``begin`` returned for it.
         sizer: its tree sizer (None with a fixed budget).
         prediction: the client's predicted output, when one was given.
-        prompt_size: prompt tokens at the start of its context.
     """
 
+    drafter: Drafter
     state: Any
     sizer: RequestSizer | None
-    prediction: PredictionSource | None
-    prompt_size: int
+    prediction: PredictionDrafter | None
 
 
 class Session:
@@ -57,16 +57,8 @@ class Session:
         self.sizer = sizer
         self.vocab_size = vocab_size
         self.lock = threading.RLock()  # guards the drafter and the sizer's calibration
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Runs the drafter's proposal once on a made-up context, so that loading its compiled
-        code is not timed as drafting cost (the sizer skips drafting it measures as expensive)."""
-        pattern = np.arange(1, 9, dtype=np.int64) % self.vocab_size  # [8]
-        context = np.tile(pattern, 4)  # [32] a repeating text: every drafter finds something
         with self.lock:
-            for budget in (2, 8):
-                self.drafter.propose(context, budget)
+            drafter.warm_up(vocab_size)
 
     def begin(self, prompt_ids: np.ndarray, sampling: SamplingParams, scope: str = "",
               prediction: np.ndarray | None = None) -> RequestDrafting:
@@ -81,16 +73,17 @@ class Session:
         Returns:
             The request's drafting state.
         """
+        source = PredictionDrafter(prediction, int(prompt_ids.size)) if prediction is not None and prediction.size else None
+        drafter = self.drafter if source is None else with_prediction(self.drafter, source)
         with self.lock:
-            state = self.drafter.begin(DraftRequest(prompt_ids, scope))
+            state = drafter.begin(DraftRequest(prompt_ids, scope))
             sizer = None if self.sizer is None else self.sizer.begin((sampling.temperature, sampling.top_k,
                                                                       sampling.top_p))
-        source = PredictionSource(prediction) if prediction is not None and prediction.size else None
-        return RequestDrafting(state, sizer, source, int(prompt_ids.size))
+        return RequestDrafting(drafter, state, sizer, source)
 
     def propose(self, context: np.ndarray, budget: int, pending: int, chain_only: bool,
                 drafting: RequestDrafting) -> DraftTree:
-        """The tree one step verifies: the prediction's continuation first (if any), then the drafter's.
+        """The tree one step verifies: drafted, checked, cut to a chain if need be, and sized.
 
         Args:
             context: ``[L]`` the request's prompt and output so far.
@@ -100,7 +93,7 @@ class Session:
             drafting: the request's drafting state.
 
         Returns:
-            The tree, checked against the drafter contract and sized.
+            The tree.
 
         Raises:
             ValueError: when the drafter breaks its contract (a bug in the drafter).
@@ -114,17 +107,8 @@ class Session:
                     sizer.skip()
                 return DraftTree.root_only(pending)
             started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
-            predicted = None
-            if drafting.prediction is not None:
-                predicted = drafting.prediction.propose(context[drafting.prompt_size :], budget)
-            room = budget if predicted is None else budget - predicted.size + 1
-            tree = self.drafter.propose(context, max(1, room), drafting.state)
-            check_tree_contract(tree, pending, max(1, room), self.vocab_size, self.drafter.name)
-            if predicted is not None and predicted.size > 1:
-                builder = TreeBuilder(pending, budget)
-                graft(builder, predicted, budget)
-                graft(builder, tree, budget)
-                tree = builder.build()
+            tree = drafting.drafter.propose(context, budget, drafting.state)
+            check_tree_contract(tree, pending, budget, self.vocab_size, drafting.drafter.name)
             if chain_only:
                 tree = tree.first_chain()
             if sizer is not None:
@@ -151,8 +135,8 @@ class Session:
         with self.lock:
             if drafting.sizer is not None:
                 drafting.sizer.update(tree, accepted)
-            self.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs,
-                                              before_root), drafting.state)
+            drafting.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs,
+                                                  before_root), drafting.state)
 
     def end(self, drafting: RequestDrafting, output: np.ndarray) -> None:
         """Tells the drafter a request is over (its history may keep the output).
@@ -162,7 +146,7 @@ class Session:
             output: ``[m]`` int64 the tokens it generated.
         """
         with self.lock:
-            self.drafter.end(drafting.state, output)
+            drafting.drafter.end(drafting.state, output)
 
     def snapshot(self) -> dict[str, np.ndarray] | None:
         """A copy of the drafter's learned state (None for a drafter that learns nothing).
@@ -170,7 +154,7 @@ class Session:
         Taken under the lock and cheap (array copies), so a saver may compress and write it
         on another thread while requests go on.
         """
-        if not learns(self.drafter):
+        if not self.drafter.learns:
             return None
         with self.lock:
             return {name: np.array(value, copy=True) for name, value in self.drafter.state().items()}

@@ -21,8 +21,7 @@ import numpy as np
 from adaspec.atomic import atomic_writer
 from adaspec.backends.base import safe_name
 from adaspec.drafters import Drafter
-from adaspec.drafters.base import learns
-from adaspec.loading import cache_root
+from adaspec.models.cache import cache_root
 
 FORMAT = "adaspec-drafter-state-1"
 DEFAULT_MAX_BYTES = 256 << 20  # a state file larger than this is refused at load
@@ -65,7 +64,7 @@ class DrafterStateStore:
         Returns:
             True when state was loaded.
         """
-        if not learns(drafter) or not self.path.is_file():
+        if not drafter.learns or not self.path.is_file():
             return False
         try:
             size = self.path.stat().st_size
@@ -95,7 +94,7 @@ class DrafterStateStore:
             True when a file was written (False for a drafter that learns nothing, or when the
             folder cannot be written, which is logged in one line).
         """
-        if not learns(drafter):
+        if not drafter.learns:
             return False
         return self.save_arrays(drafter.state())
 
@@ -120,3 +119,25 @@ class DrafterStateStore:
             log.warning("adaspec: cannot save drafter state to %s: %s", self.path, error.strerror or error)
             return False
         return True
+
+
+def open_state(drafter: Drafter, directory: str | Path | None, model_name: str,
+               drafter_spec: str) -> DrafterStateStore | None:
+    """The store that keeps a drafter's learned state between runs, with what it holds already
+    loaded into the drafter (a bad file is reported in one line and ignored).
+
+    Args:
+        drafter: the drafter to warm up.
+        directory: where state files live (None: nothing is kept).
+        model_name: the model the state is learned from.
+        drafter_spec: the drafter's spec.
+
+    Returns:
+        The store (None when nothing is kept).
+    """
+    if directory is None:
+        return None
+    store = DrafterStateStore(directory, model_name, drafter_spec)
+    if store.load_into(drafter):
+        log.info("adaspec: drafter state loaded from %s", store.path)
+    return store

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from adaspec.tree import DraftTree, Source
+
+SOURCE_NAMES = tuple(source.name.lower() for source in Source)  # learned, context, prediction, history
+
 
 @dataclass
 class GenerationStats:
@@ -20,6 +26,9 @@ class GenerationStats:
         num_accepted_tokens: draft tokens accepted, roots excluded.
         num_accepted_tokens_per_pos: entry d-1 counts the steps whose accepted path reached depth d.
         num_plain_steps: steps that verified the root alone (no draft).
+        draft_tokens_by_source: draft tokens verified, by where they came from (``tree.Source``:
+            ``learned``, ``context``, ``prediction``, ``history``): the parts of a ``hybrid``.
+        accepted_tokens_by_source: of those, the tokens accepted.
         accepted_prediction_tokens: tokens of the client's predicted output that ended up in the
             completion (OpenAI's meaning); 0 without a prediction.
         rejected_prediction_tokens: tokens of the prediction that did not.
@@ -34,23 +43,33 @@ class GenerationStats:
     new_tokens: int = 0
     num_steps: int = 0
     num_draft_tokens: int = 0
-    num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    num_accepted_tokens: int = 0
     num_plain_steps: int = 0
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
+    draft_tokens_by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCE_NAMES, 0))
+    accepted_tokens_by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCE_NAMES, 0))
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
     total_s: float = 0.0
 
-    def record_step(self, tree_size: int, accepted_len: int) -> None:
+    def record_step(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Adds one verification step.
 
         Args:
-            tree_size: nodes in the verified tree, root included.
-            accepted_len: nodes on the accepted path, root included.
+            tree: the verified tree.
+            accepted: ``[k]`` its accepted node indices, root first.
         """
+        tree_size, accepted_len = tree.size, int(accepted.size)
+        if tree_size > 1:
+            sources = tree.sources if tree.sources is not None else np.zeros(tree_size, dtype=np.int8)  # [n]
+            drafted = np.bincount(sources[1:], minlength=len(Source))  # [S]
+            kept = np.bincount(sources[accepted[1:]], minlength=len(Source))  # [S]
+            for name, count, hit in zip(SOURCE_NAMES, drafted.tolist(), kept.tolist()):
+                self.draft_tokens_by_source[name] += count
+                self.accepted_tokens_by_source[name] += hit
         self.num_steps += 1
         self.num_plain_steps += tree_size == 1
         self.num_draft_tokens += tree_size - 1

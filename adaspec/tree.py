@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+MAX_TREE_NODES = 256  # the most nodes one verification may hold on any runtime (a runtime may allow fewer)
+
 
 class Source(IntEnum):
     """Where a draft node came from; acceptance is calibrated per source."""

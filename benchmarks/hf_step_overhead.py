@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     model = adaspec.load()
     rng = np.random.default_rng(0)
-    backends = {"dynamic (before)": HFBackend(model.model, lean=False), "lean (after)": HFBackend(model.model, lean=True)}
+    backends = {"dynamic (before)": HFBackend(model.runtime.model, lean=False), "lean (after)": HFBackend(model.runtime.model, lean=True)}
     rows = []
     for context in (256, 1500):
         prompt = rng.integers(0, model.vocab_size, size=context)

@@ -98,8 +98,8 @@ def main() -> None:
     os.environ["GGML_CPU_TILED_MM"] = "0"  # as the exact configuration sets it, before ggml first runs
     import llama_cpp as lib
 
-    from adaspec.backends.llamacpp import build_label
-    from adaspec.loading import embedded_model_path
+    from adaspec.backends.llamacpp_build import build_label
+    from adaspec.models.sources import embedded_model_path
 
     path = args.model or str(embedded_model_path())
     quiet = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda level, text, data: None)

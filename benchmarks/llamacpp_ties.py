@@ -22,7 +22,7 @@ import numpy as np
 
 import adaspec
 from adaspec.backends.base import Pick
-from adaspec.backends.llamacpp import build_is_batch_invariant
+from adaspec.backends.llamacpp_build import build_is_batch_invariant
 from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--budget", type=int, default=adaspec.DEFAULT_BUDGET)
+    parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -15,24 +15,25 @@ import sys
 import numpy as np
 
 from adaspec.backends.base import Pick
-from adaspec.backends.llamacpp import LlamaWeights, build_is_batch_invariant
-from adaspec.loading import embedded_model_path
+from adaspec.backends.llamacpp_build import build_is_batch_invariant
+from adaspec.backends.llamacpp_runtime import LlamaCppRuntime
+from adaspec.models.sources import embedded_model_path
 from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
 
 
 def main() -> int:
     exact = bool(build_is_batch_invariant())
-    weights = LlamaWeights(embedded_model_path(), exact=exact)
+    runtime = LlamaCppRuntime(embedded_model_path(), exact=exact)
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 20000, 40)
     chain = rng.integers(100, 20000, 24)
     greedy = Pick(SamplingParams(), None, 0)
-    together = weights.new_backend()
+    together = runtime.new_backend()
     together.prefill(prompt, greedy)
     together.verify(DraftTree(chain, np.arange(-1, chain.size - 1)), greedy)
     batch = together.last_logits(chain.size).copy()  # [24, V]
-    alone = weights.new_backend()
+    alone = runtime.new_backend()
     alone.prefill(prompt, greedy)
     worst = 0.0
     for i, token in enumerate(chain):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adaspec
-import adaspec.loading
+import adaspec.models.cache
 
 
 FLOAT_NOISE = pytest.StashKey[list]()  # mismatches forgiven as floating-point noise, for the summary
@@ -19,7 +19,7 @@ def private_cache(tmp_path_factory, monkeypatch) -> None:
     """Each test gets its own ``ADASPEC_CACHE``: a latency profile measured under test load or a
     drafter state learned by a test never lands in the user's cache. Converted models and
     tokenizers are linked from the user's cache, so they are converted once, not per test."""
-    user_cache = adaspec.loading.cache_root()
+    user_cache = adaspec.models.cache.cache_root()
     private = tmp_path_factory.mktemp("adaspec-cache")
     for part in SHARED_CACHE_PARTS:
         (user_cache / part).mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def plain_generate(model: adaspec.LoadedModel, prompt_ids: list[int], max_new_to
     """Reference output: transformers' own greedy `model.generate`, new token ids only."""
     ids = torch.tensor([prompt_ids], dtype=torch.long)
     with torch.inference_mode():
-        out = model.model.generate(
+        out = model.runtime.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             do_sample=False,

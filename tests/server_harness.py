@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import httpx2 as httpx
@@ -13,6 +14,7 @@ import uvicorn
 
 from adaspec import Generator, LoadedModel
 from adaspec.serve import OpenAIServer, build_server
+from adaspec.state_store import open_state
 
 MODEL_NAME = "smollm2-test"
 
@@ -26,19 +28,22 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(model: LoadedModel, drafter: str = "hybrid", budget: int | None = 8,
-                **options) -> Iterator[tuple[str, OpenAIServer]]:
+                state_dir: Path | None = None, **options) -> Iterator[tuple[str, OpenAIServer]]:
     """Serves ``model`` on 127.0.0.1 until the block ends.
 
     Args:
         model: the loaded model.
         drafter: the drafter spec.
         budget: the tree budget (None: the backend's default).
-        options: ``build_server`` options (max_active, max_waiting, request_timeout, state_dir...).
+        state_dir: where the drafter's learned state is kept (None: not kept).
+        options: ``build_server`` options (max_active, max_waiting, request_timeout...).
 
     Yields:
         The base URL (``http://127.0.0.1:PORT``) and the server object.
     """
-    server = build_server(Generator(model, drafter=drafter, budget=budget), MODEL_NAME, drafter, **options)
+    generator = Generator(model, drafter=drafter, budget=budget)
+    store = open_state(generator.drafter, state_dir, model.name, drafter)
+    server = build_server(generator, MODEL_NAME, store, **options)
     with live_app(server.app) as url:
         yield url, server
 

@@ -90,7 +90,7 @@ def test_sliding_window_models_get_their_context_capped_at_the_window_and_others
     from transformers import Gemma3TextConfig, MistralConfig
 
     from adaspec.errors import AdaspecError
-    from adaspec.loading import attention_window
+    from adaspec.backends.hf_model import attention_window
 
     assert attention_window(MistralConfig(sliding_window=64)) == 64
     assert attention_window(MistralConfig(sliding_window=None)) is None
@@ -162,7 +162,7 @@ def test_batched_verification_is_exact_or_refused_with_a_reason(model, family, t
     (GPT-2 multiplies in Conv1D, a mixture of experts in fused expert weights, Gemma2 runs eager
     attention, Gemma3 has sliding-window layers): never a batch that changes a request's logits."""
     loaded = saved_with_tokenizer(tiny(family, vocab_size=model.vocab_size), model, tmp_path)
-    support = loaded.backends.batch_support()
+    support = loaded.runtime.batch_support()
     if support.verifier is None:
         assert support.reason and "\n" not in support.reason
         assert family in ("gpt2", "qwen2_moe", "gemma2", "gemma3_text"), (family, support.reason)

@@ -38,11 +38,11 @@ def sample_tree() -> DraftTree:
 
 @torch.inference_mode()
 def sequential_logits(model, ids: list[int]) -> torch.Tensor:
-    return model.model(torch.tensor([ids])).logits[0, -1].float()
+    return model.runtime.model(torch.tensor([ids])).logits[0, -1].float()
 
 
 def test_tree_forward_matches_each_path_run_sequentially(model) -> None:
-    backend = HFBackend(model.model)
+    backend = HFBackend(model.runtime.model)
     prompt = prompt_ids(model)
     backend.prefill_logits(prompt[:-1])  # the last prompt token plays the pending root
     tree = sample_tree()
@@ -56,7 +56,7 @@ def test_tree_forward_matches_each_path_run_sequentially(model) -> None:
 
 
 def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
-    backend = HFBackend(model.model)
+    backend = HFBackend(model.runtime.model)
     prompt = prompt_ids(model)
     backend.prefill_logits(prompt[:-1])
     start = backend.cache_len
@@ -67,10 +67,10 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
     backend.commit(accepted)
     assert backend.cache_len == start + accepted.size
 
-    reference = DynamicCache(config=model.model.config)
+    reference = DynamicCache(config=model.runtime.model.config)
     ids = prompt[:-1].tolist() + tree.tokens[accepted].tolist()
     with torch.inference_mode():
-        model.model(torch.tensor([ids]), use_cache=True, **{cache_keyword(model.model): reference})
+        model.runtime.model(torch.tensor([ids]), use_cache=True, **{cache_keyword(model.runtime.model): reference})
     for ours, theirs in zip(backend.cache.layers, reference.layers):
         keys, values = stored(ours)
         assert keys.shape == theirs.keys.shape
@@ -84,17 +84,17 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
 
 def test_prefill_in_chunks_matches_one_pass(model) -> None:
     prompt = prompt_ids(model, "One two three four five six seven eight nine ten eleven twelve.")
-    whole = HFBackend(model.model).prefill_logits(prompt)
-    chunked = HFBackend(model.model, prefill_chunk=5).prefill_logits(prompt)
+    whole = HFBackend(model.runtime.model).prefill_logits(prompt)
+    chunked = HFBackend(model.runtime.model, prefill_chunk=5).prefill_logits(prompt)
     assert torch.allclose(whole, chunked, atol=LOGIT_TOLERANCE, rtol=0)
 
 
 def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(model) -> None:
     from adaspec.backends.hf import output_head_weight
 
-    fast = HFBackend(model.model)
+    fast = HFBackend(model.runtime.model)
     assert fast.head_weight is not None  # SmolLM2 has a plain bias-free linear head
-    plain = HFBackend(model.model)
+    plain = HFBackend(model.runtime.model)
     plain.head_weight = None  # the model's own forward
     prompt = prompt_ids(model)
     assert torch.allclose(fast.prefill_logits(prompt[:-1]), plain.prefill_logits(prompt[:-1]), atol=LOGIT_TOLERANCE, rtol=0)
@@ -114,7 +114,7 @@ def test_own_output_head_matches_the_models_forward_and_falls_back_when_unsafe(m
 def test_lean_cache_and_mask_give_the_same_logits_as_dynamic_cache(model) -> None:
     """The preallocated cache and persistent mask change where numbers live, not what is computed:
     over 30 random trees with random accepted paths, every logit equals DynamicCache's bit for bit."""
-    lean, dynamic = HFBackend(model.model, lean=True), HFBackend(model.model, lean=False)
+    lean, dynamic = HFBackend(model.runtime.model, lean=True), HFBackend(model.runtime.model, lean=False)
     assert lean.lean and not dynamic.lean
     prompt = prompt_ids(model)
     assert torch.equal(lean.prefill_logits(prompt[:-1]), dynamic.prefill_logits(prompt[:-1]))
@@ -136,9 +136,9 @@ def test_lean_cache_and_mask_give_the_same_logits_as_dynamic_cache(model) -> Non
 
 
 def test_lean_cache_grows_past_its_first_capacity(model) -> None:
-    backend = HFBackend(model.model, lean=True)
+    backend = HFBackend(model.runtime.model, lean=True)
     prompt = np.arange(100, 1300)  # longer than the first allocation of 1024 positions
     logits = backend.prefill_logits(prompt)
     assert backend.cache.layers[0].capacity >= 1200 and backend.cache_len == 1200
-    reference = HFBackend(model.model, lean=False).prefill_logits(prompt)
+    reference = HFBackend(model.runtime.model, lean=False).prefill_logits(prompt)
     assert torch.equal(logits, reference)

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from adaspec import Generator
-from adaspec.backends.hf_batch import HFBatchVerifier, distinct_weights, unsupported_matmuls
+from adaspec.backends.batch_probes import distinct_weights, unsupported_matmuls
+from adaspec.backends.hf_batch import HFBatchVerifier
 from adaspec.backends.row_plan import RowPlan, invariant_ranges
 from adaspec.tree import DraftTree
 
 
 @pytest.fixture(scope="module")
 def support(model):
-    return model.backends.batch_support()
+    return model.runtime.batch_support()
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,9 @@ def verifier(support, model) -> HFBatchVerifier:
     any machine and never depend on its arithmetic being favourable."""
     if support.verifier is not None:
         return support.verifier
-    plan, _ = model.backends.row_plan()
+    plan, _ = model.runtime.row_plan()
     assert plan is not None  # a call of one row is always invariant, so a plan always exists
-    return HFBatchVerifier(model.model, plan)
+    return HFBatchVerifier(model.runtime.model, plan)
 
 
 def random_tree(rng: np.random.Generator, size: int, vocab: int) -> DraftTree:
@@ -53,7 +54,7 @@ def test_the_chosen_row_plan_gives_every_row_its_bits_alone_in_any_call(verifier
     when each is multiplied alone through the plan."""
     plan = verifier.plan
     rng = np.random.default_rng(1)
-    for weight in distinct_weights(model.model):
+    for weight in distinct_weights(model.runtime.model):
         rows = torch.from_numpy(rng.standard_normal((3 * plan.max_rows + 5, weight.shape[1]))).to(weight.dtype)
         alone = torch.cat([plan.linear(row[None], weight) for row in rows[:24]])  # [24, out]
         for _ in range(4):
@@ -77,7 +78,7 @@ def test_invariant_ranges_and_the_plans_arithmetic() -> None:
 
 
 def test_the_embedded_model_multiplies_only_through_linear(model) -> None:
-    assert unsupported_matmuls(model.model) is None
+    assert unsupported_matmuls(model.runtime.model) is None
 
 
 @pytest.mark.parametrize("trial", range(2))
@@ -89,12 +90,6 @@ def test_a_batch_gives_every_request_its_solo_logits(verifier, model, trial) -> 
     together = verifier.tree_logits([prefilled(model, n, i) for i, n in enumerate(lengths)], trees)
     for alone, batched in zip(solo, together):
         assert torch.equal(alone, batched)
-
-
-def test_a_batch_bigger_than_one_forward_is_split(verifier) -> None:
-    rows = verifier.max_rows
-    assert verifier.split([8] * (rows // 8 + 1)) == [list(range(rows // 8)), [rows // 8]]
-    assert verifier.split([rows - 10, 30, 20]) == [[0], [1, 2]]
 
 
 def test_requests_stepped_together_equal_their_solo_runs_through_the_verifier(verifier, model) -> None:

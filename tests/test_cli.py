@@ -59,7 +59,7 @@ def test_generate_streams_text_then_one_stats_line(capsys) -> None:
         (["generate", "hi", "--drafter", "aded:color=red"], "expected key=value"),
         (["generate", "hi", "--model", "/no/such/model.gguf"], "model not found"),
         (["generate", "hi", "--dtype", "float16"], "float16 is not supported on cpu"),
-        (["generate", "hi", "--dtype", "float8"], "unknown dtype"),
+        (["generate", "hi", "--dtype", "float8"], "invalid choice: 'float8'"),
         (["generate", "hi", "--device", "toaster"], "unknown device"),
         (["generate", "hi", "--budget", "0"], "budget"),
         (["generate", "hi", "--budget", "big"], "budget"),

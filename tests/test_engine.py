@@ -9,6 +9,7 @@ import pytest
 
 from adaspec import AdaspecError, DraftTree, Generator, GenerationStats
 from adaspec.drafters import PlainDrafter
+from adaspec.tree import Source
 from conftest import plain_generate
 
 
@@ -69,18 +70,24 @@ def test_stats_count_what_the_steps_did(model) -> None:
 
 
 def test_stats_arithmetic_on_hand_made_steps() -> None:
+    def chain(size: int, sources: list[int] | None = None) -> DraftTree:
+        return DraftTree(np.arange(size), np.arange(-1, size - 1), sources=sources)
+
     stats = GenerationStats()
-    stats.record_step(tree_size=8, accepted_len=3)  # accepted depths 1, 2
-    stats.record_step(tree_size=8, accepted_len=1)  # only the root
-    stats.record_step(tree_size=4, accepted_len=4)  # depths 1, 2, 3
+    context, learned = int(Source.CONTEXT), int(Source.LEARNED)
+    stats.record_step(chain(8, [0] + [context] * 3 + [learned] * 4), np.arange(3))  # accepted depths 1, 2
+    stats.record_step(chain(8), np.arange(1))  # only the root
+    stats.record_step(chain(4), np.arange(4))  # depths 1, 2, 3
     assert stats.num_steps == 3 and stats.num_drafts == 3
     assert stats.num_draft_tokens == 7 + 7 + 3
     assert stats.num_accepted_tokens == 2 + 0 + 3
     assert stats.num_accepted_tokens_per_pos == [2, 2, 1]
     assert stats.mat == pytest.approx(8 / 3)
     assert stats.acceptance_rate_per_pos == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+    assert stats.draft_tokens_by_source == {"learned": 4 + 7 + 3, "context": 3, "prediction": 0, "history": 0}
+    assert stats.accepted_tokens_by_source == {"learned": 3, "context": 2, "prediction": 0, "history": 0}
     assert GenerationStats().mat == 1.0
-    stats.record_step(tree_size=1, accepted_len=1)  # a plain step: a step, not a draft
+    stats.record_step(chain(1), np.arange(1))  # a plain step: a step, not a draft
     assert (stats.num_steps, stats.num_drafts, stats.num_plain_steps) == (4, 3, 1)
     assert stats.mat == pytest.approx(9 / 4)
 

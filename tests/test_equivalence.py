@@ -74,7 +74,7 @@ def references(model) -> dict[str, tuple[list[int], list[int]]]:
 
 @torch.inference_mode()
 def top2_gap(model, ids: list[int]) -> float:
-    top = torch.topk(model.model(torch.tensor([ids])).logits[0, -1].float(), 2).values
+    top = torch.topk(model.runtime.model(torch.tensor([ids])).logits[0, -1].float(), 2).values
     return float(top[0] - top[1])
 
 
@@ -93,7 +93,7 @@ def test_no_reference_position_is_a_near_tie(model, references) -> None:
     """The premise of MAX_NEAR_TIES = 0: along every reference output the argmax is clear."""
     smallest = np.inf
     for case_id, (prompt, expected) in references.items():
-        logits = model.model(torch.tensor([prompt + expected])).logits[0, len(prompt) - 1: -1].float()  # [new, V]
+        logits = model.runtime.model(torch.tensor([prompt + expected])).logits[0, len(prompt) - 1: -1].float()  # [new, V]
         top = torch.topk(logits, 2).values  # [new, 2]
         smallest = min(smallest, float((top[:, 0] - top[:, 1]).min()))
     assert smallest > TIE_TOLERANCE, f"a reference position has top-2 gap {smallest:.2e}: choose other prompts"

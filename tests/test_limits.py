@@ -21,7 +21,7 @@ from adaspec.backends.tree_cache import TreeKVCache
 from adaspec.budget import LatencyProfile, TreeSizer
 from adaspec.drafters import make_drafter
 from adaspec.drafters.trigram import MAX_CAPACITY, TrigramTable
-from adaspec.loading import file_digest
+from adaspec.models.cache import file_digest
 from adaspec.options import RequestOptions
 
 VOCAB = 500
@@ -82,7 +82,7 @@ def test_request_options_are_checked_in_one_place() -> None:
 class Counted:
     """A stand-in backend that records whether it was closed."""
 
-    name, chain_only, profile_key, default_budget, default_drafter = "counted", False, "counted", 8, "none"
+    name, chain_only, profile_key = "counted", False, "counted"
 
     def __init__(self) -> None:
         self.closed = False
@@ -120,7 +120,7 @@ def test_tree_sizer_keeps_a_bounded_number_of_client_settings() -> None:
 
 
 def test_a_backend_keeps_a_finished_request_only_up_to_its_bound(model) -> None:
-    backend = HFBackend(model.model, max_kept_tokens=100)
+    backend = HFBackend(model.runtime.model, max_kept_tokens=100)
     backend.prefill_logits(np.arange(10, 60))  # [50]
     backend.release()
     assert backend.cache_len == 50 and backend.cached_prefix(np.arange(10, 80)) == 50  # kept for a shared prefix
@@ -140,7 +140,7 @@ def test_a_file_digest_is_computed_once_per_file_version(tmp_path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(b"a" * 1000)
     first = file_digest(path)
-    memos = [m for m in (adaspec.loading.cache_root() / "digests").glob("*.json") if str(path.resolve()) in m.read_text()]
+    memos = [m for m in (adaspec.models.cache.cache_root() / "digests").glob("*.json") if str(path.resolve()) in m.read_text()]
     assert len(memos) == 1 and first in memos[0].read_text()
     assert file_digest(path) == first
     path.write_bytes(b"b" * 1001)  # a new version: new size and time

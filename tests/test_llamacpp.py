@@ -22,7 +22,7 @@ from adaspec.tree import DraftTree
 from test_equivalence import CASES, GREEDY_CASES
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make llamacpp)")
-from adaspec.backends.llamacpp import build_is_batch_invariant  # noqa: E402
+from adaspec.backends.llamacpp_build import build_is_batch_invariant  # noqa: E402
 
 needs_exact_build = pytest.mark.skipif(not build_is_batch_invariant(),
                                        reason="this llama.cpp build uses llamafile (not batch-invariant); make llamacpp builds one without")
@@ -56,7 +56,7 @@ def test_the_gguf_tokenizer_read_by_transformers_agrees_with_llama_cpp(gguf) -> 
     chat = gguf.tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}], add_generation_prompt=True, tokenize=False)
     texts.append(chat)  # special tokens such as <|im_start|> are parsed as such by both
     for text in texts:
-        assert gguf.tokenizer(text, add_special_tokens=False).input_ids == gguf.weights.tokenize(text), text[:40]
+        assert gguf.tokenizer(text, add_special_tokens=False).input_ids == gguf.runtime.tokenize(text), text[:40]
 
 
 @needs_exact_build
@@ -85,7 +85,7 @@ def kquant_gguf(tmp_path_factory) -> adaspec.LoadedModel:
     K-quant matrices (Q4_K, Q6_K...) have a tiled kernel in ggml that takes over from 8 rows
     up; the embedded Q4_1 file never reaches it, Qwen2.5-Coder's Q4_K_M file does.
     """
-    from adaspec.loading import embedded_model_path
+    from adaspec.models.sources import embedded_model_path
 
     target = tmp_path_factory.mktemp("kquant") / "smollm2-q4_k_m.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
@@ -127,7 +127,7 @@ def test_greedy_output_on_k_quants_equals_plain_decoding(kquant_gguf) -> None:
 
 def test_exact_configuration_sends_chains_and_refuses_trees(gguf) -> None:
     backend = gguf.new_backend()
-    assert backend.chain_only == gguf.weights.exact
+    assert backend.chain_only == gguf.runtime.exact
     if backend.chain_only:
         backend.prefill(np.array([1, 2, 3]), Pick(GREEDY, None, 0))
         with pytest.raises(adaspec.AdaspecError, match="chains only"):
@@ -280,7 +280,7 @@ def test_the_server_on_llama_cpp_gives_concurrent_streams_their_solo_outputs(ggu
                "Give three tips for writing clear code."]
     plain = adaspec.Generator(gguf, drafter="none")
     solo = [plain.generate([{"role": "user", "content": p}], max_new_tokens=NEW_TOKENS).text for p in prompts]
-    assert gguf.backends.batch_support().verifier is None  # one request per forward
+    assert gguf.runtime.batch_support().verifier is None  # one request per forward
     with live_server(gguf, drafter="lookup", budget=4, state_dir=None) as (url, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import adaspec
-from adaspec.loading import embedded_model_path
+from adaspec.models.sources import embedded_model_path
 
 
 def test_embedded_model_facts(model) -> None:
@@ -13,7 +13,7 @@ def test_embedded_model_facts(model) -> None:
     assert model.max_context == 8192
     assert model.vocab_size == 49152
     assert model.eos_token_ids == {2}
-    assert model.model.config.num_key_value_heads < model.model.config.num_attention_heads  # GQA
+    assert model.runtime.model.config.num_key_value_heads < model.runtime.model.config.num_attention_heads  # GQA
 
 
 def test_truncated_gguf_is_a_clear_error_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
@@ -43,7 +43,7 @@ def test_directory_without_config_is_a_clear_error(tmp_path) -> None:
 
 
 def test_directory_with_corrupt_weights_is_a_clear_error(tmp_path, model) -> None:
-    model.model.config.save_pretrained(tmp_path)
+    model.runtime.model.config.save_pretrained(tmp_path)
     model.tokenizer.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(adaspec.AdaspecError, match="cannot load model"):
@@ -51,10 +51,10 @@ def test_directory_with_corrupt_weights_is_a_clear_error(tmp_path, model) -> Non
 
 
 def test_a_hugging_face_directory_loads_in_bfloat16(tmp_path, model) -> None:
-    model.model.save_pretrained(tmp_path)
+    model.runtime.model.save_pretrained(tmp_path)
     model.tokenizer.save_pretrained(tmp_path)
     loaded = adaspec.load(tmp_path, dtype="bfloat16")
-    assert loaded.model.dtype.is_floating_point and str(loaded.model.dtype) == "torch.bfloat16"
+    assert str(loaded.runtime.model.dtype) == "torch.bfloat16"
     out = adaspec.Generator(loaded, drafter="recycling", budget=8).generate("Hi", max_new_tokens=4)
     assert 1 <= len(out.token_ids) <= 4
 

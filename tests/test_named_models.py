@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from adaspec.errors import AdaspecError
-from adaspec.named_models import QWEN_CODER, PartedModel, assemble
+from adaspec.models.named import QWEN_CODER, PartedModel, assemble
 
 
 @pytest.fixture()

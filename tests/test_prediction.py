@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from adaspec import Generator
-from adaspec.drafters.prediction import PredictionSource
+from adaspec.drafters.prediction import PredictionDrafter
 
 TOKENS = 48
 EDIT = ("Add type hints to this function and return the whole function.\n\n"
@@ -36,7 +36,7 @@ def test_seeded_sampling_with_a_prediction_equals_plain_sampling(model) -> None:
 
 
 def test_prediction_accounting_follows_openais_meaning() -> None:
-    source = PredictionSource(np.array([1, 2, 3, 4, 5, 6]))
+    source = PredictionDrafter(np.array([1, 2, 3, 4, 5, 6]), prompt_size=0)
     assert source.accounting([1, 2, 3, 4, 5, 6]) == (6, 0)
     assert source.accounting([1, 2, 9, 9, 5, 6, 7]) == (4, 2)  # 3 and 4 did not end up in the completion
     assert source.accounting([]) == (0, 6)

@@ -54,7 +54,7 @@ def test_seeded_sampling_after_reuse_equals_a_cold_prefill(model) -> None:
 class Holding:
     """A stand-in backend whose cache holds a given token prefix."""
 
-    name, chain_only, profile_key, default_budget, default_drafter = "holding", False, "holding", 8, "none"
+    name, chain_only, profile_key = "holding", False, "holding"
 
     def __init__(self, held: list[int]) -> None:
         self.held = np.array(held)

@@ -17,9 +17,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from adaspec.backends import HFBackend
+from adaspec.drafters import Drafter
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
-from adaspec.loading import LoadedModel
+from adaspec.models.loaded import LoadedModel
 from adaspec.sampling import SamplingParams, sample_tokens, target_probs
 from adaspec.tree import DraftTree
 from adaspec.backends.hf_runtime import HFRuntime
@@ -98,18 +99,17 @@ def test_inverse_cdf_never_picks_an_impossible_token() -> None:
 TOY_VOCAB = 5
 
 
-class RandomTreeDrafter:
+class RandomTreeDrafter(Drafter):
     """Proposes random trees that mix deep chains and duplicate siblings (for tests only)."""
 
     name = "random-trees"
-    feedback_width = 0
 
     def __init__(self, vocab_size: int, seed: int) -> None:
         self.vocab_size = vocab_size
         self.rng = np.random.default_rng(seed)
 
-    def begin(self, request) -> None:
-        pass
+    def warm_up(self, vocab_size: int) -> None:
+        pass  # nothing to compile, and the trees' random stream starts with the first request
 
     def propose(self, context: np.ndarray, budget: int, state=None) -> DraftTree:
         tokens, parents = [int(context[-1])], [-1]
@@ -122,12 +122,6 @@ class RandomTreeDrafter:
             parents.append(parent)
         return DraftTree(np.array(tokens), np.array(parents))
 
-    def observe(self, step, state=None) -> None:
-        pass
-
-    def end(self, state, output) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def toy(model, tmp_path_factory) -> LoadedModel:
@@ -139,7 +133,7 @@ def toy(model, tmp_path_factory) -> LoadedModel:
     with torch.no_grad():
         toy_model.lm_head.weight.mul_(8.0)  # spread the logits: 20-34 sequences of 3 tokens above 1%
     return LoadedModel(model.tokenizer, "toy", 64, frozenset(), TOY_VOCAB,
-                       backends=HFRuntime(toy_model, "toy", "sdpa", tmp_path_factory.mktemp("checks")), model=toy_model)
+                       runtime=HFRuntime(toy_model, "toy", "sdpa", tmp_path_factory.mktemp("checks")))
 
 
 def exact_joint(toy: LoadedModel, prompt: list[int], params: SamplingParams, length: int) -> np.ndarray:
@@ -150,7 +144,7 @@ def exact_joint(toy: LoadedModel, prompt: list[int], params: SamplingParams, len
         for position in range(length):
             prefixes = sorted({s[:position] for s in sequences})
             ids = torch.tensor([prompt + list(p) for p in prefixes])  # [m, prompt + position]
-            step = target_probs(toy.model(ids).logits[:, -1], params).numpy()  # [m, V]
+            step = target_probs(toy.runtime.model(ids).logits[:, -1], params).numpy()  # [m, V]
             row = {p: i for i, p in enumerate(prefixes)}
             probs *= np.array([step[row[s[:position]], s[position]] for s in sequences])
     return probs
@@ -188,7 +182,7 @@ def test_first_tokens_over_a_real_tree_follow_the_models_distribution(model) -> 
     prompt = generator.encode("Name a colour and explain why you like it.")
     warm = generator.generate(prompt, max_new_tokens=40)  # the drafter learns this answer
     context = np.concatenate([prompt, warm.token_ids[:6]])
-    backend = HFBackend(model.model)
+    backend = HFBackend(model.runtime.model)
     backend.prefill_logits(context[:-1])
     tree = generator.drafter.propose(context, budget=8)
     assert tree.size > 2
@@ -232,7 +226,7 @@ def distance_to_boundary(model: LoadedModel, prompt: np.ndarray, tokens: list[in
     """How far plain decoding's CDF at ``position`` puts ``uniform`` from the nearest token boundary."""
     with torch.inference_mode():
         ids = torch.tensor([prompt.tolist() + tokens[:position]])
-        probs = target_probs(model.model(ids).logits[:, -1], params)[0]
+        probs = target_probs(model.runtime.model(ids).logits[:, -1], params)[0]
     cdf = probs.cumsum(0)
     return float(torch.min(torch.abs(cdf - uniform * cdf[-1])))
 
@@ -286,7 +280,8 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
 def test_the_host_side_pick_equals_the_torch_pick() -> None:
     """llama.cpp's backend picks tokens with numpy (no torch in its step); both implementations
     of the same rule give the same tokens and candidates on the same logits and uniforms."""
-    from adaspec.backends.base import Pick, pick_outputs, pick_outputs_host
+    from adaspec.backends.base import Pick
+    from adaspec.backends.pick import pick_outputs, pick_outputs_host
 
     rng = np.random.default_rng(7)
     logits = (rng.standard_normal((200, 3000)) * 4).astype(np.float32)  # [n, V]

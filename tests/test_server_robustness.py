@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaspec import Generator
+from adaspec.backends.base import SerialVerifier
 from adaspec.serve import OpenAIServer, Scheduler, ServerMetrics
 from adaspec.state_store import DrafterStateStore
 from server_harness import live_app, live_server
@@ -143,7 +145,7 @@ def test_idle_caches_are_freed_after_an_idle_spell(model) -> None:
 def test_health_says_whether_requests_are_verified_together(server) -> None:
     url, srv = server
     health = httpx.get(f"{url}/health").json()
-    assert health["batching"]["enabled"] == (srv.scheduler.batch is not None)
+    assert health["batching"]["enabled"] == srv.scheduler.batched
     assert health["batching"]["detail"]
     metrics = httpx.get(f"{url}/metrics").text
     assert "adaspec:batched_verification{" in metrics
@@ -158,9 +160,10 @@ class StepRecordingScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.first_text_written: list[bool | None] = []  # None: no first text sent yet, or not a stream
 
-    def _advance(self, job) -> None:
-        self.first_text_written.append(None if job.first_text is None else job.first_text.is_set())
-        super()._advance(job)
+    def _verify(self, group) -> None:
+        for job, _, _ in group:
+            self.first_text_written.append(None if job.first_text is None else job.first_text.is_set())
+        super()._verify(group)
 
 
 def test_a_streams_first_text_is_written_before_the_next_forward(model) -> None:
@@ -179,3 +182,35 @@ def test_a_streams_first_text_is_written_before_the_next_forward(model) -> None:
         whole = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
         assert scheduler.first_text_written and all(w is None for w in scheduler.first_text_written)
     assert streamed == whole
+
+
+class GroupRecordingVerifier(SerialVerifier):
+    """Verifies each request alone, but takes groups of up to 2 requests and 12 rows as a batch
+    verifier would, and notes every group it is given."""
+
+    max_requests = 2
+    max_rows = 12
+
+    def __init__(self) -> None:
+        self.groups: list[list[int]] = []  # tree sizes per group
+
+    def verify(self, backends, trees, picks):
+        self.groups.append([tree.size for tree in trees])
+        return super().verify(backends, trees, picks)
+
+
+def test_the_step_groups_requests_as_the_verifier_allows(model) -> None:
+    # one step path for every runtime: requests draft in turn and their trees go to the verifier
+    # in groups no bigger than it takes (a first request always fits); outputs stay solo outputs
+    generator = Generator(model, drafter="hybrid", budget=8)
+    verifier = GroupRecordingVerifier()
+    scheduler = Scheduler(generator, ServerMetrics("m"), verifier=verifier)
+    prompts = [f"List {n} fruits, one per line:" for n in (3, 4, 5)]
+    with live_app(OpenAIServer(scheduler, "m", max_context=generator.max_context).app) as url:
+        with ThreadPoolExecutor(3) as pool:
+            texts = list(pool.map(lambda p: httpx.post(f"{url}/v1/completions", json={
+                "prompt": p, "max_tokens": 24, "temperature": 0}, timeout=120).json()["choices"][0]["text"], prompts))
+    assert texts == [Generator(model, drafter="none").generate(p, max_new_tokens=24, chat=False).text for p in prompts]
+    assert any(len(group) == 2 for group in verifier.groups)  # the three requests overlapped
+    assert all(len(group) <= 2 and (len(group) == 1 or sum(group) <= 12) for group in verifier.groups)
+    assert any(sum(group) > 1 for group in verifier.groups)  # drafts were verified, not only roots

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
-from adaspec.sampling import SamplingParams, sample_tokens, sample_tokens_host, target_probs, target_probs_host
+from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
-
-DEFAULT_BUDGET = 8  # tree nodes per step, root included; measured best fixed budget on a 2-core AVX2 CPU (docs/benchmarks.md)
 
 
 def safe_name(text: str) -> str:
@@ -78,18 +75,15 @@ class Backend(Protocol):
             exactly; the engine then sends chains, never branching trees.
         profile_key: what a latency profile measured on this backend depends on (runtime,
             model, device, dtype, threads, build), file-name safe.
-        default_budget: the tree budget a ``Generator`` uses when none is given: a node count,
-            or ``"auto"`` where extra nodes cost so much that each step must be sized.
-        default_drafter: the drafter a ``Generator`` uses when none is given (the fastest on
-            this runtime in the project's benchmark).
+        reused_prefix: leading prompt positions the last ``prefill`` kept from the request before
+            (not run again).
     """
 
     name: str
     vocab_size: int
     chain_only: bool
     profile_key: str
-    default_budget: int | str
-    default_drafter: str
+    reused_prefix: int
 
     @property
     def cache_len(self) -> int:
@@ -135,9 +129,12 @@ class Backend(Protocol):
         """Keeps the accepted path's cache entries and drops the rest of the last tree.
 
         Args:
-            accepted: ``[k]`` int64 accepted node indices, root first, increasing (k may be 0
-                to drop the whole tree).
+            accepted: ``[k]`` int64 accepted node indices, root first, increasing (k >= 1).
         """
+        ...
+
+    def rollback(self) -> None:
+        """Drops the whole tree in flight: the cache is as it was before the last ``verify``."""
         ...
 
     def release(self) -> None:
@@ -155,27 +152,18 @@ class Backend(Protocol):
 
 
 class BatchVerifier(Protocol):
-    """An optional capability of a runtime: several requests' trees verified in one forward,
-    each request getting exactly the outputs a batch of one gives it.
+    """How a runtime verifies the trees of several requests: in one forward where it can do that
+    exactly (each request getting the outputs a batch of one gives it), else one at a time.
 
     Attributes:
-        max_rows: the most tree nodes one forward holds.
+        max_requests: the most requests one forward holds.
+        max_rows: the most tree nodes one forward holds (a first request always fits).
         description: how batching is made exact here, for logs and ``/health``.
     """
 
+    max_requests: int
     max_rows: int
     description: str
-
-    def split(self, sizes: list[int]) -> list[list[int]]:
-        """Groups requests, in order, into forwards of at most ``max_rows`` nodes.
-
-        Args:
-            sizes: each request's tree size.
-
-        Returns:
-            Lists of request indices, one per forward.
-        """
-        ...
 
     def verify(self, backends: list[Backend], trees: list[DraftTree], picks: list[Pick]) -> list[NodeOutputs]:
         """``Backend.verify`` for several requests (each backend holding one) in one forward.
@@ -189,6 +177,18 @@ class BatchVerifier(Protocol):
             Per request, its nodes' outputs.
         """
         ...
+
+
+class SerialVerifier:
+    """The verifier of a runtime that cannot batch: one request per forward, through its backend."""
+
+    max_requests = 1
+    max_rows = 1 << 30
+    description = "one request per forward"
+
+    def verify(self, backends: list[Backend], trees: list[DraftTree], picks: list[Pick]) -> list[NodeOutputs]:
+        """Verifies each request on its own backend (see ``BatchVerifier.verify``)."""
+        return [backend.verify(tree, pick) for backend, tree, pick in zip(backends, trees, picks)]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,28 @@ class BatchSupport:
 
 
 class Runtime(Protocol):
-    """A loaded model's runtime: makes backends (one per request) and says what they can do together."""
+    """A loaded model's runtime: the facts the engine needs about it, and its backends (one per
+    request). Adding a runtime is one class like this and one loader in ``adaspec.backends.RUNTIMES``.
+
+    Attributes:
+        name: its registry name (``hf``, ``llama.cpp``).
+        device: where it runs (``cpu``, ``cuda:0``...).
+        max_tree_nodes: the most nodes one verification may hold; a larger budget is refused.
+        default_drafter: the drafter spec a ``Generator`` uses when none is given (the fastest
+            on this runtime in the project's benchmark).
+        default_budget: the tree budget a ``Generator`` uses when none is given: a node count,
+            or ``"auto"`` where each step's tree is sized from measured cost.
+    """
+
+    name: str
+    device: str
+    max_tree_nodes: int
+    default_drafter: str
+    default_budget: int | str
+
+    def label(self) -> str:
+        """What reports call this runtime and its configuration (``hf``, ``llama.cpp exact``)."""
+        ...
 
     def new_backend(self) -> Backend:
         """A backend with a KV cache of its own."""
@@ -216,57 +237,19 @@ class Runtime(Protocol):
         ...
 
 
-def pick_outputs(logits: torch.Tensor, pick: Pick) -> NodeOutputs:
-    """Per-node tokens and feedback from a forward's logits, on the logits' device, one copy back.
+def shared_prefix(held: np.ndarray, prompt_ids: np.ndarray) -> int:
+    """How many leading prompt tokens a cache holding ``held`` can keep: their common prefix, at
+    most ``p - 1`` (the last prompt token is always run, for its logits).
 
     Args:
-        logits: ``[n, V]`` float logits (any device).
-        pick: greedy or sampling, and the feedback width.
+        held: ``[h]`` int64 the tokens whose positions a cache holds.
+        prompt_ids: ``[p]`` int64 a new prompt.
 
     Returns:
-        The node outputs as numpy arrays.
+        The number of positions to keep.
     """
-    logits = logits.float()
-    n = logits.shape[0]
-    if pick.sampling.greedy:
-        tokens = logits.argmax(dim=-1)  # [n]
-    else:
-        uniforms = torch.from_numpy(np.asarray(pick.uniforms, dtype=np.float64)).to(logits.device)  # [n]
-        tokens = sample_tokens(target_probs(logits, pick.sampling), uniforms)  # [n]
-    k = pick.feedback_width
-    if k <= 0:
-        return NodeOutputs(tokens.cpu().numpy().astype(np.int64), np.zeros((n, 0), dtype=np.int64),
-                           np.zeros((n, 0), dtype=np.float32))
-    values, ids = torch.topk(logits, k, dim=-1)  # [n, k] each
-    probs = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True))  # [n, k]
-    # one device-to-host copy: ids and tokens side by side as [n, k + 1] int64
-    packed = torch.cat([tokens[:, None].to(ids.dtype), ids], dim=1).cpu().numpy()
-    return NodeOutputs(packed[:, 0].copy(), packed[:, 1:], probs.cpu().numpy().astype(np.float32))
-
-
-def pick_outputs_host(logits: np.ndarray, pick: Pick) -> NodeOutputs:
-    """``pick_outputs`` in numpy, for logits in host memory (llama.cpp's): no torch in the step.
-
-    Args:
-        logits: ``[n, V]`` float32 logits.
-        pick: greedy or sampling, and the feedback width.
-
-    Returns:
-        The node outputs.
-    """
-    n = logits.shape[0]
-    if pick.sampling.greedy:
-        tokens = logits.argmax(axis=-1).astype(np.int64)  # [n]
-    else:
-        tokens = sample_tokens_host(target_probs_host(logits, pick.sampling), np.asarray(pick.uniforms))  # [n]
-    k = pick.feedback_width
-    if k <= 0:
-        return NodeOutputs(tokens, np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32))
-    top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # [n, k] unordered
-    values = np.take_along_axis(logits, top, axis=-1)  # [n, k]
-    order = np.argsort(-values, axis=-1, kind="stable")
-    ids = np.take_along_axis(top, order, axis=-1).astype(np.int64)  # [n, k] best first
-    values = np.take_along_axis(values, order, axis=-1).astype(np.float64)
-    peak = logits.max(axis=-1, keepdims=True).astype(np.float64)  # [n, 1]
-    log_total = peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True, dtype=np.float64))  # [n, 1]
-    return NodeOutputs(tokens, ids, np.exp(values - log_total).astype(np.float32))
+    length = min(held.size, prompt_ids.size - 1)
+    if length <= 0:
+        return 0
+    differ = np.flatnonzero(held[:length] != prompt_ids[:length])
+    return int(differ[0]) if differ.size else length

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from adaspec.backends.base import NodeOutputs, Pick, pick_outputs, safe_name
+from adaspec.backends.base import NodeOutputs, Pick, safe_name, shared_prefix
+from adaspec.backends.pick import pick_outputs
 from adaspec.backends.kv import compact
 from adaspec.backends.tree_cache import TreeKVCache, supports_tree_cache
 from adaspec.tree import DraftTree
@@ -39,16 +40,13 @@ class HFBackend:
 
     name = "hf"
     chain_only = False  # a 4-D mask gives every node exactly its ancestors, so trees verify exactly
-    # hybrid:copy=suffix@auto: 1.57x over plain decoding on the existing categories and 3.19x where
-    # text repeats, against hybrid at 8 nodes' 1.42x / 2.16x (docs/benchmarks.md)
-    default_budget = "auto"
-    default_drafter = "hybrid:copy=suffix"
 
     def __init__(self, model: PreTrainedModel, prefill_chunk: int = 4096, model_name: str = "",
                  lean: bool | None = None, head: OutputHead | None = None, max_kept_tokens: int = 4096) -> None:
         self.model = model
         self.max_kept_tokens = max_kept_tokens
         self._held = np.zeros(0, dtype=np.int64)  # [cache_len] the tokens whose keys and values the cache holds
+        self.reused_prefix = 0  # positions the last prefill kept from the request before
         self._tree_tokens = np.zeros(0, dtype=np.int64)  # [n] the tokens of the tree in flight
         self.device = model.device
         self.dtype = model.dtype
@@ -56,6 +54,7 @@ class HFBackend:
         self.lean = supports_tree_cache(model.config) if lean is None else lean
         self.cache: DynamicCache | TreeKVCache | None = None
         self._start = 0  # the cache length before the last tree forward
+        self._in_flight = False  # a tree's entries are in the cache, awaiting commit or rollback
         self._tree_size = 0  # nodes of the last tree forward
         self._mask_fill = torch.finfo(self.dtype).min  # additive "cannot attend" value
         # lean: [1, 1, rows, capacity] additive mask; columns < cache_len are 0 in every row, the rest
@@ -77,6 +76,7 @@ class HFBackend:
     def reset(self) -> None:
         """Forgets the previous request's cache (a lean cache keeps its allocation)."""
         self._held = self._held[:0]
+        self._in_flight = False
         if not self.lean:
             self.cache = DynamicCache(config=self.model.config)
             return
@@ -87,24 +87,13 @@ class HFBackend:
         self._tree_size = 0
 
     def cached_prefix(self, prompt_ids: np.ndarray) -> int:
-        """How many leading prompt tokens the cache already holds from the previous request.
-
-        Args:
-            prompt_ids: ``[p]`` a new prompt.
-
-        Returns:
-            The common prefix of the held tokens and the prompt, at most ``p - 1`` (the last
-            prompt token is always run, for its logits).
-        """
-        length = min(self._held.size, prompt_ids.size - 1)
-        if self.cache is None or length <= 0:
-            return 0
-        differ = np.flatnonzero(self._held[:length] != prompt_ids[:length])
-        return int(differ[0]) if differ.size else length
+        """See ``Backend.cached_prefix``: the prefix the held tokens share with ``prompt_ids``."""
+        return 0 if self.cache is None else shared_prefix(self._held, prompt_ids)
 
     @torch.inference_mode()
     def _truncate(self, length: int) -> None:
         """Keeps the first ``length`` held positions and drops the rest."""
+        self._in_flight = False
         if self.lean:
             self._mask[..., length : self.cache.length + self._tree_size] = self._mask_fill
             self.cache.crop_to(length)
@@ -130,16 +119,26 @@ class HFBackend:
         """One forward over the tree (see ``Backend.verify``)."""
         return pick_outputs(self.tree_logits(tree), pick)
 
-    @torch.inference_mode()
     def commit(self, accepted: np.ndarray) -> None:
         """Keeps only the accepted path's cache entries after a tree forward (see ``Backend.commit``)."""
+        self._keep(accepted)
+
+    def rollback(self) -> None:
+        """Drops the tree in flight, if one is (see ``Backend.rollback``); safe after a forward
+        that failed part-way, whose later layers never grew."""
+        if self._in_flight:
+            self._keep(np.zeros(0, dtype=np.int64))
+
+    @torch.inference_mode()
+    def _keep(self, accepted: np.ndarray) -> None:
+        """Keeps the cache entries of the tree nodes ``accepted`` (``[k]``, k >= 0) and drops the rest."""
         keep = torch.as_tensor(accepted, dtype=torch.long, device=self.device)  # [k]
-        if not self.lean:
-            compact(self.cache, self._start, keep)
-            self._held = np.concatenate([self._held[: self._start], self._tree_tokens[accepted]])  # [start + k]
-            return
         start, k = self._start, int(keep.numel())
         self._held = np.concatenate([self._held[:start], self._tree_tokens[accepted]])  # [start + k]
+        self._in_flight = False
+        if not self.lean:
+            compact(self.cache, start, keep)
+            return
         self.cache.keep(start, keep)
         self._mask[..., start : start + k] = 0.0  # now committed: every later row sees them
         self._mask[..., start + k : start + self._tree_size] = self._mask_fill
@@ -155,6 +154,7 @@ class HFBackend:
     def close(self) -> None:
         """Frees the cache and the mask buffer."""
         self._held = self._held[:0]
+        self._in_flight = False
         self.cache = None
         self._tree_size = 0
         self._mask = torch.zeros((1, 1, 0, 0), dtype=self.dtype, device=self.device)
@@ -175,7 +175,7 @@ class HFBackend:
             ``[V]`` float32 logits after the last prompt token.
         """
         token_ids = np.asarray(token_ids, dtype=np.int64)
-        kept = self.cached_prefix(token_ids)
+        kept = self.reused_prefix = self.cached_prefix(token_ids)
         if kept:
             self._truncate(kept)
         else:
@@ -214,6 +214,19 @@ class HFBackend:
             **{self.cache_keyword: self.cache},
         )  # [n, V]
 
+    def extend_layer(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends this request's rows of a batched forward to one layer of its lean cache.
+
+        Args:
+            layer: the layer's index.
+            keys: ``[1, Hkv, n, D]`` the request's new keys.
+            values: ``[1, Hkv, n, D]`` its new values.
+
+        Returns:
+            The layer's keys and values so far, ``[1, Hkv, L + n, D]`` each.
+        """
+        return self.cache.layers[layer].update(keys, values)
+
     def prepare_tree(self, tree: DraftTree) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """Readies the cache and mask for a tree forward (``tree_logits``, or a batch of requests).
 
@@ -226,6 +239,7 @@ class HFBackend:
         """
         start = self._start = self.cache_len
         n = self._tree_size = tree.size
+        self._in_flight = True
         self._tree_tokens = tree.tokens
         ancestors = torch.from_numpy(tree.ancestor_mask).to(self.device)  # [n, n] bool
         block = torch.where(ancestors, 0.0, self._mask_fill).to(self.dtype)  # [n, n]
@@ -238,10 +252,6 @@ class HFBackend:
             mask = torch.zeros((1, 1, n, start + n), dtype=self.dtype, device=self.device)  # [1, 1, n, L+n]
             mask[0, 0, :, start:] = block
         return tree.tokens, tree.depth + start, mask
-
-    def forward_logits(self, **inputs) -> torch.Tensor:
-        """Float32 logits ``[n, V]`` of every row of a batch-1 forward (model inputs as keywords)."""
-        return self._logits(last_only=False, **inputs)
 
     def _logits(self, last_only: bool, **inputs) -> torch.Tensor:
         """Float32 logits ``[n, V]`` (``[1, V]`` with ``last_only``) for one batch-1 forward."""

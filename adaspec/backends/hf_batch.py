@@ -18,22 +18,20 @@ transformers' registries are never changed, and every other use of the model is 
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 from transformers import Cache, PreTrainedModel
 
-from adaspec.backends.base import NodeOutputs, Pick, pick_outputs
+from adaspec.backends.base import NodeOutputs, Pick
 from adaspec.backends.hf import HFBackend
-from adaspec.backends.row_plan import RowPlan, cached_row_plan
+from adaspec.backends.pick import pick_outputs
+from adaspec.backends.row_plan import RowPlan
 from adaspec.tree import DraftTree
 
-log = logging.getLogger("adaspec")
+MAX_FORWARD_REQUESTS = 64  # the most requests one batched forward holds
 MAX_FORWARD_ROWS = 128  # the most tree nodes one batched forward holds (bounds a step's latency)
 
 
@@ -67,7 +65,7 @@ class SegmentedCache(Cache):
         """
         self.layer = layer_idx
         self.states = [
-            backend.cache.layers[layer_idx].update(key_states[:, :, begin:end], value_states[:, :, begin:end])
+            backend.extend_layer(layer_idx, key_states[:, :, begin:end], value_states[:, :, begin:end])
             for backend, (begin, end) in zip(self.backends, self.spans)
         ]  # per request: [1, Hkv, L_r + n_r, D] keys and values
         return key_states, value_states
@@ -137,38 +135,19 @@ class HFBatchVerifier:
     Args:
         model: the model every backend runs.
         plan: the machine's row plan for this model's weights.
-        max_rows: the most tree nodes one forward may hold (``split`` groups bigger batches).
+        max_rows: the most tree nodes one forward may hold.
+        max_requests: the most requests one forward may hold.
     """
 
     model: PreTrainedModel
     plan: RowPlan
     max_rows: int = MAX_FORWARD_ROWS
+    max_requests: int = MAX_FORWARD_REQUESTS
 
     @property
     def description(self) -> str:
         """How batching is exact here."""
         return f"matmuls through a row plan ({self.plan.describe()}), attention per request"
-
-    def split(self, sizes: list[int]) -> list[list[int]]:
-        """Groups requests, in order, into forwards of at most ``max_rows`` nodes.
-
-        Args:
-            sizes: each request's tree size.
-
-        Returns:
-            Lists of request indices, one per forward (none for no requests).
-        """
-        if not sizes:
-            return []
-        groups: list[list[int]] = [[]]
-        rows = 0
-        for index, size in enumerate(sizes):
-            if groups[-1] and rows + size > self.max_rows:
-                groups.append([])
-                rows = 0
-            groups[-1].append(index)
-            rows += size
-        return groups
 
     @torch.inference_mode()
     def tree_logits(self, backends: list[HFBackend], trees: list[DraftTree]) -> list[torch.Tensor]:
@@ -217,100 +196,3 @@ class HFBatchVerifier:
             Per request, its nodes' outputs.
         """
         return [pick_outputs(logits, pick) for logits, pick in zip(self.tree_logits(backends, trees), picks)]
-
-    @torch.inference_mode()
-    def check_exact(self, make_backend: Callable[[], HFBackend], seed: int = 0) -> str | None:
-        """Checks on the loaded model that a batch gives every request its logits of a batch of one.
-
-        Three batches of requests with unlike cache lengths and tree shapes (5, 15 and 70 rows,
-        the last spanning several row tiles) are verified together and each request alone.
-
-        Args:
-            make_backend: makes a fresh lean ``HFBackend`` of the model.
-            seed: for the random prompts and trees.
-
-        Returns:
-            None when every request got its solo logits, else a one-line reason.
-        """
-        rng = np.random.default_rng(seed)
-        vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        for sizes in ((4, 1), (6, 1, 8), (20, 3, 30, 17)):
-            prompts = [rng.integers(0, vocab, int(rng.integers(3, 200))) for _ in sizes]
-            trees = [DraftTree(rng.integers(0, vocab, n), np.array([-1] + [int(rng.integers(0, i)) for i in range(1, n)]))
-                     for n in sizes]
-            alone = [self.tree_logits([prefilled(make_backend(), p)], [t])[0] for p, t in zip(prompts, trees)]
-            together = self.tree_logits([prefilled(make_backend(), p) for p in prompts], trees)
-            if not all(torch.equal(a, b) for a, b in zip(alone, together)):
-                return f"a batch of {len(sizes)} requests ({sum(sizes)} rows) did not give each its solo logits"
-        return None
-
-
-def fastest_plan(model: PreTrainedModel, make_backend: Callable[[], HFBackend], plans: list[RowPlan],
-                 repeats: int = 3) -> RowPlan:
-    """The plan whose batched forwards of ``model`` take least time here.
-
-    Each plan verifies a single request's 8-node tree and four requests' 8-node trees (the
-    usual loads of a server), interleaved with the other plans, ``repeats`` times; the medians
-    are summed.
-
-    Args:
-        model: the model.
-        make_backend: makes a fresh lean backend of it.
-        plans: the candidates.
-        repeats: timings per plan and load.
-
-    Returns:
-        The fastest plan.
-    """
-    rng = np.random.default_rng(0)
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    backends = [prefilled(make_backend(), rng.integers(0, vocab, 200)) for _ in range(4)]
-    chain = DraftTree(rng.integers(0, vocab, 8), np.arange(-1, 7))  # [8] nodes
-    times: dict[RowPlan, list[float]] = {plan: [] for plan in plans}
-    for _ in range(repeats):
-        for plan in plans:
-            verifier = HFBatchVerifier(model, plan)
-            started = time.perf_counter()
-            for load in (1, 4):
-                verifier.tree_logits(backends[:load], [chain] * load)
-                for backend in backends[:load]:
-                    backend.commit(np.zeros(0, dtype=np.int64))
-            times[plan].append(time.perf_counter() - started)
-    return min(plans, key=lambda plan: sorted(times[plan])[len(times[plan]) // 2])
-
-
-def prefilled(backend: HFBackend, prompt: np.ndarray) -> HFBackend:
-    """The backend after prefilling ``prompt`` (for checks)."""
-    backend.prefill_logits(prompt)
-    return backend
-
-
-def distinct_weights(model: PreTrainedModel) -> list[torch.Tensor]:
-    """One weight per distinct ``[out, in]`` shape of the model's linear layers, head included."""
-    shapes: dict[tuple[int, ...], torch.Tensor] = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            shapes.setdefault(tuple(module.weight.shape), module.weight)
-    return list(shapes.values())
-
-
-def unsupported_matmuls(model: PreTrainedModel) -> str | None:
-    """Why the model's matmuls cannot all go through a row plan, if they cannot.
-
-    A row plan shapes ``torch.nn.functional.linear``; a weight of two or more dimensions held
-    by anything else (GPT-2's ``Conv1D``, fused mixture-of-experts weights) multiplies outside it.
-
-    Args:
-        model: the model.
-
-    Returns:
-        None when every matrix weight belongs to a ``Linear`` or an ``Embedding``, else a reason.
-    """
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            continue
-        for parameter_name, parameter in module.named_parameters(recurse=False):
-            if parameter.dim() >= 2:
-                return (f"{type(module).__name__} {name or 'model'}.{parameter_name} multiplies outside "
-                        "torch.nn.functional.linear")
-    return None

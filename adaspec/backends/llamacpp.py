@@ -21,176 +21,19 @@ Two configurations, chosen from what the installed llama.cpp build can do:
 from __future__ import annotations
 
 import ctypes
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adaspec.backends.base import BatchSupport, NodeOutputs, Pick, pick_outputs_host, safe_name
+from adaspec.backends.base import NodeOutputs, Pick, safe_name, shared_prefix
+from adaspec.backends.pick import pick_outputs_host
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
 
-INSTALL_HINT = "install it with: make llamacpp (builds llama-cpp-python for this CPU, ~12 min once)"
+if TYPE_CHECKING:
+    from adaspec.backends.llamacpp_runtime import LlamaCppRuntime
+
 MAX_TREE = 64  # the most nodes one verify step may hold (the budget profile's largest size)
-
-
-def llama_cpp_module():
-    """The ``llama_cpp`` package, imported on first use.
-
-    Returns:
-        The module.
-
-    Raises:
-        AdaspecError: when llama-cpp-python is not installed.
-    """
-    try:
-        import llama_cpp
-    except ImportError:
-        raise AdaspecError(f"the llama.cpp backend needs llama-cpp-python; {INSTALL_HINT}") from None
-    return llama_cpp
-
-
-# what ggml's CPU library says it was compiled with (``ggml_cpu_has_<feature>``)
-BUILD_FEATURES = ("llamafile", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8")
-
-
-def build_features() -> dict[str, bool] | None:
-    """The installed llama.cpp build's compile-time CPU features, asked of the build itself.
-
-    Returns:
-        Feature name -> compiled in, or None when the build's CPU library cannot be asked (an
-        unknown layout, such as one library per CPU variant).
-    """
-    folder = Path(llama_cpp_module().__file__).parent / "lib"
-    for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
-        if (folder / name).is_file():
-            try:
-                library = ctypes.CDLL(str(folder / name))
-                features = {}
-                for feature in BUILD_FEATURES:
-                    probe = getattr(library, f"ggml_cpu_has_{feature}")
-                    probe.restype = ctypes.c_int
-                    features[feature] = probe() != 0
-            except (OSError, AttributeError):
-                return None
-            return features
-    return None
-
-
-def build_is_batch_invariant() -> bool | None:
-    """Whether the installed llama.cpp computes a token's logits the same in a batch as alone.
-
-    llamafile's sgemm, used for batches of 2+ rows, sums in another order than the one-row
-    kernel; a build without it (``-DGGML_LLAMAFILE=OFF``) has one kernel for every batch size.
-    The answer comes from the build itself (``build_features``).
-
-    Returns:
-        True or False, or None when the build cannot be asked.
-    """
-    features = build_features()
-    return None if features is None else not features["llamafile"]
-
-
-def build_label() -> str:
-    """A short name of the build's instruction set, for profile keys (``avx512``, ``avx2``...)."""
-    features = build_features() or {}
-    isa = "avx512" if features.get("avx512") else "avx2" if features.get("avx2") else "generic"
-    return isa + ("-amx" if features.get("amx_int8") else "") + ("-llamafile" if features.get("llamafile") else "")
-
-
-class LlamaWeights:
-    """A GGUF file loaded once by llama.cpp; every backend made from it shares the weights.
-
-    Args:
-        path: the ``.gguf`` file.
-        exact: True for the exact configuration, False for the fast one, None for exact
-            exactly when the build allows it (``build_is_batch_invariant``).
-        device: ``cpu``, or ``cuda`` to offload every layer (a CUDA build of llama.cpp).
-        threads: CPU threads per forward (default: every core).
-        n_ctx: KV cells per request, prompt and output together (default: the model's training
-            context, at most 8192).
-
-    Raises:
-        AdaspecError: if llama-cpp-python is missing, exact is asked of a build that cannot be
-            exact, or the file does not load.
-    """
-
-    def __init__(self, path: Path, exact: bool | None = None, device: str = "cpu", threads: int | None = None,
-                 n_ctx: int | None = None) -> None:
-        lib = llama_cpp_module()
-        invariant = build_is_batch_invariant()
-        if exact and not invariant:
-            why = ("uses llamafile's sgemm, which is not batch-invariant" if invariant is False
-                   else "does not say whether it uses llamafile's sgemm")
-            raise AdaspecError(f"this llama.cpp build {why}; exact verification needs a -DGGML_LLAMAFILE=OFF "
-                               f"build ({INSTALL_HINT})")
-        self.exact = bool(invariant) if exact is None else exact
-        self.build = build_label()  # the build's instruction set: profiles measured on another build do not apply
-        if invariant:
-            # ggml's tiled K-quant matmul (Q2_K..Q6_K, IQ*) takes over from 8 rows up and sums in
-            # another order than the one-row kernel. ggml reads this switch once per process, at
-            # its first use, so it is set on every load from a batch-invariant build (the only
-            # builds that can be exact), before any model of the process has run
-            os.environ["GGML_CPU_TILED_MM"] = "0"
-        self.path = Path(path)
-        self.device = device
-        self.threads = threads or os.cpu_count() or 1
-        lib.llama_log_set(_QUIET_LOG, ctypes.c_void_p())
-        lib.llama_backend_init()
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = 0 if device == "cpu" else -1
-        params.use_extra_bufts = not self.exact  # weight repacking: another kernel from 4 rows on
-        self.handle = lib.llama_model_load_from_file(str(self.path).encode(), params)
-        if not self.handle:
-            raise AdaspecError(f"llama.cpp cannot load {self.path}")
-        vocab = lib.llama_model_get_vocab(self.handle)
-        self.vocab_size = int(lib.llama_vocab_n_tokens(vocab))
-        self.n_ctx = int(n_ctx or min(int(lib.llama_model_n_ctx_train(self.handle)) or 8192, 8192))
-        self.eos_token_ids = frozenset(t for t in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, t))
-        self._lib = lib
-
-    @property
-    def configuration(self) -> str:
-        """``exact`` or ``fast``."""
-        return "exact" if self.exact else "fast"
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        """Token ids by the GGUF's own tokenizer (llama.cpp's), no BOS added.
-
-        Args:
-            text: the text.
-            special: parse special tokens such as ``<|im_start|>``.
-
-        Returns:
-            The ids.
-        """
-        data = text.encode()
-        room = len(data) + 8
-        out = (ctypes.c_int32 * room)()
-        vocab = self._lib.llama_model_get_vocab(self.handle)
-        n = self._lib.llama_tokenize(vocab, data, len(data), out, room, False, special)
-        return list(out[:n])
-
-    def __del__(self) -> None:
-        handle = getattr(self, "handle", None)
-        if handle:
-            self._lib.llama_model_free(handle)
-            self.handle = None
-
-    def new_backend(self) -> LlamaCppBackend:
-        """A backend (its own llama.cpp context and KV cache) over these weights."""
-        return LlamaCppBackend(self)
-
-    def batch_support(self) -> BatchSupport:
-        """No: each llama.cpp context verifies one request per forward."""
-        return BatchSupport(None, "the llama.cpp backend verifies one request per forward")
-
-
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _QUIET_LOG(level: int, text: bytes, data: object) -> None:
-    """llama.cpp's log callback: errors to stderr, the rest (load chatter) dropped."""
-    if level == 4:  # GGML_LOG_LEVEL_ERROR
-        os.write(2, text)
 
 
 class LlamaCppBackend:
@@ -202,10 +45,8 @@ class LlamaCppBackend:
     """
 
     name = "llama.cpp"
-    default_budget = "auto"  # each extra node costs ~0.5 of a plain step on CPU: size every step
-    default_drafter = "suffix"  # suffix@auto 1.10x / 1.33x against lookup@auto 1.07x / 1.25x (docs/benchmarks.md)
 
-    def __init__(self, weights: LlamaWeights, batch: int = 512) -> None:
+    def __init__(self, weights: LlamaCppRuntime, batch: int = 512) -> None:
         lib = weights._lib
         self.weights = weights
         self.vocab_size = weights.vocab_size
@@ -236,6 +77,7 @@ class LlamaCppBackend:
         self._wants_logits = np.ctypeslib.as_array(b.logits, shape=(self.batch_size,))  # [B] int8
         self._seq_rows = [np.ctypeslib.as_array(b.seq_id[i], shape=(self.max_seqs,)) for i in range(self.batch_size)]  # B x [S]
         self._length = 0  # committed cells of the request (positions 0 .. length-1, sequence 0)
+        self.reused_prefix = 0  # cells the last prefill kept from the request before
         self._held = np.zeros(weights.n_ctx, dtype=np.int64)  # [n_ctx] _held[:length]: the tokens in those cells
         self._rows_on_zero = 0  # leading batch rows known to be on sequence 0 alone (set once, kept across steps)
         self._logits_at = 0  # where the last logits view points (llama.cpp moves its buffer when it grows)
@@ -256,7 +98,7 @@ class LlamaCppBackend:
         """
         if prompt_ids.size >= self.weights.n_ctx:
             raise AdaspecError(f"the prompt has {prompt_ids.size} tokens; the llama.cpp context holds {self.weights.n_ctx}")
-        kept = self.cached_prefix(prompt_ids)
+        kept = self.reused_prefix = self.cached_prefix(prompt_ids)
         if kept:  # the cells of the shared prefix stay where they are; the rest go
             self._lib.llama_memory_seq_rm(self.memory, 0, kept, -1)
         else:
@@ -276,20 +118,8 @@ class LlamaCppBackend:
         return pick_outputs_host(self.last_logits(1), pick)
 
     def cached_prefix(self, prompt_ids: np.ndarray) -> int:
-        """How many leading prompt tokens the context's cells already hold from the previous request.
-
-        Args:
-            prompt_ids: ``[p]`` a new prompt.
-
-        Returns:
-            The common prefix of the held tokens and the prompt, at most ``p - 1`` (the last
-            prompt token is always decoded, for its logits).
-        """
-        length = min(self._length, prompt_ids.size - 1)
-        if length <= 0 or self.ctx is None:
-            return 0
-        differ = np.flatnonzero(self._held[:length] != prompt_ids[:length])
-        return int(differ[0]) if differ.size else length
+        """See ``Backend.cached_prefix``: the prefix the cells of sequence 0 share with ``prompt_ids``."""
+        return 0 if self.ctx is None else shared_prefix(self._held[: self._length], prompt_ids)
 
     def verify(self, tree: DraftTree, pick: Pick) -> NodeOutputs:
         """One ``llama_decode`` over the tree (see ``Backend.verify``).
@@ -363,6 +193,11 @@ class LlamaCppBackend:
             lib.llama_memory_seq_rm(memory, leaf_seq, -1, -1)
         self._length = end
         self._tree = self._leaves = None
+
+    def rollback(self) -> None:
+        """Drops the tree in flight, if one is (see ``Backend.rollback``)."""
+        if self._tree is not None:
+            self.commit(np.zeros(0, dtype=np.int64))
 
     def release(self) -> None:
         """Ends the request; its cells stay for a later prompt sharing its prefix (``cached_prefix``)."""

@@ -24,10 +24,11 @@ import numpy as np
 
 from adaspec.bench.metrics import RunRecord
 from adaspec.errors import AdaspecError
-from adaspec.loading import LoadedModel
+from adaspec.models.loaded import LoadedModel
 
-LLAMACPP_PEERS = ("llama.cpp-generate", "llama.cpp-prompt-lookup", "llama.cpp-generate-default-kernels")
-HF_PEERS = ("hf-generate", "hf-prompt-lookup")
+# each peer and the runtime it runs beside (a runtime without peers needs no line here)
+PEERS = {"hf-generate": "hf", "hf-prompt-lookup": "hf", "llama.cpp-generate": "llama.cpp",
+         "llama.cpp-prompt-lookup": "llama.cpp", "llama.cpp-generate-default-kernels": "llama.cpp"}
 DEFAULT_KERNELS_ENV = "ADASPEC_DEFAULT_KERNELS"  # a folder holding llama-cpp-python built with llama.cpp's default kernels
 PEER_CONTEXT = 4096  # cells of the llama.cpp peers' contexts: the benchmark's longest turn is ~2,000 tokens
 
@@ -37,7 +38,7 @@ class Peer:
 
     Args:
         model: the model adaspec runs (the peer loads the same file or directory).
-        name: one of ``LLAMACPP_PEERS`` or ``HF_PEERS``.
+        name: a key of ``PEERS``.
         temperature: 0 for greedy, else the sampling temperature (transformers' peers only).
 
     Raises:
@@ -50,9 +51,12 @@ class Peer:
         self.temperature = temperature
         self.eos_token_ids = sorted(model.eos_token_ids)
         environment = dict(os.environ)
-        if name in LLAMACPP_PEERS:
-            weights = model.weights
-            runtime, path, threads, context = "llama.cpp", str(weights.path), weights.threads, min(weights.n_ctx, PEER_CONTEXT)
+        runtime = PEERS[name]
+        if runtime != model.runtime.name:
+            raise AdaspecError(f"method {name!r} runs on the {runtime} backend; this run uses {model.runtime.name}")
+        if runtime == "llama.cpp":
+            gguf = model.runtime
+            path, threads, context = str(gguf.path), gguf.threads, min(gguf.n_ctx, PEER_CONTEXT)
             if name == "llama.cpp-generate-default-kernels":
                 folder = os.environ.get(DEFAULT_KERNELS_ENV, "")
                 if not folder or not Path(folder, "llama_cpp").is_dir():
@@ -62,7 +66,7 @@ class Peer:
         else:
             import torch
 
-            runtime, path, threads, context = "hf", str(model.model.name_or_path), torch.get_num_threads(), 0
+            path, threads, context = str(model.runtime.model.name_or_path), torch.get_num_threads(), 0
         command = [sys.executable, "-m", "adaspec.bench.peer_worker", runtime, path, name, str(threads), str(context)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=environment)

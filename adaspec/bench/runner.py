@@ -19,13 +19,12 @@ from tqdm import tqdm
 
 from adaspec.bench.checkpoint import turn_key
 from adaspec.bench.metrics import RunRecord
-from adaspec.bench.peers import HF_PEERS, LLAMACPP_PEERS, Peer
+from adaspec.bench.peers import PEERS, Peer
 from adaspec.bench.prompts import BenchPrompt
 from adaspec.drafters import drafter_names, parse_drafter_spec
-from adaspec.backends.base import DEFAULT_BUDGET
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
-from adaspec.loading import LoadedModel
+from adaspec.models.loaded import LoadedModel
 
 BASELINE = "none"
 WARM_UP = ("warm-up", "warm-up", 0)  # the label of the untimed generation each method makes first
@@ -75,7 +74,8 @@ def turn_seed(label: tuple[str, str, int]) -> int:
 class AdaspecMethod:
     """An adaspec drafter at a budget; its learned state persists across prompts, as in a session."""
 
-    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int | str, temperature: float = 0.0) -> None:
+    def __init__(self, model: LoadedModel, name: str, drafter: str, budget: int | str | None,
+                 temperature: float = 0.0) -> None:
         self.name = name
         self.generator = Generator(model, drafter=drafter, budget=budget)
         self.temperature = temperature
@@ -105,7 +105,7 @@ class AdaspecMethod:
 def method_names() -> list[str]:
     """Every method ``build_methods`` knows: adaspec's drafter specs (``NAME[:key=value,...][@BUDGET]``),
     transformers' peers (hf backend) and llama-cpp-python's (llama.cpp backend)."""
-    return drafter_names() + list(HF_PEERS) + list(LLAMACPP_PEERS)
+    return drafter_names() + list(PEERS)
 
 
 def default_method_names(runtime: str) -> list[str]:
@@ -117,7 +117,7 @@ def default_method_names(runtime: str) -> list[str]:
     Returns:
         The method names.
     """
-    return drafter_names() + list(HF_PEERS if runtime == "hf" else LLAMACPP_PEERS)
+    return drafter_names() + [peer for peer, peer_runtime in PEERS.items() if peer_runtime == runtime]
 
 
 def check_method_names(names: Sequence[str]) -> None:
@@ -132,7 +132,7 @@ def check_method_names(names: Sequence[str]) -> None:
     """
     for name in names:
         drafter, at, size = name.rpartition("@") if "@" in name else (name, "", "")
-        if drafter in HF_PEERS + LLAMACPP_PEERS and not at:
+        if drafter in PEERS and not at:
             continue
         if drafter.partition(":")[0] not in drafter_names():
             raise AdaspecError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
@@ -141,7 +141,8 @@ def check_method_names(names: Sequence[str]) -> None:
             raise AdaspecError(f"method {name!r}: the budget after '@' must be a positive integer or 'auto'")
 
 
-def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAULT_BUDGET, temperature: float = 0.0) -> list[Method]:
+def build_methods(model: LoadedModel, names: Sequence[str], budget: int | str | None = None,
+                  temperature: float = 0.0) -> list[Method]:
     """Methods by name; ``recycling@16`` runs a drafter at budget 16. The baseline always comes first.
 
     At a temperature > 0 every method samples, each turn with its own seed shared by all
@@ -151,7 +152,7 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
     Args:
         model: the model every method runs on.
         names: method names (see ``check_method_names``); the baseline is added if absent.
-        budget: the tree budget of drafters named without ``@BUDGET``.
+        budget: the tree budget of drafters named without ``@BUDGET`` (None: the runtime's default).
         temperature: 0 for greedy decoding, else the sampling temperature.
 
     Returns:
@@ -161,16 +162,12 @@ def build_methods(model: LoadedModel, names: Sequence[str], budget: int = DEFAUL
         AdaspecError: for an unknown method, a malformed budget, or a peer of another runtime.
     """
     check_method_names(names)
-    for name in names:
-        if (name in HF_PEERS and model.runtime != "hf") or (name in LLAMACPP_PEERS and model.runtime != "llama.cpp"):
-            runtime = "hf" if name in HF_PEERS else "llama.cpp"
-            raise AdaspecError(f"method {name!r} runs on the {runtime} backend; this run uses {model.runtime}")
-    if temperature > 0 and any(name in LLAMACPP_PEERS for name in names):
+    if temperature > 0 and any(PEERS.get(name) == "llama.cpp" for name in names):
         raise AdaspecError("llama-cpp-python's peers are benchmarked greedy only (--temperature 0)")
     methods: list[Method] = []
     for name in dict.fromkeys([BASELINE, *names]):
         drafter, _, size = name.rpartition("@") if "@" in name else (name, "", "")
-        if name in HF_PEERS or name in LLAMACPP_PEERS:
+        if name in PEERS:
             methods.append(Peer(model, name, temperature))
         else:
             chosen = 1 if drafter == BASELINE else (size if size == "auto" else int(size)) if size else budget

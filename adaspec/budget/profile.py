@@ -13,6 +13,7 @@ import numpy as np
 
 from adaspec.atomic import atomic_write_text
 from adaspec.backends.base import Backend, Pick
+from adaspec.models.cache import cache_root
 from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
 
@@ -121,7 +122,7 @@ def measure_profile(backend: Backend, sizes: tuple[int, ...] = PROFILE_SIZES, co
                 backend.verify(tree, greedy)
                 backend.synchronize()
                 times.append(time.perf_counter() - tick)
-                backend.commit(np.zeros(0, dtype=np.int64))  # drop the tree again
+                backend.rollback()  # drop the tree again
             ms.append(1000 * float(np.median(times[1:])))
     finally:
         backend.release()
@@ -137,18 +138,18 @@ def default_profile_path(key: str) -> Path:
     Returns:
         A JSON path under ``$ADASPEC_CACHE/profiles`` or ``~/.cache/adaspec/profiles``.
     """
-    from adaspec.loading import cache_root
-
     return cache_root() / "profiles" / f"{key}.json"
 
 
-def load_or_measure_profile(backend: Backend, profile: LatencyProfile | str | Path | None = None) -> LatencyProfile:
+def load_or_measure_profile(backend: Backend, profile: LatencyProfile | str | Path | None = None,
+                            max_nodes: int = PROFILE_SIZES[-1]) -> LatencyProfile:
     """The verify-cost profile to size trees with.
 
     Args:
         backend: the runtime (used to measure, and its ``profile_key`` names the cache file).
         profile: a profile, a profile file, or None for the cached one (measured and cached
             on first use, which takes a few seconds).
+        max_nodes: the most nodes the runtime verifies at once: a measurement stops there.
 
     Returns:
         The profile.
@@ -171,6 +172,6 @@ def load_or_measure_profile(backend: Backend, profile: LatencyProfile | str | Pa
             return LatencyProfile.load(path)
         except ValueError:
             pass  # a damaged cache entry is measured again
-    measured = measure_profile(backend)
+    measured = measure_profile(backend, tuple(size for size in PROFILE_SIZES if size <= max_nodes))
     measured.save(path)
     return measured

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Callable
 
 from adaspec.drafters.aded import AdedConfig, AdedDrafter
-from adaspec.drafters.base import Drafter, StepFeedback
+from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback
 from adaspec.drafters.hybrid import HybridConfig, HybridDrafter
 from adaspec.drafters.lookup import LookupConfig, PromptLookupDrafter
 from adaspec.drafters.plain import PlainDrafter
@@ -133,6 +133,7 @@ def make_drafter(spec: str, vocab_size: int) -> Drafter:
 
 __all__ = [
     "Drafter",
+    "DraftRequest",
     "StepFeedback",
     "PlainDrafter",
     "AdedDrafter",

@@ -17,11 +17,10 @@ table persists across requests and can be saved and loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback, check_range
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
 from adaspec.drafters.trigram import MAX_CAPACITY, TrigramTable, trigrams
 from adaspec.tree import DraftTree
@@ -66,7 +65,7 @@ class AdedConfig:
             check_range(name, getattr(self, name), low, high)
 
 
-class AdedDrafter:
+class AdedDrafter(Drafter):
     """Drafts from an adaptive tri-gram model with best-first expansion or MCTS.
 
     Args:
@@ -78,6 +77,7 @@ class AdedDrafter:
     """
 
     name = "aded"
+    learns = True
 
     def __init__(self, vocab_size: int, config: AdedConfig | None = None) -> None:
         self.config = config or AdedConfig()
@@ -115,16 +115,9 @@ class AdedDrafter:
         self.table.update(second, followers, ones, rate)
 
     def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
-        """Builds a tree from the tri-gram model.
-
-        Args:
-            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
-            budget: the most nodes, root included.
-            state: None.
-
-        Returns:
-            The draft tree (the root alone when the table knows nothing about the context).
-        """
+        """Builds a tree from the tri-gram model (see ``Drafter.propose``); the table persists
+        across requests, so the drafter keeps no request state, and the tree is the root alone
+        when the table knows nothing about the context."""
         config = self.config
         if budget > self._tokens.size:
             self._tokens = np.empty(budget, dtype=np.int64)
@@ -170,14 +163,6 @@ class AdedDrafter:
             produced = np.concatenate(([step.before_root], step.accepted_tokens, [step.next_token]))  # [k + 2]
             self.learn_sequence(produced[1:] if step.before_root < 0 else produced, config.accepted_rate)
 
-    def end(self, state: None, output: np.ndarray) -> None:
-        """Nothing to do when a request ends: what it taught the table stays.
-
-        Args:
-            state: None.
-            output: the request's tokens (unused).
-        """
-
     def state(self) -> dict[str, np.ndarray]:
         """The learned table as arrays (what a server keeps across restarts).
 
@@ -196,22 +181,3 @@ class AdedDrafter:
             ValueError: if they are not a table for this vocabulary.
         """
         self.table.restore(state)
-
-    def save(self, path: str | Path) -> None:
-        """Writes the learned table to an ``.npz`` file (loadable as ``prior_path``).
-
-        Args:
-            path: the file to write.
-        """
-        self.table.save(path)
-
-    def load(self, path: str | Path) -> None:
-        """Replaces the learned table with one written by ``save`` or ``adaspec prior build``.
-
-        Args:
-            path: the ``.npz`` file.
-
-        Raises:
-            ValueError: if the file is not a table for this vocabulary.
-        """
-        self.table.load(path)

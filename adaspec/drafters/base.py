@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,23 +53,27 @@ class DraftRequest:
     scope: str = ""
 
 
-@runtime_checkable
-class Drafter(Protocol):
-    """Pure token-id logic that guesses what the model will say next.
+class Drafter:
+    """Pure token-id logic that guesses what the model will say next: the base every drafter
+    extends, writing only what it does (``propose``, and whichever of the rest it needs).
 
     A drafter never sees the model or its KV cache. Its learned state lives on the instance and
     is shared by all requests; what belongs to one request (its context, the token before the
     root, and whatever ``begin`` returns for it) comes in the arguments and is owned by the
-    request, so requests may interleave step by step.
+    request, so requests may interleave step by step. The defaults here keep no request state,
+    learn nothing and keep nothing across restarts.
 
     Attributes:
         name: the registry name (``"lookup"``...).
         feedback_width: how many top candidates per tree node the drafter wants in
             ``StepFeedback`` (0 when it does not learn from them).
+        learns: True when the drafter has learned state worth keeping across restarts
+            (``state`` / ``restore``).
     """
 
-    name: str
-    feedback_width: int
+    name: str = "drafter"
+    feedback_width: int = 0
+    learns: bool = False
 
     def begin(self, request: DraftRequest) -> Any:
         """Starts a new request.
@@ -80,7 +85,7 @@ class Drafter(Protocol):
             The request's own drafting state (None when the drafter keeps none), handed back to
             ``propose``, ``observe`` and ``end``.
         """
-        ...
+        return None
 
     def propose(self, context: np.ndarray, budget: int, state: Any = None) -> DraftTree:
         """Guesses a tree of at most ``budget`` nodes.
@@ -92,33 +97,86 @@ class Drafter(Protocol):
             state: what ``begin`` returned for this request.
 
         Returns:
-            The draft tree, rooted at ``context[-1]``.
+            The draft tree, rooted at ``context[-1]`` (here: the root alone, plain decoding).
         """
-        ...
+        return DraftTree.root_only(int(context[-1]))
 
     def observe(self, step: StepFeedback, state: Any = None) -> None:
-        """Learns from one verification step.
+        """Learns from one verification step (here: nothing).
 
         Args:
             step: the verified tree, the accepted path and the verifier's top candidates.
             state: what ``begin`` returned for this request.
         """
-        ...
 
     def end(self, state: Any, output: np.ndarray) -> None:
-        """The request is over (finished or abandoned).
+        """The request is over, finished or abandoned (here: nothing is kept of it).
 
         Args:
             state: what ``begin`` returned for it.
             output: ``[m]`` int64 the tokens it generated.
         """
-        ...
 
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The learned state as named arrays (``restore`` takes them back, in another process too).
 
-def learns(drafter: Drafter) -> bool:
-    """Whether a drafter has learned state worth keeping: ``state()`` / ``restore(arrays)``
-    (ADED's table, Token Recycling's matrix; ``lookup`` and ``none`` learn nothing)."""
-    return callable(getattr(drafter, "state", None)) and callable(getattr(drafter, "restore", None))
+        Returns:
+            The arrays, or None for a drafter that learns nothing.
+        """
+        return None
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Replaces the learned state with arrays from ``state()``.
+
+        Args:
+            state: the arrays.
+
+        Raises:
+            ValueError: if they do not fit this drafter (always, for one that learns nothing).
+        """
+        raise ValueError(f"drafter {self.name!r} keeps no learned state")
+
+    def save(self, path: str | Path) -> None:
+        """Writes the learned state to an ``.npz`` file (``load`` reads it back).
+
+        Args:
+            path: the file to write.
+
+        Raises:
+            ValueError: for a drafter that learns nothing.
+        """
+        arrays = self.state()
+        if arrays is None:
+            raise ValueError(f"drafter {self.name!r} keeps no learned state")
+        np.savez_compressed(path, **arrays)
+
+    def load(self, path: str | Path) -> None:
+        """Replaces the learned state with one written by ``save``.
+
+        Args:
+            path: the ``.npz`` file.
+
+        Raises:
+            ValueError: if the file cannot be read or does not fit this drafter.
+        """
+        try:
+            with np.load(path) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"cannot read drafter state {path}: {error}") from None
+        self.restore(arrays)
+
+    def warm_up(self, vocab_size: int) -> None:
+        """Drafts once on a made-up context, so that loading compiled code is not later timed
+        as drafting (the tree sizer skips drafting it measures as expensive).
+
+        Args:
+            vocab_size: the model's vocabulary size (the made-up tokens stay below it).
+        """
+        pattern = np.arange(1, 9, dtype=np.int64) % vocab_size  # [8]
+        context = np.tile(pattern, 4)  # [32] a repeating text: a copying drafter finds something
+        for budget in (2, 8):
+            self.propose(context, budget)
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

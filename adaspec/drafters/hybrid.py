@@ -53,7 +53,7 @@ def graft(builder: TreeBuilder, tree: DraftTree, limit: int) -> None:
         placed[node] = child
 
 
-class HybridDrafter:
+class HybridDrafter(Drafter):
     """Merges the trees of several drafters: a context match first, then learned branches.
 
     Args:
@@ -70,6 +70,20 @@ class HybridDrafter:
         self.parts = list(parts)
         self.shares = list(shares)
         self.feedback_width = max(p.feedback_width for p in self.parts)
+
+    @property
+    def learns(self) -> bool:
+        """True when any part keeps learned state."""
+        return any(part.learns for part in self.parts)
+
+    def warm_up(self, vocab_size: int) -> None:
+        """Warms every part's compiled code.
+
+        Args:
+            vocab_size: the model's vocabulary size.
+        """
+        for part in self.parts:
+            part.warm_up(vocab_size)
 
     def begin(self, request: DraftRequest) -> list[Any]:
         """Starts a request in every part.
@@ -125,15 +139,17 @@ class HybridDrafter:
         for part, part_state in zip(self.parts, state or [None] * len(self.parts)):
             part.end(part_state, output)
 
-    def state(self) -> dict[str, np.ndarray]:
+    def state(self) -> dict[str, np.ndarray] | None:
         """The learned state of every part that has one, keyed ``<part index>.<array>``.
 
         Returns:
-            The arrays.
+            The arrays (None when no part learns).
         """
+        if not self.learns:
+            return None
         arrays: dict[str, np.ndarray] = {}
         for index, part in enumerate(self.parts):
-            if hasattr(part, "state"):
+            if part.learns:
                 arrays.update({f"{index}.{name}": value for name, value in part.state().items()})
         return arrays
 
@@ -147,6 +163,6 @@ class HybridDrafter:
             ValueError: if a part's arrays are missing or do not fit it.
         """
         for index, part in enumerate(self.parts):
-            if hasattr(part, "restore"):
+            if part.learns:
                 prefix = f"{index}."
                 part.restore({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)})

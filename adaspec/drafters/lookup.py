@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, check_range
 from adaspec.tree import DraftTree, Source, TreeBuilder
 
 
@@ -77,7 +77,7 @@ def continuations(context: np.ndarray, ends: np.ndarray, max_depth: int) -> list
     return [context[end + 1 : end + 1 + max_depth] for end in ends[ends >= 0]]
 
 
-class PromptLookupDrafter:
+class PromptLookupDrafter(Drafter):
     """Drafts by copying what followed earlier occurrences of the current suffix.
 
     Args:
@@ -85,28 +85,16 @@ class PromptLookupDrafter:
     """
 
     name = "lookup"
-    feedback_width = 0
 
     def __init__(self, config: LookupConfig | None = None) -> None:
         self.config = config or LookupConfig()
 
-    def begin(self, request: DraftRequest) -> None:
-        """Nothing to prepare: the context is searched afresh each step (one compiled scan).
-
-        Args:
-            request: the request (unused).
-        """
-
     def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
         """Merges the continuations of the longest matching suffixes into one trie.
 
-        Args:
-            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
-            budget: the most nodes, root included.
-            state: None.
-
-        Returns:
-            The draft tree (root only when nothing matches).
+        The context is searched afresh each step (one compiled scan), so the drafter keeps no
+        request state. See ``Drafter.propose`` for the arguments; the tree is the root alone
+        when nothing matches.
         """
         cfg = self.config
         builder = TreeBuilder(int(context[-1]), budget)
@@ -120,20 +108,3 @@ class PromptLookupDrafter:
                 if builder.full:
                     return builder.build()
         return builder.build()
-
-    def observe(self, step: StepFeedback, state: None = None) -> None:
-        """Nothing to learn: the context already holds the accepted tokens.
-
-        Args:
-            step: the verification step (unused).
-            state: None.
-        """
-
-    def end(self, state: None, output: np.ndarray) -> None:
-        """Nothing to do when a request ends.
-
-        Args:
-            state: None.
-            output: the request's tokens (unused).
-        """
-

@@ -3,6 +3,8 @@ the output is known in advance (a file being edited, a document being rewritten)
 follows the output's last tokens in the prediction is drafted, as deep as the budget allows.
 
 The prediction only drafts: every token is still the model's own, so the output is unchanged.
+A prediction belongs to one request, so this drafter is made per request and merged in front of
+the shared drafter (``with_prediction``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import difflib
 
 import numpy as np
 
+from adaspec.drafters.base import Drafter
+from adaspec.drafters.hybrid import HybridDrafter
 from adaspec.drafters.suffix import SuffixConfig, draft_from
 from adaspec.drafters.suffix_index import SuffixIndex
 from adaspec.tree import DraftTree, Source
@@ -19,29 +23,28 @@ from adaspec.tree import DraftTree, Source
 PREDICTION_DRAFTS = SuffixConfig(history_tokens=0, max_depth=256, depth_per_match=64.0)
 
 
-class PredictionSource:
-    """One request's predicted output, indexed for suffix matches.
+class PredictionDrafter(Drafter):
+    """Drafts what follows the output's last tokens in one request's predicted output.
 
     Args:
         prediction: ``[q]`` int64 token ids of the text the client expects.
+        prompt_size: tokens of the request's prompt at the start of every context it is given
+            (the prediction is matched against the output only).
     """
 
-    def __init__(self, prediction: np.ndarray) -> None:
-        self.tokens = np.asarray(prediction, dtype=np.int64)
+    name = "prediction"
+
+    def __init__(self, prediction: np.ndarray, prompt_size: int) -> None:
+        self.tokens = np.asarray(prediction, dtype=np.int64)  # [q]
+        self.prompt_size = prompt_size
         self.index = SuffixIndex(self.tokens.size + 4, PREDICTION_DRAFTS.ways)
         self.index.add_sequence(self.tokens)
 
-    def propose(self, output: np.ndarray, budget: int) -> DraftTree:
-        """What follows the output's last tokens in the prediction.
-
-        Args:
-            output: ``[m]`` int64 the tokens generated so far (m >= 1; the last is the pending root).
-            budget: the most nodes, root included.
-
-        Returns:
-            The draft tree (root only when the output's suffix is nowhere in the prediction).
-        """
-        return draft_from(self.index, output[-PREDICTION_DRAFTS.max_match :], int(output[-1]), budget,
+    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
+        """What follows the output's last tokens in the prediction (see ``Drafter.propose``); the
+        root alone while the output's suffix is nowhere in the prediction."""
+        output = context[self.prompt_size :]  # [m] m >= 1: the last is the pending root
+        return draft_from(self.index, output[-PREDICTION_DRAFTS.max_match :], int(context[-1]), budget,
                           PREDICTION_DRAFTS, Source.PREDICTION)
 
     def accounting(self, output: list[int]) -> tuple[int, int]:
@@ -57,3 +60,19 @@ class PredictionSource:
         matcher = difflib.SequenceMatcher(None, self.tokens.tolist(), list(output), autojunk=False)
         accepted = sum(block.size for block in matcher.get_matching_blocks())
         return accepted, int(self.tokens.size) - accepted
+
+
+def with_prediction(drafter: Drafter, prediction: PredictionDrafter) -> HybridDrafter:
+    """One request's drafter: its prediction first, then the shared drafter in the room left.
+
+    Neither part's share is capped: the prediction may fill the whole budget (it is trusted at
+    once), and the shared drafter fills whatever it leaves.
+
+    Args:
+        drafter: the session's shared drafter.
+        prediction: the request's prediction.
+
+    Returns:
+        The merged drafter (learning and ending reach the shared one as before).
+    """
+    return HybridDrafter([prediction, drafter], shares=[1.0, 1.0])

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, StepFeedback, check_range
 from adaspec.tree import DraftTree
 
 
@@ -99,7 +98,7 @@ def build_template(rank_probs: np.ndarray, size: int, max_depth: int) -> TreeTem
     return TreeTemplate(parents_arr, np.array(ranks, dtype=np.int64), np.array(path_probs), levels)
 
 
-class TokenRecyclingDrafter:
+class TokenRecyclingDrafter(Drafter):
     """Drafts from the verifier's recycled top-K candidates.
 
     Args:
@@ -108,6 +107,7 @@ class TokenRecyclingDrafter:
     """
 
     name = "recycling"
+    learns = True
 
     def __init__(self, vocab_size: int, config: RecyclingConfig | None = None) -> None:
         self.config = config or RecyclingConfig()
@@ -129,23 +129,11 @@ class TokenRecyclingDrafter:
         strength = self.config.prior_strength
         return (self.rank_hits + strength * prior) / (self.rank_trials + strength)
 
-    def begin(self, request: DraftRequest) -> None:
-        """Nothing to reset: the table deliberately persists across requests.
-
-        Args:
-            request: the request (unused).
-        """
-
     def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
         """Reads a tree out of the candidate table along the template.
 
-        Args:
-            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
-            budget: the most nodes, root included.
-            state: None.
-
-        Returns:
-            The draft tree; branches under tokens never seen are left out.
+        The table persists across requests, so the drafter keeps no request state. See
+        ``Drafter.propose`` for the arguments; branches under tokens never seen are left out.
         """
         template = self.template
         tokens = np.full(template.parents.size, -1, dtype=np.int64)  # [m], -1 = no candidate
@@ -156,11 +144,8 @@ class TokenRecyclingDrafter:
             picked = self.candidates[np.where(known, parent_tokens, 0), template.ranks[level]]  # [m_d]
             tokens[level] = np.where(known, picked, -1)
         keep = np.flatnonzero(tokens >= 0)[:budget]  # ancestors of a kept node are kept: prefix-closed
-        new_index = np.full(template.parents.size, -1, dtype=np.int64)  # [m]
-        new_index[keep] = np.arange(keep.size)
-        old_parents = template.parents[keep]  # [b]
-        parents = np.where(old_parents >= 0, new_index[old_parents], -1)
-        return DraftTree(tokens[keep], parents, template.path_probs[keep])
+        whole = DraftTree(np.maximum(tokens, 0), template.parents, template.path_probs)  # [m] unknowns as token 0
+        return whole.subtree(keep)
 
     def observe(self, step: StepFeedback, state: None = None) -> None:
         """Updates rank statistics, then recycles every node's top-K into the table.
@@ -182,14 +167,6 @@ class TokenRecyclingDrafter:
             self.template = build_template(
                 self.rank_probabilities(), self.config.template_nodes, self.config.max_depth
             )
-
-    def end(self, state: None, output: np.ndarray) -> None:
-        """Nothing to do when a request ends: what it taught the table stays.
-
-        Args:
-            state: None.
-            output: the request's tokens (unused).
-        """
 
     def state(self) -> dict[str, np.ndarray]:
         """The candidate table and rank statistics as arrays.
@@ -222,23 +199,3 @@ class TokenRecyclingDrafter:
         self.rank_hits = rank_hits.astype(np.int64)
         self.rank_trials = rank_trials
         self.template = build_template(self.rank_probabilities(), self.config.template_nodes, self.config.max_depth)
-
-    def save(self, path: str | Path) -> None:
-        """Writes the table and rank statistics to an ``.npz`` file.
-
-        Args:
-            path: the file to write.
-        """
-        np.savez_compressed(path, **self.state())
-
-    def load(self, path: str | Path) -> None:
-        """Reads state written by ``save``.
-
-        Args:
-            path: the ``.npz`` file.
-
-        Raises:
-            ValueError: if the file was written for another vocabulary size or top-K.
-        """
-        with np.load(path) as data:
-            self.restore({name: data[name] for name in data.files})

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adaspec.drafters.base import DraftRequest, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, DraftRequest, check_range
 from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
 from adaspec.tree import DraftTree, Source, TreeBuilder
 
@@ -76,7 +76,7 @@ class SuffixRequest:
 
 
 @dataclass
-class SuffixDrafter:
+class SuffixDrafter(Drafter):
     """Drafts from matches in the request's context and in its scope's history (module doc).
 
     Args:
@@ -85,7 +85,7 @@ class SuffixDrafter:
 
     config: SuffixConfig = field(default_factory=SuffixConfig)
     name = "suffix"
-    feedback_width = 0
+    learns = True
 
     def __post_init__(self) -> None:
         self.histories: OrderedDict[str, SuffixIndex] = OrderedDict()  # scope -> history, least recently used first
@@ -141,14 +141,6 @@ class SuffixDrafter:
         if history is not None and not builder.full:
             grow(builder, history, query, self.config, Source.HISTORY)
         return builder.build()
-
-    def observe(self, step: StepFeedback, state: SuffixRequest | None = None) -> None:
-        """Nothing to learn per step: the context reaches the own index at the next ``propose``.
-
-        Args:
-            step: the verification step (unused).
-            state: the request's state (unused).
-        """
 
     def end(self, state: SuffixRequest | None, output: np.ndarray) -> None:
         """Adds the request's output (and prompt, when configured) to its scope's history.

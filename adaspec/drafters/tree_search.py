@@ -112,20 +112,12 @@ def mcts_tree(
     probable), always a parent before its children.
 
     Args:
-        keys, ids, weights: a ``TrigramTable``'s arrays (``[T]``, ``[T, S]``, ``[T, S]``).
-        vocab_size: the table's vocabulary size.
-        before: the token before the root (negative if none).
-        root: the root token.
-        budget: the most nodes, root included (>= 1).
-        max_depth: the deepest node.
-        width: the most children per node.
+        keys, ids, weights, vocab_size, before, root, budget, max_depth, width: as for ``best_first_tree``.
         simulations: the number of simulations.
         c_base: the exploration constant at small visit counts.
         c_growth: the visit count over which exploration grows logarithmically.
         rollout_depth: greedy steps past the leaf when valuing a simulation.
-        out_tokens: ``[>= budget]`` int64, filled with node tokens.
-        out_parents: ``[>= budget]`` int64, filled with parent indices (-1 for the root).
-        out_probs: ``[>= budget]`` float64, filled with path probabilities.
+        out_tokens, out_parents, out_probs: filled as by ``best_first_tree``.
 
     Returns:
         The number of nodes written.

@@ -30,21 +30,21 @@ def served_name(model_name: str) -> str:
     return Path(model_name.removeprefix("embedded ")).name or model_name
 
 
-def build_server(generator: Generator, model_name: str, drafter_spec: str, aliases: tuple[str, ...] = (),
-                 max_active: int = 8, max_waiting: int = 64, request_timeout: float = 600.0,
-                 state_dir: str | Path | None = None, save_every: float = 300.0, batch: bool = True,
+def build_server(generator: Generator, model_name: str, store: DrafterStateStore | None = None,
+                 aliases: tuple[str, ...] = (), max_active: int = 8, max_waiting: int = 64,
+                 request_timeout: float = 600.0, save_every: float = 300.0, batch: bool = True,
                  idle_release: float = 20.0, history_scope: str = "server") -> OpenAIServer:
     """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
 
     Args:
         generator: the model, drafter and budget to serve.
         model_name: the name clients use.
-        drafter_spec: the drafter's spec (names its state file).
         aliases: other model names accepted in requests.
         max_active: requests decoded at once.
         max_waiting: requests queued beyond those before 429s.
         request_timeout: seconds a request may take.
-        state_dir: where the drafter's learned state lives (None: not kept); it is loaded now.
+        store: where the drafter's learned state is kept (``state_store.open_state``, which has
+            loaded it already); None: not kept.
         save_every: seconds between periodic saves.
         batch: verify the active requests' trees in one forward where the runtime can do it
             exactly (it checks the machine now; the answer is logged, in ``/health`` and a metric).
@@ -54,19 +54,14 @@ def build_server(generator: Generator, model_name: str, drafter_spec: str, alias
     Returns:
         The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
     """
-    saver = None
-    if state_dir is not None:
-        store = DrafterStateStore(state_dir, generator.model.name, drafter_spec)
-        if store.load_into(generator.drafter):
-            log.warning("adaspec: drafter state loaded from %s", store.path)
-        saver = StateSaver(generator.session, store, every=save_every)
-    support = generator.model.backends.batch_support() if batch else BatchSupport(None, "turned off (--no-batch)")
+    saver = None if store is None else StateSaver(generator.session, store, every=save_every)
+    support = generator.model.runtime.batch_support() if batch else BatchSupport(None, "turned off (--no-batch)")
     if support.verifier is None:
         log.warning("adaspec: verifying requests one at a time: %s", support.reason)
     metrics = ServerMetrics(model_name)
     metrics.set_batching(support.verifier is not None, support.reason)
     scheduler = Scheduler(generator, metrics, max_active=max_active, max_waiting=max_waiting,
-                          request_timeout=request_timeout, saver=saver, batch=support.verifier,
+                          request_timeout=request_timeout, saver=saver, verifier=support.verifier,
                           idle_release=idle_release)
     return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context,
                         batching=support, history_scope=history_scope)

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaspec.backends.base import BatchSupport
 from adaspec.request import Generation
-from adaspec.serve.scheduler import Event, Job, Scheduler, SchedulerDown, ServerBusy
+from adaspec.serve.jobs import DoneEvent, ErrorEvent, Event, Job, TextEvent
+from adaspec.serve.scheduler import Scheduler, SchedulerDown, ServerBusy
 from adaspec.serve.schemas import ChatRequest, CompletionRequest, RequestError
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -206,9 +207,8 @@ class OpenAIServer:
         first = await self._next_event(job, request)
         if first is None:  # the client left while queued
             return Response(status_code=499)
-        if first.kind == "error":
-            status, message = first.data
-            return error_response(message, status)
+        if isinstance(first, ErrorEvent):
+            return error_response(first.message, first.status)
         identity = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                     "model": self.model_name}
         if body.stream:
@@ -250,21 +250,20 @@ class OpenAIServer:
                     return None
                 if not self.scheduler.alive and job.events.empty():
                     job.cancelled.set()
-                    return Event("error", (503, "the server's scheduler stopped"))
+                    return ErrorEvent(503, "the server's scheduler stopped")
                 if time.monotonic() > deadline:
                     job.cancelled.set()
-                    return Event("error", (504, "the request got no answer within its deadline"))
+                    return ErrorEvent(504, "the request got no answer within its deadline")
 
     async def _complete(self, job: Job, request: Request, identity: dict, chat: bool) -> Response:
         while True:  # text events are skipped: the result carries the whole text
             event = await self._next_event(job, request)
             if event is None:
                 return Response(status_code=499)
-            if event.kind == "error":
-                status, message = event.data
-                return error_response(message, status)
-            elif event.kind == "done":
-                generation: Generation = event.data
+            if isinstance(event, ErrorEvent):
+                return error_response(event.message, event.status)
+            if isinstance(event, DoneEvent):
+                generation = event.generation
                 reason = FINISH_REASONS[generation.finish_reason]
                 if chat:
                     choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
@@ -294,16 +293,15 @@ class OpenAIServer:
                 event = await self._next_event(job, request)
                 if event is None:
                     break
-                if event.kind == "text":
-                    yield sse(chunk(event.data))
+                if isinstance(event, TextEvent):
+                    yield sse(chunk(event.text))
                     if event.delivered is not None:  # resumed once the server took the chunk: it is on its way
                         event.delivered.set()
-                elif event.kind == "error":
-                    status, message = event.data
-                    yield sse(error_body(message, status))
+                elif isinstance(event, ErrorEvent):
+                    yield sse(error_body(event.message, event.status))
                     break
-                elif event.kind == "done":
-                    generation: Generation = event.data
+                elif isinstance(event, DoneEvent):
+                    generation = event.generation
                     yield sse(chunk(None, FINISH_REASONS[generation.finish_reason]))
                     if include_usage:
                         yield sse({**identity, "object": kind, "choices": [], "usage": usage(generation)})

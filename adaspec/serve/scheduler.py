@@ -5,6 +5,10 @@ HTTP handlers live on the asyncio loop; they ``submit`` a ``Job`` and read its e
 ``asyncio.Queue`` that the scheduler fills thread-safely. Everything a request owns (its KV
 cache, context, output, random numbers) is on its ``Request``; the drafter's learned tables and
 the sizer's calibration are shared, and only this thread touches them.
+
+Every step goes one way: the active requests draft in turn, and their trees are verified in
+groups by the runtime's verifier (several requests per forward where that is exact, else one:
+``SerialVerifier``), then each request accepts, learns and emits.
 """
 
 from __future__ import annotations
@@ -15,21 +19,22 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
-from adaspec.backends.base import BatchVerifier
-from adaspec.engine import Generator, Prompt
-from adaspec.errors import AdaspecError
+from adaspec.backends.base import BatchVerifier, NodeOutputs, Pick, SerialVerifier
+from adaspec.engine import Generator
+from adaspec.errors import AdaspecError, first_line
 from adaspec.memory import return_freed_memory
-from adaspec.options import RequestOptions
-from adaspec.request import Generation, Request
+from adaspec.request import Generation
+from adaspec.serve.jobs import DoneEvent, ErrorEvent, Job, JobSpec, StartedEvent, TextEvent
 from adaspec.serve.metrics import ServerMetrics
 from adaspec.serve.saver import StateSaver
+from adaspec.tree import DraftTree
 
 log = logging.getLogger("adaspec")
 T = TypeVar("T")
 FIRST_TEXT_WAIT_S = 0.05  # the longest the scheduler waits for a stream's first text to be written
+Drafted = tuple[Job, DraftTree, Pick]  # a request's tree for this step, and how to pick its tokens
 
 
 class ServerBusy(Exception):
@@ -38,72 +43,6 @@ class ServerBusy(Exception):
 
 class SchedulerDown(Exception):
     """Raised by ``submit`` when the scheduling thread is not running (stopped or crashed)."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a client asked for, already checked for shape and type.
-
-    Attributes:
-        prompt: text, chat messages or token ids.
-        options: how to generate (``chat`` False for completions).
-        stream: the client reads text as it comes (its first piece is a time to first token).
-    """
-
-    prompt: Prompt
-    options: RequestOptions
-    stream: bool = False
-
-
-@dataclass(frozen=True)
-class Event:
-    """One message from the scheduler to a request's HTTP handler.
-
-    Attributes:
-        kind: ``started`` (data: prompt tokens), ``text`` (data: a text piece), ``done``
-            (data: the Generation) or ``error`` (data: (HTTP status, message)).
-        data: as described for each kind.
-        delivered: set by the handler once it has written this event's text to the connection
-            (None: nobody waits for that).
-    """
-
-    kind: str
-    data: Any = None
-    delivered: threading.Event | None = None
-
-
-@dataclass
-class Job:
-    """A submitted request as both sides see it.
-
-    Attributes:
-        spec: what was asked.
-        events: filled by the scheduler, read by the handler.
-        loop: the handler's event loop.
-        arrived: ``time.monotonic()`` at submission.
-        cancelled: set by the handler when the client goes away.
-        request: the decoding request once admitted.
-        last_output: ``time.monotonic()`` of its latest output.
-        id: its number, for logs.
-        first_text: for a stream, set by the handler once the first text is written (None until sent).
-    """
-
-    spec: JobSpec
-    events: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
-    arrived: float = field(default_factory=time.monotonic)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    request: Request | None = None
-    last_output: float = 0.0
-    id: int = 0
-    first_text: threading.Event | None = None
-
-    def send(self, kind: str, data: Any = None, delivered: threading.Event | None = None) -> None:
-        """Hands an event to the handler's loop (safe from any thread)."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, Event(kind, data, delivered))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
 
 
 class Scheduler:
@@ -116,8 +55,9 @@ class Scheduler:
         max_waiting: requests queued beyond those; more are refused with ``ServerBusy``.
         request_timeout: seconds from arrival after which a request is ended with an error.
         saver: saves the drafter's learned state now and then, on a thread of its own (None: not kept).
-        batch: verifies every active request's tree in one forward (None: one request at a
-            time); its results equal each request's batch-of-one results by construction.
+        verifier: verifies the active requests' trees, several per forward where it can (its
+            results equal each request's batch-of-one results by construction); None: one
+            request per forward.
         idle_release: seconds without any request after which idle caches are freed and freed
             memory is handed back to the system.
         first_text_wait: the most seconds the scheduler waits, before the next forward, for a
@@ -126,7 +66,7 @@ class Scheduler:
 
     def __init__(self, generator: Generator, metrics: ServerMetrics, max_active: int = 8, max_waiting: int = 64,
                  request_timeout: float = 600.0, saver: StateSaver | None = None,
-                 batch: BatchVerifier | None = None, idle_release: float = 20.0,
+                 verifier: BatchVerifier | None = None, idle_release: float = 20.0,
                  first_text_wait: float = FIRST_TEXT_WAIT_S) -> None:
         if max_active < 1 or max_waiting < 0 or request_timeout <= 0 or idle_release <= 0:
             raise AdaspecError("need max_active >= 1, max_waiting >= 0, a positive request timeout and idle release")
@@ -136,7 +76,7 @@ class Scheduler:
         self.max_waiting = max_waiting
         self.request_timeout = request_timeout
         self.saver = saver
-        self.batch = batch
+        self.verifier: BatchVerifier = verifier if verifier is not None else SerialVerifier()
         self.idle_release = idle_release
         self.first_text_wait = first_text_wait
         self._waiting: collections.deque[Job] = collections.deque()
@@ -152,6 +92,11 @@ class Scheduler:
     def alive(self) -> bool:
         """True while the scheduling thread runs."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def batched(self) -> bool:
+        """True when several requests may share a forward."""
+        return self.verifier.max_requests > 1
 
     def start(self) -> None:
         """Starts the scheduling thread (and the state saver's)."""
@@ -185,16 +130,15 @@ class Scheduler:
             SchedulerDown: when the scheduling thread is not running.
         """
         if not self.alive:
-            self.metrics.rejected.labels(self.metrics.model_name, "scheduler_down").inc()
+            self.metrics.request_rejected("scheduler_down")
             raise SchedulerDown()
         job = Job(spec, asyncio.Queue(), loop, id=next(self._ids))
         with self._wake:
             if self._stopping or len(self._waiting) + len(self._active) >= self.max_active + self.max_waiting:
-                reason = "stopping" if self._stopping else "queue_full"
-                self.metrics.rejected.labels(self.metrics.model_name, reason).inc()
+                self.metrics.request_rejected("stopping" if self._stopping else "queue_full")
                 raise ServerBusy()
             self._waiting.append(job)
-            self.metrics.waiting.labels(self.metrics.model_name).set(len(self._waiting))
+            self._count()
             self._wake.notify()
         return job
 
@@ -212,13 +156,7 @@ class Scheduler:
                     self._release_idle_memory()
                     continue
                 self._admit_waiting()
-                if self.batch is None:
-                    for job in list(self._active):
-                        self._admit_waiting()  # between steps, so a new request waits at most one step
-                        if self._still_wanted(job):
-                            self._advance(job)
-                else:
-                    self._advance_together([job for job in list(self._active) if self._still_wanted(job)])
+                self._step_active()
         except Exception as error:  # a bug in the loop itself: logged; every request fails, new ones are refused
             log.exception("adaspec: the scheduler stopped")
             reason = f"the scheduler stopped: {type(error).__name__}: {error}"
@@ -229,7 +167,7 @@ class Scheduler:
                 self._active.clear()
                 self._waiting.clear()
             for job in jobs:
-                job.send("error", (503, reason))
+                job.send(ErrorEvent(503, reason))
                 if job.request is not None:
                     job.request.close()
 
@@ -240,120 +178,156 @@ class Scheduler:
                 if not self._waiting:
                     return
                 job = self._waiting.popleft()
-                self.metrics.waiting.labels(self.metrics.model_name).set(len(self._waiting))
+                self._count()
             if job.cancelled.is_set():
-                self.metrics.failed.labels(self.metrics.model_name, "disconnected").inc()
+                self.metrics.request_failed("disconnected")
                 continue
             try:
                 request = self.generator.open(job.spec.prompt, job.spec.options)
             except AdaspecError as error:
-                self.metrics.failed.labels(self.metrics.model_name, "bad_request").inc()
-                job.send("error", (400, str(error)))
+                self._refuse(job, str(error))
                 continue
             except Exception as error:  # a chat template that rejects the messages, for one
-                self.metrics.failed.labels(self.metrics.model_name, "bad_request").inc()
-                job.send("error", (400, f"cannot prepare the prompt: {str(error).splitlines()[0] if str(error) else type(error).__name__}"))
+                self._refuse(job, f"cannot prepare the prompt: {first_line(error)}")
                 continue
             job.request = request
             self._active.append(job)
             self._released = False
-            self._set_running()
+            self._count()
             piece = self._guarded(job, request.start)
             if piece is None:
                 continue
-            self.metrics.observe_start(request.prompt_ids.size, time.monotonic() - job.arrived)
-            job.send("started", int(request.prompt_ids.size))
+            self.metrics.request_started(request.prompt_ids.size, time.monotonic() - job.arrived)
+            job.send(StartedEvent(int(request.prompt_ids.size)))
             self._after_output(job, piece)
             job.last_output = time.monotonic()  # after any wait for the first text: the next step's time leaves it out
+
+    def _refuse(self, job: Job, message: str) -> None:
+        self.metrics.request_failed("bad_request")
+        job.send(ErrorEvent(400, message))
+
+    def _step_active(self) -> None:
+        """One step of every active request: each drafts in turn, and the trees are verified in
+        groups as large as the verifier takes (one request per group when it cannot batch, with
+        waiting requests admitted between groups)."""
+        group: list[Drafted] = []
+        rows = 0
+        for job in list(self._active):
+            if len(group) >= self.verifier.max_requests:
+                self._verify(group)
+                group, rows = [], 0
+                self._admit_waiting()  # a new request waits at most one group
+            if not self._still_wanted(job):
+                continue
+            drafted = self._guarded(job, job.request.draft)
+            if drafted is None:
+                continue
+            tree, pick = drafted
+            if group and rows + tree.size > self.verifier.max_rows:
+                self._verify(group)
+                group, rows = [], 0
+            group.append((job, tree, pick))
+            rows += tree.size
+        if group:
+            self._verify(group)
+
+    def _verify(self, group: list[Drafted]) -> None:
+        """Verifies a group's trees in one forward (one request's, when serial), then finishes each."""
+        tick = time.perf_counter()
+        self.metrics.forward_run()
+        try:
+            outputs = self.verifier.verify([job.request.backend for job, _, _ in group],
+                                           [tree for _, tree, _ in group], [pick for _, _, pick in group])
+        except Exception as error:  # a bug must cost the requests it hit, never the server
+            if len(group) == 1:
+                log.exception("adaspec: request %d failed", group[0][0].id)
+                self._fail(group[0][0], error)
+                return
+            log.exception("adaspec: a batched verification failed; its %d requests are verified one at a time",
+                          len(group))
+            for member in group:
+                self._verify_alone(*member)
+            return
+        seconds = time.perf_counter() - tick
+        for (job, tree, _), verified in zip(group, outputs):
+            self._finish(job, tree, verified, seconds)
+
+    def _verify_alone(self, job: Job, tree: DraftTree, pick: Pick) -> None:
+        """Verifies one request of a failed batch on its own, after dropping what the failed
+        forward wrote into its cache (its output is then what it would have been)."""
+        tick = time.perf_counter()
+        self.metrics.forward_run()
+        backend = job.request.backend
+
+        def verify() -> NodeOutputs:
+            backend.rollback()
+            return backend.verify(tree, pick)
+
+        verified = self._guarded(job, verify)
+        if verified is not None:
+            self._finish(job, tree, verified, time.perf_counter() - tick)
+
+    def _finish(self, job: Job, tree: DraftTree, verified: NodeOutputs, seconds: float) -> None:
+        """Accepts, learns and emits one request's verified step."""
+        piece = self._guarded(job, lambda: job.request.finish(tree, verified, seconds))
+        if piece is not None:
+            self._emit(job, piece)
 
     def _still_wanted(self, job: Job) -> bool:
         """False (and the job retired) when its client left or its time is up."""
         if job.cancelled.is_set():
-            self.metrics.failed.labels(self.metrics.model_name, "disconnected").inc()
+            self.metrics.request_failed("disconnected")
             self._retire(job)
             return False
         if time.monotonic() - job.arrived > self.request_timeout:
-            self.metrics.failed.labels(self.metrics.model_name, "timeout").inc()
-            job.send("error", (504, f"the request took longer than the server's {self.request_timeout:g} s timeout"))
+            self.metrics.request_failed("timeout")
+            job.send(ErrorEvent(504, f"the request took longer than the server's {self.request_timeout:g} s timeout"))
             self._retire(job)
             return False
         return True
 
-    def _advance(self, job: Job) -> None:
-        """One step of one active request, verified alone."""
-        request = job.request
-        assert request is not None
-        self.metrics.forwards.labels(self.metrics.model_name).inc()
-        self._emit(job, self._guarded(job, request.step))
-
-    def _advance_together(self, jobs: list[Job]) -> None:
-        """One step of every given request, their trees verified in as few forwards as fit."""
-        assert self.batch is not None
-        drafted = []
-        for job in jobs:
-            draft = self._guarded(job, job.request.draft)
-            if draft is not None:
-                drafted.append((job, *draft))
-        for group in self.batch.split([tree.size for _, tree, _ in drafted]):
-            members = [drafted[i] for i in group]
-            tick = time.perf_counter()
-            self.metrics.forwards.labels(self.metrics.model_name).inc()
-            try:
-                outputs = self.batch.verify([job.request.backend for job, _, _ in members],
-                                             [tree for _, tree, _ in members], [pick for _, _, pick in members])
-            except Exception as error:  # a bug must cost these requests, never the server
-                log.exception("adaspec: a batched verification failed")
-                for job, _, _ in members:
-                    self.metrics.failed.labels(self.metrics.model_name, "internal").inc()
-                    job.send("error", (500, f"internal error: {type(error).__name__}: {error}"))
-                    self._retire(job)
-                continue
-            seconds = time.perf_counter() - tick
-            for (job, tree, _), verified in zip(members, outputs):
-                self._emit(job, self._guarded(job, lambda: job.request.finish(tree, verified, seconds)))
-
-    def _emit(self, job: Job, piece: str | None) -> None:
-        """Records a finished step and sends its text (nothing when the step failed)."""
-        if piece is None:
-            return
-        request = job.request
+    def _emit(self, job: Job, piece: str) -> None:
+        """Records a finished step and sends its text."""
         now = time.monotonic()
-        assert request is not None and request.last_step is not None
-        self.metrics.observe_step(request.last_step, now - job.last_output)
+        self.metrics.step_finished(job.request.last_step, now - job.last_output)
         job.last_output = now
         if self.saver is not None:
             self.saver.mark_changed()
         self._after_output(job, piece)
 
     def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
-        """Runs ``action`` (start, step, draft or finish); a failure ends only this request and gives None."""
+        """Runs ``action`` (start, draft, finish or result); a failure ends only this request and gives None."""
         try:
             return action()
         except Exception as error:  # a bug must cost one request, never the server
             log.exception("adaspec: request %d failed", job.id)
-            self.metrics.failed.labels(self.metrics.model_name, "internal").inc()
-            job.send("error", (500, f"internal error: {type(error).__name__}: {error}"))
-            self._retire(job)
+            self._fail(job, error)
             return None
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        self.metrics.request_failed("internal")
+        job.send(ErrorEvent(500, f"internal error: {type(error).__name__}: {error}"))
+        self._retire(job)
 
     def _after_output(self, job: Job, piece: str) -> None:
         """Sends a step's text, and the result when the request has finished."""
         request = job.request
-        assert request is not None
         if piece and job.spec.stream and job.first_text is None:
             # The handler's thread needs a core to write the first text, and the next forward
             # takes both (llama.cpp's threads spin through it): the text waited for a core (~4 ms
             # on 2 cores, measured). So the scheduler waits until it is written (briefly: a stalled
             # client cannot hold the others up); that is what a stream's time to first token measures.
             job.first_text = threading.Event()
-            job.send("text", piece, job.first_text)
+            job.send(TextEvent(piece, job.first_text))
             job.first_text.wait(self.first_text_wait)
         elif piece:
-            job.send("text", piece)
+            job.send(TextEvent(piece))
         if request.finished:
-            generation: Generation = request.result()
-            self.metrics.observe_finish(generation, time.monotonic() - job.arrived)
-            job.send("done", generation)
+            generation: Generation | None = self._guarded(job, request.result)
+            if generation is None:
+                return
+            self.metrics.request_finished(generation, time.monotonic() - job.arrived)
+            job.send(DoneEvent(generation))
             self._retire(job)
 
     def _retire(self, job: Job) -> None:
@@ -363,10 +337,10 @@ class Scheduler:
             self._active.remove(job)
             if not self._active:
                 self._idle_since = time.monotonic()
-        self._set_running()
+        self._count()
 
-    def _set_running(self) -> None:
-        self.metrics.running.labels(self.metrics.model_name).set(len(self._active))
+    def _count(self) -> None:
+        self.metrics.queue_changed(len(self._waiting), len(self._active))
 
     def _seconds_to_release(self) -> float | None:
         """How long the idle loop may sleep before idle memory is due back (None: nothing due)."""
@@ -378,6 +352,9 @@ class Scheduler:
 
     def _release_idle_memory(self) -> None:
         """Frees every idle cache but one and hands freed memory back to the system."""
-        self.generator.pool.trim(keep=1)
-        return_freed_memory()
         self._released = True
+        try:
+            self.generator.pool.trim(keep=1)
+            return_freed_memory()
+        except Exception:  # memory stays held; the server goes on
+            log.exception("adaspec: releasing idle memory failed")
