@@ -13,9 +13,33 @@ from enum import IntEnum
 from functools import cached_property
 from typing import Iterable
 
+import numba
 import numpy as np
 
 MAX_TREE_NODES = 256  # the most nodes one verification may hold on any runtime (a runtime may allow fewer)
+
+
+@numba.njit(cache=True)
+def first_chain_nodes(parents: np.ndarray, n: int) -> np.ndarray:
+    """The chain that follows each node's first child (the lowest index), in a trie's first ``n`` nodes.
+
+    Args:
+        parents: ``[>= n]`` int64 parent indices.
+        n: the nodes.
+
+    Returns:
+        ``[k]`` int64 node indices from the root.
+    """
+    chain = np.empty(n, dtype=np.int64)
+    chain[0] = 0
+    k = 1
+    node = 0
+    for candidate in range(1, n):
+        if parents[candidate] == node:
+            chain[k] = candidate
+            k += 1
+            node = candidate
+    return chain[:k]
 
 
 class Source(IntEnum):
@@ -86,11 +110,28 @@ class DraftTree:
         Returns:
             A one-node tree.
         """
-        tree = cls.__new__(cls)  # valid by construction: the checks of ``__post_init__`` are skipped (a plain step's hot path)
-        object.__setattr__(tree, "tokens", np.array([token], dtype=np.int64))
-        object.__setattr__(tree, "parents", np.array([-1], dtype=np.int64))
-        object.__setattr__(tree, "scores", None)
-        object.__setattr__(tree, "sources", None)
+        return cls.trusted(np.array([token], dtype=np.int64), np.array([-1], dtype=np.int64))
+
+    @classmethod
+    def trusted(cls, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray | None = None,
+                sources: np.ndarray | None = None) -> DraftTree:
+        """A tree from arrays that hold the invariant by construction (a compiled drafter's, a
+        chain's prefix), made without the checks of ``__post_init__``: a step's hot path.
+
+        Args:
+            tokens: ``[n]`` int64 (contiguous), node 0 the root.
+            parents: ``[n]`` int64, -1 then earlier nodes only.
+            scores: ``[n]`` float64 or None.
+            sources: ``[n]`` int8 or None.
+
+        Returns:
+            The tree (its arrays not copied).
+        """
+        tree = cls.__new__(cls)
+        object.__setattr__(tree, "tokens", tokens)
+        object.__setattr__(tree, "parents", parents)
+        object.__setattr__(tree, "scores", scores)
+        object.__setattr__(tree, "sources", sources)
         return tree
 
     @property
@@ -159,7 +200,9 @@ class DraftTree:
         """
         if size >= self.size:
             return self
-        return self.subtree(np.arange(size))
+        return DraftTree.trusted(self.tokens[:size], self.parents[:size],
+                                 None if self.scores is None else self.scores[:size],
+                                 None if self.sources is None else self.sources[:size])
 
     def first_chain(self) -> DraftTree:
         """The chain that follows each node's first child (the drafter's top-ranked one).
@@ -169,10 +212,10 @@ class DraftTree:
         """
         if self.is_chain:
             return self
-        path = [0]
-        while self.children[path[-1]]:
-            path.append(self.children[path[-1]][0])
-        return self.subtree(np.array(path, dtype=np.int64))
+        path = first_chain_nodes(self.parents, self.size)  # [k]
+        return DraftTree.trusted(self.tokens[path], np.arange(-1, path.size - 1, dtype=np.int64),
+                                 None if self.scores is None else self.scores[path],
+                                 None if self.sources is None else self.sources[path])
 
     def subtree(self, keep: np.ndarray) -> DraftTree:
         """The nodes ``keep``, re-indexed.
@@ -186,6 +229,8 @@ class DraftTree:
         Raises:
             ValueError: if a kept node's parent is not kept.
         """
+        if keep.size and int(keep[-1]) == keep.size - 1:  # the first nodes: always a tree
+            return self.prefix(keep.size)
         new_index = np.full(self.size, -1, dtype=np.int64)  # [n] old -> new
         new_index[keep] = np.arange(keep.size)
         old_parents = self.parents[keep]  # [m]

@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from adaspec.tree import DraftTree, Source
 
 DEFAULT_BINS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85, 1.0001)
+
+
+@numba.njit(cache=True)
+def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.ndarray, parents: np.ndarray,
+                          accepted: np.ndarray, proposed: np.ndarray, scored: np.ndarray, edges: np.ndarray,
+                          prior_strength: float) -> np.ndarray:
+    """Calibrated acceptance of every node of a tree (see ``AcceptanceCalibrator.estimate``).
+
+    Args:
+        scores: ``[n]`` float64 the drafter's scores.
+        sources: ``[n]`` int8 each node's ``Source``.
+        depth: ``[n]`` int64 each node's depth.
+        parents: ``[n]`` int64 each node's parent (-1 for the root).
+        accepted, proposed, scored: ``[S, D, b]`` the calibrator's decayed counts.
+        edges: ``[b + 1]`` the score bins' edges.
+        prior_strength: pseudo-observations behind a node's prior.
+
+    Returns:
+        ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
+    """
+    n = scores.size
+    max_depth, bins = accepted.shape[1], accepted.shape[2]
+    estimate = np.empty(n, dtype=np.float64)
+    estimate[0] = 1.0
+    for node in range(1, n):
+        source = np.int64(sources[node])
+        row = min(max(depth[node], 1), max_depth) - 1
+        col = min(max(np.searchsorted(edges, scores[node], side="right") - 1, 0), bins - 1)
+        ratio = (accepted[source, row].sum() + prior_strength) / (scored[source, row].sum() + prior_strength)
+        prior = min(scores[node] * ratio, 1.0)
+        value = (accepted[source, row, col] + prior_strength * prior) / (proposed[source, row, col] + prior_strength)
+        estimate[node] = min(value, estimate[parents[node]])  # a node is accepted only with its parent
+    return estimate
 
 
 class AcceptanceCalibrator:
@@ -71,18 +105,9 @@ class AcceptanceCalibrator:
         Returns:
             ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
         """
-        scores = self._scores(tree)  # [n]
-        sources, rows, cols = self._cells(tree, scores, slice(None))
-        k = self.prior_strength
-        prior = np.minimum(scores * self.depth_ratio()[sources, rows], 1.0)  # [n]
-        estimate = (self.accepted[sources, rows, cols] + k * prior) / (self.proposed[sources, rows, cols] + k)  # [n]
-        estimate[0] = 1.0
-        if tree.is_chain:  # a node is accepted only with its parent: here, the node before it
-            return np.minimum.accumulate(estimate)
-        for depth in range(1, int(tree.depth.max(initial=0)) + 1):  # a node is accepted only with its parent
-            level = np.flatnonzero(tree.depth == depth)  # [w]
-            estimate[level] = np.minimum(estimate[level], estimate[tree.parents[level]])
-        return estimate
+        sources = tree.sources if tree.sources is not None else np.zeros(tree.size, dtype=np.int8)  # [n]
+        return calibrated_acceptance(self._scores(tree), sources, tree.depth, tree.parents, self.accepted,
+                                     self.proposed, self.scored, self.edges, self.prior_strength)
 
     def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Counts, for every non-root node of a verified tree, whether it was on the accepted path.

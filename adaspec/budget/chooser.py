@@ -8,6 +8,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
+import numba
 import numpy as np
 
 from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
@@ -38,12 +39,35 @@ def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: floa
         ``[m + 1]`` int64 node indices to keep, increasing, root first; each node's parent
         is among them.
     """
-    order = np.argsort(-acceptance[1:], kind="stable") + 1  # [n-1] parents (smaller index, >= acceptance) come first
-    order = order[: profile.max_size - 1]
-    expected = 1.0 + np.concatenate(([0.0], np.cumsum(acceptance[order])))  # [m+1] for m = 0..
-    cost = profile.cost(np.arange(1, expected.size + 1)) + np.where(np.arange(expected.size) > 0, draft_ms, 0.0)
-    best = int(np.argmax(expected / cost))
-    return np.sort(np.concatenate(([0], order[:best]))).astype(np.int64)
+    return best_prefix_nodes(acceptance, profile.sizes_array, profile.ms_array, profile.max_size, draft_ms)
+
+
+@numba.njit(cache=True)
+def best_prefix_nodes(acceptance: np.ndarray, sizes: np.ndarray, ms: np.ndarray, max_size: int,
+                      draft_ms: float) -> np.ndarray:
+    """``choose_nodes`` compiled: the profile as its ``[k]`` float64 sizes and milliseconds.
+
+    Args:
+        acceptance: ``[n]`` float64 per node (root first), each at most its parent's.
+        sizes: ``[k]`` float64 tree sizes measured.
+        ms: ``[k]`` float64 their costs.
+        max_size: the most nodes considered.
+        draft_ms: the drafter's measured time per step.
+
+    Returns:
+        ``[m + 1]`` int64 node indices to keep, increasing, root first.
+    """
+    order = np.argsort(-acceptance[1:], kind="mergesort")[: max_size - 1] + 1  # [m] parents (smaller index, >= acceptance) come first
+    best, best_rate, expected = 0, 1.0 / np.interp(1.0, sizes, ms), 1.0
+    for m in range(order.size):
+        expected += acceptance[order[m]]
+        rate = expected / (np.interp(m + 2.0, sizes, ms) + draft_ms)
+        if rate > best_rate:
+            best, best_rate = m + 1, rate
+    keep = np.empty(best + 1, dtype=np.int64)
+    keep[0] = 0
+    keep[1:] = np.sort(order[:best])
+    return keep
 
 
 

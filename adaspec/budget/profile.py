@@ -58,15 +58,17 @@ class LatencyProfile:
         Returns:
             ``[m]`` float64 milliseconds.
         """
-        return np.interp(sizes, self._sizes_array, self._ms_array)
+        return np.interp(sizes, self.sizes_array, self.ms_array)
 
     @cached_property
-    def _sizes_array(self) -> np.ndarray:
-        return np.asarray(self.sizes, dtype=np.float64)  # [k]
+    def sizes_array(self) -> np.ndarray:
+        """``[k]`` float64 the sizes measured."""
+        return np.asarray(self.sizes, dtype=np.float64)
 
     @cached_property
-    def _ms_array(self) -> np.ndarray:
-        return np.asarray(self.ms, dtype=np.float64)  # [k]
+    def ms_array(self) -> np.ndarray:
+        """``[k]`` float64 their milliseconds."""
+        return np.asarray(self.ms, dtype=np.float64)
 
     def save(self, path: Path) -> None:
         """Writes the profile as JSON (atomically).

@@ -15,8 +15,9 @@ import numpy as np
 
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.hybrid import HybridDrafter
-from adaspec.drafters.suffix import SuffixConfig, draft_from
+from adaspec.drafters.suffix import SuffixConfig
 from adaspec.drafters.suffix_index import SuffixIndex
+from adaspec.drafters.suffix_tree import SuffixTreeBuilder
 from adaspec.tree import DraftTree, Source
 
 # a prediction is trusted at once: drafts run as deep as the budget, whatever the match length
@@ -44,8 +45,9 @@ class PredictionDrafter(Drafter):
         """What follows the output's last tokens in the prediction (see ``Drafter.propose``); the
         root alone while the output's suffix is nowhere in the prediction."""
         output = context[self.prompt_size :]  # [m] m >= 1: the last is the pending root
-        return draft_from(self.index, output[-PREDICTION_DRAFTS.max_match :], int(context[-1]), budget,
-                          PREDICTION_DRAFTS, Source.PREDICTION)
+        builder = SuffixTreeBuilder(int(context[-1]), budget)
+        builder.grow(self.index, output[-PREDICTION_DRAFTS.max_match :], PREDICTION_DRAFTS.rules, Source.PREDICTION)
+        return builder.build()
 
     def accounting(self, output: list[int]) -> tuple[int, int]:
         """How many prediction tokens did and did not end up in the completion (OpenAI's

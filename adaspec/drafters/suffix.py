@@ -22,7 +22,8 @@ import numpy as np
 
 from adaspec.drafters.base import Drafter, DraftRequest, check_range
 from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
-from adaspec.tree import DraftTree, Source, TreeBuilder
+from adaspec.drafters.suffix_tree import GrowthRules, SuffixTreeBuilder
+from adaspec.tree import DraftTree, Source
 
 MAX_HISTORY_TOKENS = 1 << 24  # the most tokens one scope's history may keep
 
@@ -56,6 +57,11 @@ class SuffixConfig:
                                 ("max_match", 1, 64), ("min_match", 1, 64),
                                 ("depth_per_match", 0.0, 64.0), ("ways", 1, 16)):
             check_range(name, getattr(self, name), low, high)
+
+    @property
+    def rules(self) -> GrowthRules:
+        """How deep and from which matches a draft grows."""
+        return GrowthRules(self.max_match, self.min_match, self.max_depth, self.depth_per_match)
 
 
 @dataclass
@@ -133,13 +139,13 @@ class SuffixDrafter(Drafter):
         state = state if state is not None else self.begin(DraftRequest(context[:0]))
         state.own.extend(context[state.indexed :])
         state.indexed = context.size
-        builder = TreeBuilder(int(context[-1]), budget)
+        builder = SuffixTreeBuilder(int(context[-1]), budget)
         query = context[-self.config.max_match :]
         # the own index ends with the query itself: only earlier occurrences count
-        grow(builder, state.own, query, self.config, Source.CONTEXT, skip_from=state.own.written - 1)
+        builder.grow(state.own, query, self.config.rules, Source.CONTEXT, skip_from=state.own.written - 1)
         history = self.histories.get(state.scope)
-        if history is not None and not builder.full:
-            grow(builder, history, query, self.config, Source.HISTORY)
+        if history is not None:
+            builder.grow(history, query, self.config.rules, Source.HISTORY)
         return builder.build()
 
     def end(self, state: SuffixRequest | None, output: np.ndarray) -> None:
@@ -192,63 +198,4 @@ class SuffixDrafter(Drafter):
                 history.extend(tokens[-self.config.history_tokens :])
 
 
-def grow(builder: TreeBuilder, index: SuffixIndex, query: np.ndarray, config: SuffixConfig, source: Source,
-         skip_from: int | None = None) -> None:
-    """Adds to the tree what followed the query's suffix in one index.
-
-    Matches are taken longest first, then most recent; a node's score is the share of matches
-    whose continuation passes through it, times ``match / (match + 1)`` per token of depth.
-
-    Args:
-        builder: the tree so far.
-        index: where to look.
-        query: ``[q]`` the text whose suffix is matched (its last token is the tree's root).
-        config: the depth rules.
-        source: what the index holds (``Source``), recorded on the nodes.
-        skip_from: ignore matches ending at or after this position.
-    """
-    ends, lengths = index.matches(query, config.max_match, skip_from)
-    keep = lengths >= config.min_match
-    ends, lengths = ends[keep], lengths[keep]
-    if ends.size == 0:
-        return
-    order = np.lexsort((-ends, -lengths))  # longest match first, then most recent
-    depth = int(min(config.max_depth, builder.budget - 1, 2 + config.depth_per_match * int(lengths.max())))
-    if depth <= 0:
-        return
-    continuations = index.following(ends[order], depth)  # [m, depth]
-    lengths = lengths[order]
-    for row, length in zip(continuations, lengths):
-        path = row[row != SEPARATOR]
-        if path.size == 0:
-            continue
-        agree = np.cumprod(continuations[:, : path.size] == path[None, :], axis=1).sum(axis=0)  # [d] matches sharing each prefix
-        reliability = length / (length + 1.0)
-        scores = agree / len(continuations) * reliability ** np.arange(1, path.size + 1)
-        builder.add_path(path.tolist(), scores=scores.tolist(), source=source)
-        if builder.full:
-            return
-
-
-def draft_from(index: SuffixIndex, query: np.ndarray, root: int, budget: int, config: SuffixConfig, source: Source,
-               skip_from: int | None = None) -> DraftTree:
-    """A tree of what followed the query's suffix in one index (``grow`` on an empty tree).
-
-    Args:
-        index: where to look.
-        query: ``[q]`` the text whose suffix is matched.
-        root: the tree's root token.
-        budget: the most nodes, root included.
-        config: the depth rules.
-        source: what the index holds (``Source``).
-        skip_from: ignore matches ending at or after this position.
-
-    Returns:
-        The tree (root only when nothing matches).
-    """
-    builder = TreeBuilder(root, budget)
-    grow(builder, index, query, config, source, skip_from)
-    return builder.build()
-
-
-__all__ = ["SuffixConfig", "SuffixDrafter", "SuffixRequest", "draft_from", "grow"]
+__all__ = ["SuffixConfig", "SuffixDrafter", "SuffixRequest"]
