@@ -7,13 +7,14 @@ back in another row. So every row is matched to a request state by content, each
 * an empty ``sampled[i]`` is a chunk of a prefill: no state, no draft;
 * with ``n = num_tokens_no_spec[i]`` and ``s = sampled[i]``, the row's tokens before this step are
   ``token_ids_cpu[i, :n - len(s)]``; a state continues on the row only if its context is exactly
-  those tokens (the common case), or, for a state that was on a row at the previous call, a
-  prefix of them (the runner skips the proposer for the whole batch near ``max_model_len``, so a
-  row may have moved on by several steps);
+  those tokens, so a state never drafts for a row whose text does not extend its own;
 * each state goes to one row at most, so rows with identical contexts each keep their own;
-* any other row starts a new state, built from its tokens;
-* a state whose row is gone may only be preempted: it is parked (least recently parked out), and
-  the tracker hands the ones that fall out of the park back to the caller to end.
+* any other row starts a new state, built from its tokens. That covers a new request, and a row
+  whose request moved on by more than one step since the last call: near ``max_model_len`` the
+  runner skips the proposer for the whole batch, so the tracker cannot rely on seeing every step;
+* a state whose row is gone has finished, or was preempted: the caller is told (so that what the
+  request generated reaches the drafter's history at once), and the state is parked, least
+  recently parked out, so that a preempted request that comes back continues it.
 
 Nothing here knows vLLM or a drafter: states are opaque payloads, which makes the logic testable
 with plain numpy arrays.
@@ -91,15 +92,14 @@ class RowMatch:
 
     Attributes:
         state: the row's state (None for a prefill chunk).
-        continued: True when ``state`` was matched (its last chain, if any, was verified on this
-            row), False when it was made for this row now.
-        gap: tokens the row holds beyond ``state``'s previous context (``len(sampled[i])`` for a
-            state followed step by step; more after a call the runner skipped).
+        continued: True when ``state`` was on this row's request at the last call that saw it
+            (its last chain, if any, was verified on this row), False when it was made now.
+        resumed: True when ``state`` came back from the park (its request was preempted).
     """
 
     state: RowState | None
     continued: bool = False
-    gap: int = 0
+    resumed: bool = False
 
 
 @dataclass
@@ -129,8 +129,8 @@ class RowTracker:
                 buffer holds stale or draft tokens, ignored.
 
         Returns:
-            One ``RowMatch`` per live row, and the states that fell out of the park (their
-            requests are over: end them).
+            One ``RowMatch`` per live row, and the states that were on a row at the last call
+            and are on none now (finished or preempted).
 
         Raises:
             ValueError: when the arrays cannot hold the live rows.
@@ -138,39 +138,26 @@ class RowTracker:
         rows = len(sampled)
         if num_tokens.shape[0] < rows or token_ids.shape[0] < rows:
             raise ValueError(f"{rows} live rows, but the buffers hold {num_tokens.shape[0]} and {token_ids.shape[0]}")
-        previous = {state.id: state for state in self.live}
         by_key: dict[tuple[int, bytes], list[RowState]] = {}
         for state in [*self.live, *self.parked.values()]:
             by_key.setdefault(state.key(), []).append(state)
         claimed: set[int] = set()
         matches: list[RowMatch] = [RowMatch(None)] * rows
-        pending: list[int] = []  # rows with no exact match yet
         for i in range(rows):
-            gap = len(sampled[i])
-            if gap == 0:
+            added = len(sampled[i])
+            if added == 0:
                 continue  # a prefill chunk
             n = int(num_tokens[i])
-            if gap > n:
-                raise ValueError(f"row {i}: {gap} sampled tokens but only {n} tokens in the row")
-            before = token_ids[i, : n - gap]  # [n - gap] the row as the last call saw it
+            if not 0 < added <= n <= token_ids.shape[1]:
+                raise ValueError(f"row {i}: {added} sampled tokens do not fit its {n} tokens")
+            before = token_ids[i, : n - added]  # [n - added] the row as the last call saw it
             state = self._claim(by_key.get(key_of(before), []), before, claimed)
             if state is None:
-                pending.append(i)
-                continue
-            state.extend_to(token_ids[i, :n])
-            matches[i] = RowMatch(state, True, gap)
-        for i in pending:  # a state from the last call whose row moved on by more than one step
-            n = int(num_tokens[i])
-            row = token_ids[i, :n]
-            state = self._claim_prefix(previous, row, claimed)
-            if state is None:
-                state = self._new_state(row)
-                matches[i] = RowMatch(state, False, 0)
+                state = self._new_state(token_ids[i, :n], n - added)
+                matches[i] = RowMatch(state)
             else:
-                gap = n - state.length
-                state.extend_to(row)
-                matches[i] = RowMatch(state, True, gap)
-            claimed.add(state.id)
+                matches[i] = RowMatch(state, True, state.id in self.parked)
+                state.extend_to(token_ids[i, :n])
         return matches, self._settle(matches, claimed)
 
     @staticmethod
@@ -182,48 +169,41 @@ class RowTracker:
                 return state
         return None
 
-    @staticmethod
-    def _claim_prefix(previous: dict[int, RowState], row: np.ndarray, claimed: set[int]) -> RowState | None:
-        """The unclaimed state of the last call with the longest context that starts ``row``."""
-        best: RowState | None = None
-        for state in previous.values():
-            if state.id in claimed or state.length >= row.size or (best is not None and state.length <= best.length):
-                continue
-            if np.array_equal(row[: state.length], state.context):
-                best = state
-        return best
-
-    def _new_state(self, row: np.ndarray) -> RowState:
-        """A state for a row no state continues; its context is the row's tokens."""
+    def _new_state(self, row: np.ndarray, prompt_length: int) -> RowState:
+        """A state for a row no state continues: its context is the row's tokens, its prompt the
+        tokens before this step's."""
         tokens = np.empty(max(64, 2 * row.size), dtype=np.int64)
         tokens[: row.size] = row
-        state = RowState(tokens, int(row.size), int(row.size), None, self._next_id)
+        state = RowState(tokens, int(row.size), prompt_length, None, self._next_id)
         self._next_id += 1
         state.payload = self.new_payload(state)
         return state
 
     def _settle(self, matches: list[RowMatch], claimed: set[int]) -> list[RowState]:
-        """Makes the matched states the live ones, parks the rest, and returns those parked out."""
+        """Makes the matched states the live ones and parks the ones that vanished.
+
+        Returns:
+            The states that were live at the last call and are on no row now.
+        """
         vanished = [state for state in self.live if state.id not in claimed]
         self.live = [m.state for m in matches if m.state is not None]
         for state in self.live:
             self.parked.pop(state.id, None)
         for state in vanished:
             self.parked[state.id] = state
-        ended = []
         while len(self.parked) > self.park_size:
-            ended.append(self.parked.popitem(last=False)[1])
-        return ended
+            self.parked.popitem(last=False)
+        return vanished
 
     def drain(self) -> list[RowState]:
-        """Every state the tracker holds, live or parked, which it forgets (for shutting down).
+        """Forgets every state (for shutting down).
 
         Returns:
-            The states, to end.
+            The states that were live (parked ones were handed back when they vanished).
         """
-        states = [*self.live, *self.parked.values()]
+        live = self.live
         self.live, self.parked = [], OrderedDict()
-        return states
+        return live
 
 
 __all__ = ["RowMatch", "RowState", "RowTracker", "key_of"]
