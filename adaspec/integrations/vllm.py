@@ -46,6 +46,13 @@ TREE_NODES_PER_TOKEN = 4  # tree nodes the drafter may use per chain token (late
 MAX_TREE_NODES = 64
 
 
+def installed_vllm_version() -> str:
+    """The version of the vLLM this process runs (the proposer contract is pinned to one)."""
+    import vllm
+
+    return str(vllm.__version__)
+
+
 @dataclass
 class RequestDraft:
     """The proposer's side of one request (a ``RowState``'s payload).
@@ -121,9 +128,7 @@ class AdaspecProposer:
     default_drafter = DEFAULT_DRAFTER
 
     def __init__(self, vllm_config: Any) -> None:
-        import vllm  # the installed engine: the contract is pinned to one version
-
-        check_vllm_version(vllm.__version__)
+        check_vllm_version(installed_vllm_version())
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.settings: ProposerSettings = read_settings(getattr(vllm_config, "additional_config", None), os.environ,
                                                         self.default_drafter)

@@ -113,7 +113,8 @@ class RowTracker:
 
     park_size: int = 256
     new_payload: Callable[[RowState], Any] = lambda state: None
-    live: list[RowState] = field(default_factory=list)  # states on a row at the last call
+    live: list[RowState] = field(default_factory=list)  # states on a row at the last call, in row order
+    row_owner: dict[int, RowState] = field(default_factory=dict)  # row -> its state at the last call
     parked: OrderedDict[int, RowState] = field(default_factory=OrderedDict)  # id -> state, oldest first
     _next_id: int = 0
 
@@ -143,6 +144,7 @@ class RowTracker:
             by_key.setdefault(state.key(), []).append(state)
         claimed: set[int] = set()
         matches: list[RowMatch] = [RowMatch(None)] * rows
+        befores: list[np.ndarray | None] = [None] * rows  # [n - added] each row as the last call saw it
         for i in range(rows):
             added = len(sampled[i])
             if added == 0:
@@ -150,14 +152,25 @@ class RowTracker:
             n = int(num_tokens[i])
             if not 0 < added <= n <= token_ids.shape[1]:
                 raise ValueError(f"row {i}: {added} sampled tokens do not fit its {n} tokens")
-            before = token_ids[i, : n - added]  # [n - added] the row as the last call saw it
-            state = self._claim(by_key.get(key_of(before), []), before, claimed)
-            if state is None:
-                state = self._new_state(token_ids[i, :n], n - added)
-                matches[i] = RowMatch(state)
-            else:
-                matches[i] = RowMatch(state, True, state.id in self.parked)
-                state.extend_to(token_ids[i, :n])
+            befores[i] = token_ids[i, : n - added]
+        # rows whose state of the last call is still theirs first, so rows with identical contexts
+        # keep their own (their chains may have differed); then any state with the row's context
+        for same_row_first in (True, False):
+            for i, before in enumerate(befores):
+                if before is None or matches[i].state is not None:
+                    continue
+                if same_row_first:
+                    candidates = [self.row_owner[i]] if i in self.row_owner else []
+                else:
+                    candidates = by_key.get(key_of(before), [])
+                state = self._claim(candidates, before, claimed)
+                if state is not None:
+                    matches[i] = RowMatch(state, True, state.id in self.parked)
+                    state.extend_to(token_ids[i, : int(num_tokens[i])])
+        for i, before in enumerate(befores):
+            if before is not None and matches[i].state is None:
+                matches[i] = RowMatch(self._new_state(token_ids[i, : int(num_tokens[i])], before.size))
+                claimed.add(matches[i].state.id)
         return matches, self._settle(matches, claimed)
 
     @staticmethod
@@ -187,6 +200,7 @@ class RowTracker:
         """
         vanished = [state for state in self.live if state.id not in claimed]
         self.live = [m.state for m in matches if m.state is not None]
+        self.row_owner = {row: m.state for row, m in enumerate(matches) if m.state is not None}
         for state in self.live:
             self.parked.pop(state.id, None)
         for state in vanished:
@@ -202,7 +216,7 @@ class RowTracker:
             The states that were live (parked ones were handed back when they vanished).
         """
         live = self.live
-        self.live, self.parked = [], OrderedDict()
+        self.live, self.row_owner, self.parked = [], {}, OrderedDict()
         return live
 
 
