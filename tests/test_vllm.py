@@ -162,4 +162,5 @@ def test_bad_drafter_behind_the_helpers_back_names_its_reason(model_dir, capfd) 
     with pytest.raises(Exception, match="initialization failed"):
         LLM(model_dir, **ENGINE, speculative_config=settings["speculative_config"],
             additional_config={"adaspec": {"drafter": "nosuch"}})
-    assert "unknown drafter 'nosuch'; choose one of:" in capfd.readouterr().err
+    captured = capfd.readouterr()  # vLLM logs to stdout, its processes' tracebacks included
+    assert "AdaspecError: unknown drafter 'nosuch'; choose one of:" in captured.out + captured.err
