@@ -1,10 +1,12 @@
 """vLLM plain, vLLM's own n-gram and suffix proposers, and adaspec's proposer, on adaspec's prompt sets.
 
-Every method is a ``vllm.LLM`` in a process of its own (``vllm_worker.py``), loaded once per phase,
-all loaded side by side; prompts go to the methods in turn, the order rotating from one prompt to
-the next, so that a slow spell of this shared machine falls on every method alike. A second plain
-engine (``plain-b``) measures what plain against plain varies: the noise floor. Everything is
-greedy, through the chat API (``LLM.chat``; HumanEval's raw completion through ``LLM.generate``).
+Every method is a ``vllm.LLM`` in a process of its own (``vllm_worker.py``). Methods run in groups,
+each with its own vLLM plain (an engine takes ~3.9 GB here: client, engine core and worker processes, 1 GiB of KV cache; not all fit at once): a group's
+engines are loaded side by side and prompts go to them in turn, the order rotating from one prompt
+to the next, so that a slow spell of this shared machine falls on every method alike; a method's
+speedup is over its own group's plain. A second plain engine (``plain-b``) measures what plain
+against plain varies: the noise floor. Everything is greedy, through the chat API (``LLM.chat``;
+HumanEval's raw completion through ``LLM.generate``).
 
 Two phases, each with fresh engines (so that no drafter's history has seen the other phase's
 outputs): batch 1, the first ``--limit`` prompts of every category one at a time; batch 8, up to 8
@@ -36,7 +38,7 @@ from vllm_report import write_report  # noqa: E402
 
 EXISTING = ("mt-bench", "humaneval", "humaneval-chat", "math", "summarise", "qa", "code-edit")
 REPEATING = ("stdlib-edit", "stdlib-edit-predicted", "revise", "quote", "agent")
-METHODS = ("plain", "plain-b", "ngram", "adaspec", "adaspec:suffix@8", "vllm-suffix")
+GROUPS = "plain,ngram,adaspec,adaspec:suffix@8;plain,plain-b,vllm-suffix"  # each group starts with plain
 
 
 class Worker:
@@ -94,16 +96,16 @@ def phase_sets(category: str, batch: int, limit: int) -> list[list[Any]]:
     return [chosen]
 
 
-def run_phase(batch: int, methods: list[str], categories: list[str], args: argparse.Namespace, model: str,
-              results: dict[str, Any]) -> None:
-    """Loads every method's engine, runs every category's prompt sets through each in turn."""
+def run_phase(batch: int, group: int, methods: list[str], categories: list[str], args: argparse.Namespace,
+              model: str, results: dict[str, Any]) -> None:
+    """Loads a group's engines, runs every category's prompt sets through each in turn."""
     out = Path(args.out)
     workers = []
     try:
         for method in methods:
-            worker = Worker(method, model, out / "logs" / f"{method.replace(':', '_').replace('@', '_')}-b{batch}.log")
+            worker = Worker(method, model, out / "logs" / f"{method.replace(':', '_').replace('@', '_')}-b{batch}-g{group}.log")
             print(f"batch {batch}: {method} loaded in {worker.load_s} s", flush=True)
-            results["loads"].append({"batch": batch, "method": method, "seconds": worker.load_s})
+            results["loads"].append({"batch": batch, "group": group, "method": method, "seconds": worker.load_s})
             workers.append(worker)
         turn = 0
         for category in categories:
@@ -116,7 +118,7 @@ def run_phase(batch: int, methods: list[str], categories: list[str], args: argpa
                 for worker in order:
                     reply = worker.run(jobs, chat, tokens)
                     results["runs"].append({
-                        "batch": batch, "category": category, "method": worker.method,
+                        "batch": batch, "group": group, "category": category, "method": worker.method,
                         "ids": [p.id for p in prompt_set], "turns": sum(len(j) for j in jobs),
                         "seconds": reply["seconds"], "tokens": sum(len(t) for job in reply["outputs"] for t in job),
                         "counters": reply["counters"], "digests": digest(reply["outputs"]),
@@ -133,7 +135,7 @@ def run_phase(batch: int, methods: list[str], categories: list[str], args: argpa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/vllm")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--groups", default=GROUPS, help="method groups, ';' between groups, each led by plain")
     parser.add_argument("--categories", default=",".join(EXISTING + REPEATING))
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--limit", type=int, default=4, help="prompts per category at batch 1")
@@ -151,12 +153,15 @@ def main() -> None:
     model = str(convert_gguf(embedded_model_path()))
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    methods = args.methods.split(",")
-    results: dict[str, Any] = {"settings": vars(args) | {"methods": methods, "model": Path(model).name},
+    groups = [group.split(",") for group in args.groups.split(";")]
+    if any(group[0] != "plain" for group in groups):
+        parser.error("every group starts with plain (its methods' baseline)")
+    results: dict[str, Any] = {"settings": vars(args) | {"model": Path(model).name},
                                "system": machine_description() | {"versions": versions() | {"vllm": vllm.__version__}}, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "loads": [], "runs": []}
     for batch in (int(b) for b in args.batches.split(",")):
-        run_phase(batch, methods, args.categories.split(","), args, model, results)
+        for index, group in enumerate(groups):
+            run_phase(batch, index, group, args.categories.split(","), args, model, results)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(out)

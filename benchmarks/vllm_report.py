@@ -1,7 +1,8 @@
 """Tables and a plot from ``vllm_bench.py``'s ``results.json``: ``results.md`` and ``speedup.png``.
 
 Per batch size and category: tokens/s (all tokens over all seconds of the category's runs) and
-the speedup over vLLM plain; ``plain-b``'s speedup is the noise floor. Overall: the geometric
+the speedup over vLLM plain of the method's own group, over the same prompts; ``plain-b``'s
+speedup is the noise floor. Overall: the geometric
 mean of the categories' speedups. From vLLM's own counters: acceptance (accepted / drafted tokens;
 steps with an empty draft are not in it) and tokens per step (generated tokens over engine steps
 that emitted any: the inter-token intervals plus each turn's first token). Outputs: how many jobs'
@@ -23,19 +24,26 @@ BASELINE = "plain"
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, float]]:
-    """(batch, category, method) -> tokens, seconds, counters and matching outputs, summed."""
+    """(batch, category, method) -> tokens, seconds, counters and matching outputs, summed; plain's
+    cells hold its first group's runs, and each method's ``base_tokens`` / ``base_seconds`` its own
+    group's plain over the same prompts."""
     table: dict[tuple[int, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    plain = {(r["batch"], r["category"], tuple(r["ids"])): r["digests"] for r in runs if r["method"] == BASELINE}
+    plain = {(r["batch"], r.get("group", 0), r["category"], tuple(r["ids"])): r for r in runs if r["method"] == BASELINE}
     for run in runs:
+        if run["method"] == BASELINE and run.get("group", 0) != 0:
+            continue
+        base = plain.get((run["batch"], run.get("group", 0), run["category"], tuple(run["ids"])))
         cell = table[(run["batch"], run["category"], run["method"])]
+        if base is not None:
+            cell["base_tokens"] += base["tokens"]
+            cell["base_seconds"] += base["seconds"]
         cell["tokens"] += run["tokens"]
         cell["seconds"] += run["seconds"]
         cell["turns"] += run["turns"]
         for name, value in run["counters"].items():
             cell[name] += value
-        reference = plain.get((run["batch"], run["category"], tuple(run["ids"])))
         cell["jobs"] += len(run["digests"])
-        cell["equal"] += sum(a == b for a, b in zip(run["digests"], reference or []))
+        cell["equal"] += sum(a == b for a, b in zip(run["digests"], base["digests"] if base else []))
     return table
 
 
@@ -49,9 +57,9 @@ def speedups(table: dict, batch: int, methods: list[str], categories: list[str])
     for method in methods:
         row = {}
         for category in categories:
-            base, cell = table.get((batch, category, BASELINE)), table.get((batch, category, method))
-            if base and cell and cell["seconds"] and base["seconds"]:
-                row[category] = (cell["tokens"] / cell["seconds"]) / (base["tokens"] / base["seconds"])
+            cell = table.get((batch, category, method))
+            if cell and cell["seconds"] and cell["base_seconds"]:
+                row[category] = (cell["tokens"] / cell["seconds"]) / (cell["base_tokens"] / cell["base_seconds"])
         found[method] = row
     return found
 
