@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ from vllm_report import write_report  # noqa: E402
 
 EXISTING = ("mt-bench", "humaneval", "humaneval-chat", "math", "summarise", "qa", "code-edit")
 REPEATING = ("stdlib-edit", "stdlib-edit-predicted", "revise", "quote", "agent")
+# where scripts/vllm_arctic.sh installs arctic-inference (vLLM's suffix method), apart from the venv
+ARCTIC = Path(os.environ.get("ADASPEC_CACHE") or Path.home() / ".cache" / "adaspec") / "vllm-arctic-inference"
 GROUPS = "plain,ngram,adaspec,adaspec:suffix@8;plain,plain-b,vllm-suffix"  # each group starts with plain
 
 
@@ -53,7 +56,10 @@ class Worker:
     def __init__(self, method: str, model: str, log: Path) -> None:
         self.method = method
         self.log = log.open("a")
-        self.process = subprocess.Popen([sys.executable, str(HERE / "vllm_worker.py"), method, model],
+        env = dict(os.environ)
+        if method == "vllm-suffix" and ARCTIC.is_dir():  # vLLM's suffix method imports arctic-inference
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ARCTIC), env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen([sys.executable, str(HERE / "vllm_worker.py"), method, model], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         ready = self._read()
         self.load_s = ready["load_s"]
@@ -103,7 +109,15 @@ def run_phase(batch: int, group: int, methods: list[str], categories: list[str],
     workers = []
     try:
         for method in methods:
-            worker = Worker(method, model, out / "logs" / f"{method.replace(':', '_').replace('@', '_')}-b{batch}-g{group}.log")
+            log = out / "logs" / f"{method.replace(':', '_').replace('@', '_')}-b{batch}-g{group}.log"
+            try:
+                worker = Worker(method, model, log)
+            except RuntimeError as error:
+                if method == "plain":
+                    raise
+                print(f"batch {batch}: {method} did not start ({error}); going on without it", flush=True)
+                results["unavailable"][method] = f"did not start; its log: {log.name}"
+                continue
             print(f"batch {batch}: {method} loaded in {worker.load_s} s", flush=True)
             results["loads"].append({"batch": batch, "group": group, "method": method, "seconds": worker.load_s})
             workers.append(worker)
@@ -158,7 +172,7 @@ def main() -> None:
         parser.error("every group starts with plain (its methods' baseline)")
     results: dict[str, Any] = {"settings": vars(args) | {"model": Path(model).name},
                                "system": machine_description() | {"versions": versions() | {"vllm": vllm.__version__}}, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "loads": [], "runs": []}
+                               "loads": [], "runs": [], "unavailable": {}}
     for batch in (int(b) for b in args.batches.split(",")):
         for index, group in enumerate(groups):
             run_phase(batch, index, group, args.categories.split(","), args, model, results)

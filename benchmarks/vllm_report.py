@@ -92,6 +92,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Written by `benchmarks/vllm_report.py` from `results.json`.",
         "",
     ]
+    for method, why in results.get("unavailable", {}).items():
+        lines += [f"Not measured: `{method}` ({why}).", ""]
     for batch in sorted({r["batch"] for r in runs}):
         rows = speedups(table, batch, methods, categories)
         lines += [f"## Batch {batch}: speedup over vLLM plain (tokens/s ratio)", "",
