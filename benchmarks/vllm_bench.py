@@ -155,11 +155,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=4, help="prompts per category at batch 1")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeat-tokens", type=int, default=200)
-    parser.add_argument("--smoke", action="store_true", help="a tiny slice: 1 prompt, 32 tokens, 2 categories")
+    parser.add_argument("--smoke", action="store_true", help="a tiny slice: 1 prompt of 2 categories, 64 tokens")
     args = parser.parse_args()
     if args.smoke:
-        args.limit, args.new_tokens, args.repeat_tokens = 1, 32, 32
-        args.categories = "math,agent" if args.categories == parser.get_default("categories") else args.categories
+        args.limit, args.new_tokens, args.repeat_tokens = 1, 64, 64
+        args.categories = "math,stdlib-edit" if args.categories == parser.get_default("categories") else args.categories
     from adaspec.loading import convert_gguf, embedded_model_path
     import vllm
     from adaspec.bench.system import machine_description, versions
