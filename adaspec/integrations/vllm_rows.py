@@ -50,6 +50,7 @@ class RowState:
     prompt_length: int
     payload: Any = None
     id: int = 0
+    _key: tuple[int, bytes] | None = None  # ``key()`` cached while the length stays
 
     @property
     def context(self) -> np.ndarray:
@@ -71,7 +72,9 @@ class RowState:
 
     def key(self) -> tuple[int, bytes]:
         """The lookup key of the context: its length and last ``TAIL`` tokens."""
-        return key_of(self.context)
+        if self._key is None or self._key[0] != self.length:
+            self._key = key_of(self.context)
+        return self._key
 
 
 def key_of(tokens: np.ndarray) -> tuple[int, bytes]:
