@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve vllm test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -49,10 +49,18 @@ vllm:
 test-vllm: vllm
 	ADASPEC_REQUIRE_VLLM=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py
 
-# the committed benchmarks/vllm: vLLM plain, its ngram and suffix, adaspec's proposer (run alone)
+# arctic-inference for vLLM's own suffix method, built once (~2 min) beside the vLLM venv
+vllm-arctic: vllm
+	scripts/vllm_arctic.sh .venv-vllm
+
+# the committed benchmarks/vllm: vLLM plain, its ngram and suffix, adaspec's proposer (~2 h here; run
+# alone: engines of 4 methods side by side take ~16 GB); VLLM_BENCH_ARGS=--smoke for a tiny slice.
+# Also what a draft costs a vLLM step (benchmarks/vllm/step-cost.json, ~5 min).
 VLLM_BENCH_ARGS ?=
 bench-vllm: vllm
+	scripts/vllm_arctic.sh .venv-vllm || echo "arctic-inference did not build: vLLM's suffix method is reported as not measured"
 	.venv-vllm/bin/python benchmarks/vllm_bench.py --out benchmarks/vllm $(VLLM_BENCH_ARGS)
+	.venv-vllm/bin/python benchmarks/vllm_step_cost.py --out benchmarks/vllm
 
 # optional: the llama.cpp backend. Builds llama-cpp-python without llamafile's sgemm, so that a
 # token's logits are the same in a batch as alone (exact verification), for this CPU (AVX-512

@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from vllm_report import write_report  # noqa: E402
+from vllm_worker import REPLY  # noqa: E402
 
 EXISTING = ("mt-bench", "humaneval", "humaneval-chat", "math", "summarise", "qa", "code-edit")
 REPEATING = ("stdlib-edit", "stdlib-edit-predicted", "revise", "quote", "agent")
@@ -65,10 +66,12 @@ class Worker:
         self.load_s = ready["load_s"]
 
     def _read(self) -> dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.method} engine stopped; see {self.log.name}")
-        return json.loads(line)
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {self.method} engine stopped; see {self.log.name}")
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
 
     def run(self, jobs: list[list[str]], chat: list[bool], max_tokens: int) -> dict[str, Any]:
         self.process.stdin.write(json.dumps({"jobs": jobs, "chat": chat, "max_tokens": max_tokens}) + "\n")

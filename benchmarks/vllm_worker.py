@@ -22,6 +22,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (whole): ~23k tokens
 
 # method -> LLM keyword arguments (vLLM's documented n-gram settings: docs "N-gram", k=5, max n=4)
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4}
+REPLY = "@adaspec-bench "  # starts every reply line (anything else on the channel is ignored)
 COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens",
             "vllm:generation_tokens")
 
@@ -109,26 +110,31 @@ def run(llm: Any, request: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": outputs, "seconds": seconds, "counters": {k: after[k] - before[k] for k in after}}
 
 
-def main() -> None:
+def main(reply: Any) -> None:
+    """Loads the engine and answers requests until told to quit.
+
+    Args:
+        reply: where the replies go (one line each, after ``REPLY``).
+    """
     from vllm import LLM
 
     method, model = sys.argv[1], sys.argv[2]
     started = time.perf_counter()
     llm = LLM(model, dtype="float32", enforce_eager=True, disable_log_stats=False, max_model_len=4096,
               max_num_seqs=8, seed=0, **method_kwargs(method))
-    reply = sys.stdout
-    reply.write(json.dumps({"ready": method, "load_s": round(time.perf_counter() - started, 1)}) + "\n")
+    reply.write(REPLY + json.dumps({"ready": method, "load_s": round(time.perf_counter() - started, 1)}) + "\n")
     reply.flush()
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("quit"):
             break
-        reply.write(json.dumps(run(llm, request)) + "\n")
+        reply.write(REPLY + json.dumps(run(llm, request)) + "\n")
         reply.flush()
 
 
 if __name__ == "__main__":
-    # vLLM logs to stdout: the replies go through a duplicate of it, everything else to stderr
-    sys.stdout = os.fdopen(os.dup(1), "w")
+    # vLLM logs to stdout: the replies get a descriptor of their own, file descriptor 1 (and so
+    # every log line, the engine processes' included) goes to stderr
+    channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    main()
+    main(channel)
