@@ -163,7 +163,8 @@ def main() -> None:
     if args.smoke:
         args.limit, args.new_tokens, args.repeat_tokens = 1, 64, 64
         args.categories = "math,stdlib-edit" if args.categories == parser.get_default("categories") else args.categories
-    from adaspec.loading import convert_gguf, embedded_model_path
+    from adaspec.models.gguf import convert_gguf
+    from adaspec.models.sources import embedded_model_path
     import vllm
     from adaspec.bench.system import machine_description, versions
 

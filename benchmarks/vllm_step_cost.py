@@ -67,7 +67,8 @@ def step_ms(llm: Any, prompts: list[list[int]]) -> float:
 def main() -> None:
     from vllm import LLM
 
-    from adaspec.loading import convert_gguf, embedded_model_path
+    from adaspec.models.gguf import convert_gguf
+    from adaspec.models.sources import embedded_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/vllm")

@@ -36,7 +36,8 @@ from vllm import LLM, SamplingParams  # noqa: E402
 
 from adaspec.errors import AdaspecError  # noqa: E402
 from adaspec.integrations.vllm import engine_args  # noqa: E402
-from adaspec.loading import convert_gguf, embedded_model_path  # noqa: E402
+from adaspec.models.gguf import convert_gguf  # noqa: E402
+from adaspec.models.sources import embedded_model_path  # noqa: E402
 from test_equivalence import GREEDY_CASES  # noqa: E402
 
 ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 8, "seed": 0,
