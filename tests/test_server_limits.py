@@ -14,7 +14,8 @@ import pytest
 from adaspec import Generator
 from adaspec.drafters.prediction import PredictionDrafter, aligned_tokens
 from adaspec.sampling import SamplingParams
-from server_harness import live_server
+from adaspec.serve import OpenAIServer, Scheduler, ServerMetrics
+from server_harness import live_app, live_server
 
 PROMPT = "Write a short poem about the sea."
 
@@ -47,8 +48,9 @@ def test_an_oversized_body_gets_413_before_any_tokenizer_call(small, spy) -> Non
     declared = httpx.post(f"{url}/v1/completions", content=huge, headers={"content-type": "application/json"},
                           timeout=60)
     assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
-    chunked = httpx.post(f"{url}/v1/completions", content=iter([huge[i : i + 65536] for i in range(0, len(huge), 65536)]),
-                         headers={"content-type": "application/json"}, timeout=60)  # no Content-Length: counted
+    pieces = [huge[i : i + 65536] for i in range(0, len(huge), 65536)]
+    chunked = httpx.post(f"{url}/v1/completions", content=iter(pieces), headers={"content-type": "application/json"},
+                         timeout=60)  # no Content-Length: counted as it arrives
     assert chunked.status_code == 413
     assert spy == []
     ok = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}, timeout=60)
@@ -93,16 +95,16 @@ def test_tokenizing_and_accounting_run_off_the_scheduler_and_the_event_loop(mode
         chat = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8, "temperature": 0,
                 "prediction": {"type": "content", "content": "The sea is wide and deep."}}
         assert httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
-        assert httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60).status_code == 200
+        plain = {"prompt": PROMPT, "max_tokens": 4}
+        assert httpx.post(f"{url}/v1/completions", json=plain, timeout=60).status_code == 200
     assert spy and all(name.startswith("adaspec-prepare") for name in spy), spy
     assert accounted and all(name.startswith("adaspec-finish") for name in accounted), accounted
 
 
 def test_max_tokens_beyond_the_context_is_400_and_an_omitted_one_keeps_the_defaults(model) -> None:
-    plain = Generator(model, drafter="none")
-    context = plain.max_context
-    long_prompt = plain.encode("one two three four " * 2000, chat=False)[: context - 5].tolist()  # 5 tokens of room
-    with live_server(model, drafter="lookup", state_dir=None, batch=False) as (url, _):
+    generator = Generator(model, drafter="lookup", budget=8, max_context=512)  # a small context: short prefills
+    long_prompt = generator.encode("one two three four " * 200, chat=False)[: 512 - 5].tolist()  # 5 tokens of room
+    with live_app(OpenAIServer(Scheduler(generator, ServerMetrics("m")), "m").app) as url:
         over = httpx.post(f"{url}/v1/completions", json={"prompt": long_prompt, "max_tokens": 6}, timeout=120)
         assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded", over.text
         fits = httpx.post(f"{url}/v1/completions", json={"prompt": long_prompt, "max_tokens": 5, "temperature": 0},
@@ -111,13 +113,13 @@ def test_max_tokens_beyond_the_context_is_400_and_an_omitted_one_keeps_the_defau
         omitted = httpx.post(f"{url}/v1/completions", json={"prompt": "1, 2, 3, 4, 5,", "temperature": 0},
                              timeout=120).json()
         assert omitted["usage"]["completion_tokens"] == 16  # OpenAI's default on completions
-        messages = [{"role": "user", "content": "one two three " * 100}]
-        near = plain.encode(messages).size
-        chat_long = messages[0]["content"] + "four " * (context - near - 3)
-        room = context - plain.encode([{"role": "user", "content": chat_long}]).size
+        content = "one two three " * 40
+        content += "four " * (512 - 3 - generator.encode([{"role": "user", "content": content}]).size)
+        room = 512 - generator.encode([{"role": "user", "content": content}]).size
         left = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-            "messages": [{"role": "user", "content": chat_long}], "temperature": 0}).json()
-        assert 0 < room < 16 and left["usage"]["completion_tokens"] <= room  # chat: what is left, not a 400
+            "messages": [{"role": "user", "content": content}], "temperature": 0})
+        assert 0 < room < 16 and left.status_code == 200, left.text
+        assert left.json()["usage"]["completion_tokens"] <= room  # chat: what is left, not a 400
 
 
 def test_a_tiny_temperature_is_greedy(model) -> None:

@@ -141,11 +141,12 @@ def test_the_pool_reuses_a_cache_only_within_its_partition() -> None:
 
 def test_learned_tables_are_taught_by_the_shared_scope_only() -> None:
     tree = DraftTree(np.array([5, 6]), np.array([-1, 0]))
-    step = StepFeedback(tree, np.array([0, 1]), 7, np.array([[6, 1], [7, 2]]), np.array([[0.9, 0.1], [0.8, 0.2]],
-                                                                                              dtype=np.float32), 4)
     for spec in ("aded", "recycling"):
         for scope, teaches in (("key:0123", False), ("", True)):
             drafter = make_drafter(spec, 100)
+            width = drafter.feedback_width
+            topk = np.array([np.arange(6, 6 + width), np.arange(7, 7 + width)])  # [2, K]
+            step = StepFeedback(tree, np.array([0, 1]), 7, topk, np.full(topk.shape, 1.0 / width, dtype=np.float32), 4)
             cold = {name: array.copy() for name, array in drafter.state().items()}
             state = drafter.begin(DraftRequest(np.array([1, 2, 3, 4, 5]), scope))
             drafter.observe(step, state)
@@ -169,19 +170,29 @@ def test_a_scopes_history_costs_memory_for_its_tokens(model) -> None:
     assert sum(history.nbytes for history in drafter.histories.values()) < 16 * (2 << 20)  # was 16 x ~212 MiB
 
 
-def test_a_growing_index_finds_what_a_full_one_finds() -> None:
+def test_a_growing_index_finds_true_matches_and_once_grown_what_a_full_one_finds() -> None:
     rng = np.random.default_rng(3)
-    grown, full = SuffixIndex(1 << 14, 4, initial=16), SuffixIndex(1 << 14, 4)
-    for _ in range(200):
+    grown, full = SuffixIndex(1 << 12, 4, initial=16), SuffixIndex(1 << 12, 4)
+    for _ in range(150):
         sequence = rng.integers(0, 30, rng.integers(5, 60))
         grown.add_sequence(sequence)
         full.add_sequence(sequence)
         assert grown.capacity <= full.capacity and np.array_equal(grown.recent_tokens(), full.recent_tokens())
         query = rng.integers(0, 30, 12)
-        found = [sorted(zip(index.matches(query)[1].tolist(),
-                            map(tuple, index.following(index.matches(query)[0], 8).tolist())))
-                 for index in (grown, full)]
-        assert found[0] == found[1]
+        held = grown.recent_tokens()  # [size] oldest first; held[k] is at position written - size + k
+        ends, lengths = grown.matches(query)
+        for end, length, following in zip(ends, lengths, grown.following(ends, 8)):
+            at = end - (grown.written - held.size)
+            assert np.array_equal(held[at - length + 1 : at + 1], query[-length:])  # a real match
+            after = held[at + 1 : at + 9]
+            stop = np.flatnonzero(after < 0)
+            after = after[: stop[0]] if stop.size else after
+            assert np.array_equal(following[: after.size], after)  # what really followed it
+        if grown.capacity == full.capacity:  # rebuilt at the full size, it is the full one
+            found = [sorted(zip(index.matches(query)[1].tolist(),
+                                map(tuple, index.following(index.matches(query)[0], 8).tolist())))
+                     for index in (grown, full)]
+            assert found[0] == found[1]
     assert grown.capacity == full.capacity  # it grew to the limit, and wraps like the full one from there
 
 

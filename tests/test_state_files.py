@@ -79,8 +79,8 @@ MUTATIONS = st.one_of(
 
 
 @pytest.mark.timeout(600)
-@settings(derandomize=True, max_examples=160, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                                     HealthCheck.function_scoped_fixture])
+@settings(derandomize=True, max_examples=160, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=st.sampled_from(SPECS), mutation=MUTATIONS)
 def test_a_damaged_state_file_is_one_warning_and_a_cold_start(files, tmp_path, caplog, spec, mutation) -> None:
     kind, where, bit = mutation

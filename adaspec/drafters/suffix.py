@@ -185,9 +185,12 @@ class SuffixDrafter(Drafter):
         """
         try:
             scopes = [str(name) for name in state["scopes"]]
-            token_arrays = [np.asarray(state[f"tokens.{i}"], dtype=np.int64) for i in range(len(scopes))]
+            token_arrays = [np.asarray(state[f"tokens.{i}"]) for i in range(len(scopes))]
         except KeyError as missing:
             raise ValueError(f"not a suffix drafter's state: {missing} is missing") from None
+        if any(a.dtype.kind not in "iu" for a in token_arrays):
+            raise ValueError("a suffix drafter's state holds token arrays that are not integers")
+        token_arrays = [a.astype(np.int64) for a in token_arrays]
         if len(set(scopes)) != len(scopes):
             raise ValueError("a suffix drafter's state names a scope twice")
         top = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int32).max

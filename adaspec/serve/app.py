@@ -128,10 +128,10 @@ class OpenAIServer:
 
         @app.get("/health")
         async def health() -> Response:
-            if self.scheduler.draining:
-                return error_response("the server is shutting down", 503)
             if not self.scheduler.alive:
                 return error_response("the scheduler is not running", 503)
+            if self.scheduler.draining:
+                return error_response("the server is shutting down", 503)
             return JSONResponse({"status": "ok", "batching": {"enabled": self.batching.verifier is not None,
                                                               "detail": self.batching.reason}})
 
@@ -167,7 +167,7 @@ class OpenAIServer:
             body = await request.body()
         except BodyTooLarge as error:
             ticket.release()
-            return error_response(str(error), 413, code="request_too_large", headers={"Connection": "close"})
+            return error_response(str(error), 413, code="request_too_large")
         except ClientDisconnect:
             ticket.release()
             return Response(status_code=499)

@@ -30,8 +30,9 @@ class Gate:
     * With keys, every path but ``/health`` (and ``/metrics`` with ``public_metrics``) needs
       ``Authorization: Bearer KEY``; without a known key the answer is 401 in OpenAI's shape.
       The key's digest goes into the request's ASGI scope (``CALLER``) for the handlers.
-    * A body whose ``Content-Length`` exceeds ``max_body_bytes`` gets 413 before a byte of it is
-      read; a body sent without a length is read through a counting ``receive`` that raises
+    * A body whose ``Content-Length`` exceeds ``max_body_bytes`` gets 413 before the app reads a
+      byte of it (the server discards the rest as it arrives, so the client reads its answer);
+      a body sent without a length is read through a counting ``receive`` that raises
       ``BodyTooLarge`` as soon as it runs past the limit (the handler answers 413).
 
     Args:
@@ -71,8 +72,7 @@ class Gate:
                 return
             if int(length) > self.max_body_bytes:
                 self.on_reject("too_large")
-                await respond(send, 413, too_large_message(self.max_body_bytes), "request_too_large",
-                              [(b"connection", b"close")])
+                await respond(send, 413, too_large_message(self.max_body_bytes), "request_too_large")
                 return
         await self.app(scope, self._counting(receive), send)
 
