@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("ADASPEC_SLOW") != "1", reason="the slow tier: set ADASPEC_SLOW=1")]
 
 KEYS = ("sk-soak-one", "sk-soak-two", "sk-soak-three")
+HOSTILE_KEY = "sk-soak-hostile"  # a scope of its own: what it caches bounds no honest scope's cached_tokens
 PROMPTS = [  # greedy answers equal plain decoding's at any concurrency on these (test_server)
     "Write a Python function that returns the n-th Fibonacci number.",
     "List the planets of the solar system in order.",
@@ -110,7 +111,7 @@ class Honest:
 def hostile(url: str, until: float, statuses: list, seed: int) -> None:
     """Sends what strangers send, and walks away from what it started."""
     rng = random.Random(seed)
-    key = {"Authorization": f"Bearer {KEYS[0]}"}
+    key = {"Authorization": f"Bearer {HOSTILE_KEY}"}
     long = {"prompt": "Count from one to one thousand in words:", "max_tokens": 2000}
     while time.monotonic() < until:
         kind = rng.choice(["nokey", "wrongkey", "huge", "json", "messages", "max_tokens", "garbage", "leave",
@@ -155,11 +156,11 @@ def test_a_shared_server_under_mixed_load(model) -> None:
     chats = [[{"role": "user", "content": p}] for p in PROMPTS]
     solo = [plain.generate(c, max_new_tokens=TOKENS).text for c in chats]
     ids = [plain.encode(c).tolist() for c in chats]
-    options = dict(state_dir=None, keys=ApiKeys(KEYS), max_active=4, max_waiting=16, idle_release=2.0,
+    options = dict(state_dir=None, keys=ApiKeys(KEYS + (HOSTILE_KEY,)), max_active=4, max_waiting=16, idle_release=2.0,
                    max_body_mb=2.0)
     with live_server(model, drafter="hybrid:copy=suffix", **options) as (url, srv):
         warm = {"messages": chats[0], "max_tokens": 4, "temperature": 0}
-        httpx.post(f"{url}/v1/chat/completions", json=warm, headers={"Authorization": f"Bearer {KEYS[0]}"},
+        httpx.post(f"{url}/v1/chat/completions", json=warm, headers={"Authorization": f"Bearer {HOSTILE_KEY}"},
                    timeout=120).raise_for_status()
         time.sleep(4)  # idle release
         before = resident_mb()
@@ -177,6 +178,8 @@ def test_a_shared_server_under_mixed_load(model) -> None:
         time.sleep(8)  # idle caches are freed after 2 s
         after_idle = resident_mb()
         assert srv.scheduler.alive
+    print(f"soak: {sum(h.done for h in honest)} honest requests, {len(statuses)} hostile ones; resident memory "
+          f"{before:.0f} MB before, {after_load:.0f} MB right after, {after_idle:.0f} MB after the idle release")
     problems = [p for h in honest for p in h.problems]
     assert not problems, problems[:5]
     assert sum(h.done for h in honest) >= 20

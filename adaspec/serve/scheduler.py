@@ -6,8 +6,8 @@ prepares their request, and read the job's events from an ``asyncio.Queue`` that
 fills thread-safely. The scheduling thread only decodes: parsing, templating and tokenizing run
 on preparation threads (``Preparer``), and a finished request's result (its text, its
 prediction accounting) is assembled on a finishing thread. Everything a request owns (its KV
-cache, context, output, random numbers) is on its ``Request``; the drafter's learned tables and
-the sizer's calibration are shared, and only this thread touches them.
+cache, context, output, random numbers) is on its ``Request``; the drafter's learned state and
+the sizer's calibration are shared within a scope (``Session``), and only this thread teaches them.
 
 A failure costs the request it hit (a 500 for it), never the loop: start, draft, verify (alone
 or in a group, a failed group being retried one request at a time after rollback), finish,
