@@ -143,13 +143,15 @@ class Generator:
         """A backend of this generator's runtime, for what it says about itself (name, profile key)."""
         return self.pool.prototype
 
-    def encode(self, prompt: Prompt, chat: bool | None = None) -> np.ndarray:
+    def encode(self, prompt: Prompt, chat: bool | None = None, tokenizer: Any = None) -> np.ndarray:
         """Turns a prompt into token ids.
 
         Args:
             prompt: text, chat messages, or token ids.
             chat: for text, wrap it as one user message in the chat template; None means
                 "when the tokenizer has a chat template".
+            tokenizer: the tokenizer to use: the model's (None) or a copy of it, for a thread
+                that encodes while another decodes (a fast tokenizer is not safe to share).
 
         Returns:
             ``[p]`` int64 prompt ids.
@@ -157,13 +159,13 @@ class Generator:
         Raises:
             AdaspecError: for an empty prompt or token ids outside the vocabulary.
         """
-        tokenizer = self.model.tokenizer
+        tokenizer = tokenizer if tokenizer is not None else self.model.tokenizer
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise AdaspecError("the prompt is empty")
             use_chat = chat if chat is not None else tokenizer.chat_template is not None
             if use_chat:
-                return self.encode([{"role": "user", "content": prompt}])
+                return self.encode([{"role": "user", "content": prompt}], tokenizer=tokenizer)
             ids = tokenizer(prompt).input_ids
         elif len(prompt) and isinstance(prompt[0], Mapping):
             if tokenizer.chat_template is None:
@@ -216,15 +218,20 @@ class Generator:
         """
         return TextStream(self._run(self.open(prompt, options, **fields)))
 
-    def open(self, prompt: Prompt, options: RequestOptions | None = None, **fields: Any) -> Request:
-        """Checks a request and prepares it, without running the model yet.
+    def open(self, prompt: Prompt, options: RequestOptions | None = None, *, tokenizer: Any = None,
+             **fields: Any) -> Request:
+        """Checks a request and prepares it (its prompt and prediction tokenized), without running
+        the model yet.
 
         Drive it with ``start()`` and then ``step()`` until ``finished``; ``close()`` frees its
-        cache. A server interleaves many of these step by step.
+        cache. A server interleaves many of these step by step, and opens them on other threads
+        than the one that steps them.
 
         Args:
             prompt: text, chat messages, or token ids.
             options: the request's options; ``max_new_tokens`` is cut to the room the context leaves.
+            tokenizer: the tokenizer that encodes the prompt and prediction (see ``encode``);
+                the request decodes its output with the model's own.
             fields: ``RequestOptions`` fields to set or override.
 
         Returns:
@@ -234,7 +241,8 @@ class Generator:
             AdaspecError: as ``generate``.
         """
         options = RequestOptions.of(options, **fields)
-        prompt_ids = self.encode(prompt, options.chat)
+        tokenizer = tokenizer if tokenizer is not None else self.model.tokenizer
+        prompt_ids = self.encode(prompt, options.chat, tokenizer)
         room = self.max_context - prompt_ids.size
         if room < 1:
             raise AdaspecError(
@@ -245,7 +253,7 @@ class Generator:
         output = OutputTracker(self.model.tokenizer, self.model.eos_token_ids, options.stop, limit)
         prediction = None
         if options.prediction:
-            prediction = np.asarray(self.model.tokenizer(options.prediction, add_special_tokens=False).input_ids,
+            prediction = np.asarray(tokenizer(options.prediction, add_special_tokens=False).input_ids,
                                     dtype=np.int64)
         return Request(self.session, self.pool, prompt_ids, options, output, prediction)
 

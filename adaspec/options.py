@@ -28,8 +28,11 @@ class RequestOptions:
         prediction: text the output is expected to be close to (OpenAI's Predicted Outputs: the
             file being edited, the document being rewritten); it only drafts, so the output is
             the model's own either way.
-        scope: whose shared drafting history the request draws on and adds to (``suffix``
-            drafter; ``""``: the server's or generator's common one).
+        scope: whose shared drafting history, learned tables and acceptance calibration the
+            request draws on and teaches, and whose cached prompt positions it may reuse
+            (``""``: the server's or generator's common ones).
+        cache_salt: separates prefix caches further (vLLM's ``cache_salt``): a request reuses
+            cached prompt positions only from requests with the same scope and salt.
 
     Raises:
         AdaspecError: for a value out of range or of the wrong type.
@@ -44,6 +47,7 @@ class RequestOptions:
     seed: int | None = None
     prediction: str | None = None
     scope: str = ""
+    cache_salt: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -59,14 +63,20 @@ class RequestOptions:
             raise AdaspecError(f"chat must be true, false or None, got {self.chat!r}")
         if self.prediction is not None and not isinstance(self.prediction, str):
             raise AdaspecError("prediction must be text")
-        if not isinstance(self.scope, str) or len(self.scope) > MAX_SCOPE_LENGTH:
-            raise AdaspecError(f"scope must be text of at most {MAX_SCOPE_LENGTH} characters")
+        for name in ("scope", "cache_salt"):
+            if not isinstance(getattr(self, name), str) or len(getattr(self, name)) > MAX_SCOPE_LENGTH:
+                raise AdaspecError(f"{name} must be text of at most {MAX_SCOPE_LENGTH} characters")
         self.sampling  # validates temperature, top_k, top_p and seed
 
     @property
     def sampling(self) -> SamplingParams:
         """The sampling settings with the request's seed."""
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
+
+    @property
+    def cache_partition(self) -> str:
+        """Whose cached prompt positions the request may reuse: its scope and salt together."""
+        return self.scope if not self.cache_salt else f"{self.scope}\x00{self.cache_salt}"
 
     @classmethod
     def of(cls, options: RequestOptions | None = None, **changes: Any) -> RequestOptions:

@@ -117,7 +117,7 @@ class Request:
         if self._started:
             raise AdaspecError("a request starts once")
         self._started = time.perf_counter()
-        self.backend = self.pool.acquire(self.prompt_ids)
+        self.backend = self.pool.acquire(self.prompt_ids, self.options.cache_partition)
         self._drafting = self.session.begin(self.prompt_ids, self.sampling, self.options.scope, self.prediction_ids)
         self._prediction = self._drafting.prediction
         uniforms = None if self._uniforms is None else self._uniforms[:1]  # [1]

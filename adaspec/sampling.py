@@ -14,13 +14,16 @@ import torch
 
 from adaspec.errors import AdaspecError
 
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy (as vLLM's sampling epsilon): dividing by it overflows
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick each token.
 
     Attributes:
-        temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+        temperature: 0 (or anything below ``GREEDY_BELOW``) means greedy (argmax); otherwise
+            logits are divided by it.
         top_k: keep only the k most likely tokens (0 = all).
         top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1 = all).
         seed: seeds the request's own random generator (None: a fresh random seed).
@@ -44,8 +47,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """True when tokens are the argmax (temperature 0)."""
-        return self.temperature == 0.0
+        """True when tokens are the argmax (a temperature of 0, or below ``GREEDY_BELOW``)."""
+        return self.temperature < GREEDY_BELOW
 
     def make_generator(self) -> torch.Generator:
         """A CPU random generator for one request: seeded by ``seed``, else randomly."""

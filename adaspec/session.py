@@ -67,7 +67,8 @@ class Session:
         Args:
             prompt_ids: ``[p]`` the request's prompt.
             sampling: its settings (each setting keeps its own acceptance calibration).
-            scope: whose shared history it drafts from and adds to.
+            scope: whose shared history it drafts from and adds to, and whose acceptance
+                calibration sizes its trees.
             prediction: ``[q]`` token ids of its predicted output, if the client sent one.
 
         Returns:
@@ -77,7 +78,9 @@ class Session:
         drafter = self.drafter if source is None else with_prediction(self.drafter, source)
         with self.lock:
             state = drafter.begin(DraftRequest(prompt_ids, scope))
-            sizer = None if self.sizer is None else self.sizer.begin((sampling.temperature, sampling.top_k,
+            # acceptance calibration is kept per scope too: how often one scope's drafts are
+            # accepted never sizes another's trees (and so never shows in its timing)
+            sizer = None if self.sizer is None else self.sizer.begin((scope, sampling.temperature, sampling.top_k,
                                                                       sampling.top_p))
         return RequestDrafting(drafter, state, sizer, source)
 

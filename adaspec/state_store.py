@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,10 @@ class DrafterStateStore:
     def load_into(self, drafter: Drafter) -> bool:
         """Gives the drafter the saved state, if there is a usable one.
 
-        Problems (a corrupt, oversized or foreign file) are logged as one warning line and the
-        drafter is left as it was.
+        Any problem (a file that is corrupt, truncated, oversized, foreign, or whose arrays have
+        the wrong shapes or hold tokens outside the vocabulary) is logged as one warning line
+        and the drafter is left as it was: learned state only changes speed, so a server starts
+        cold rather than not at all.
 
         Args:
             drafter: the drafter to warm up.
@@ -66,6 +67,7 @@ class DrafterStateStore:
         """
         if not drafter.learns or not self.path.is_file():
             return False
+        before = drafter.state()  # put back if a restore fails part-way
         try:
             size = self.path.stat().st_size
             if size > self.max_bytes:
@@ -78,9 +80,11 @@ class DrafterStateStore:
             if (meta["model"], meta["drafter"]) != (self.model_name, self.drafter_spec):
                 raise ValueError(f"it was learned by drafter {meta['drafter']!r} on model {meta['model']!r}")
             drafter.restore(arrays)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        except Exception as error:  # whatever a damaged file makes numpy, zlib or a drafter raise
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            log.warning("adaspec: ignoring drafter state %s: %s", self.path, reason)
+            log.warning("adaspec: ignoring drafter state %s: %s", self.path, reason[:200])
+            if before is not None:
+                drafter.restore(before)
             return False
         return True
 

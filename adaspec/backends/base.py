@@ -137,6 +137,12 @@ class Backend(Protocol):
         """Drops the whole tree in flight: the cache is as it was before the last ``verify``."""
         ...
 
+    def forget(self) -> None:
+        """Forgets which tokens the cache holds, so that the next ``prefill`` reuses none of them
+        (``cached_prefix`` is 0 until then); the memory stays allocated. A pool calls it before
+        handing a backend to a request that may not see the previous one's prefix."""
+        ...
+
     def release(self) -> None:
         """Ends the request; the backend stays usable, and may keep the request's positions for
         a later prompt that shares their prefix (a chat's next turn)."""

@@ -144,6 +144,10 @@ class HFBackend:
         self._mask[..., start + k : start + self._tree_size] = self._mask_fill
         self._tree_size = 0
 
+    def forget(self) -> None:
+        """See ``Backend.forget``: the held tokens are dropped; the next prefill resets the cache."""
+        self._held = self._held[:0]
+
     def release(self) -> None:
         """Ends the request. Its cache stays for a later prompt sharing its prefix (``cached_prefix``)
         unless it holds more than ``max_kept_tokens`` positions: then it is freed, so a pooled

@@ -199,6 +199,11 @@ class LlamaCppBackend:
         if self._tree is not None:
             self.commit(np.zeros(0, dtype=np.int64))
 
+    def forget(self) -> None:
+        """See ``Backend.forget``: no cell counts as held; the next prefill clears them."""
+        self._length = 0
+        self._tree = self._leaves = None
+
     def release(self) -> None:
         """Ends the request; its cells stay for a later prompt sharing its prefix (``cached_prefix``)."""
         self._tree = self._leaves = None

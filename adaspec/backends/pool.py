@@ -19,6 +19,12 @@ class BackendPool:
     request's positions for a prompt that shares its prefix), the rest are closed, and ``trim``
     closes idle ones on demand (a server does after an idle spell).
 
+    Each backend is tagged with the *partition* of the request that last held it (a server's
+    scope and cache salt). A request reuses cached positions only from its own partition: a
+    backend from another one is made to forget what it holds first, so neither the reused
+    length (``cached_tokens``) nor the time to the first token tells one partition anything
+    about another's prompts.
+
     Args:
         factory: makes a new backend.
         max_in_use: the most requests in flight.
@@ -38,6 +44,7 @@ class BackendPool:
         self.max_idle = max_idle
         self._lock = threading.Lock()
         self._idle: list[Backend] = []  # most recently returned last
+        self._partition: dict[int, str] = {}  # id(backend) -> the partition of the request that last held it
         self.in_use = 0
         self.prototype = first if first is not None else factory()  # answers what the runtime is (name, defaults)
         self._idle.append(self.prototype)
@@ -53,12 +60,16 @@ class BackendPool:
         with self._lock:
             return tuple(self._idle)
 
-    def acquire(self, prompt_ids: np.ndarray | None = None) -> Backend:
-        """A backend no other request holds: the idle one whose cache holds the longest prefix of
-        ``prompt_ids`` (a chat's earlier turns), else the most recently used one.
+    def acquire(self, prompt_ids: np.ndarray | None = None, partition: str = "") -> Backend:
+        """A backend no other request holds: of the idle ones in ``partition``, the one whose
+        cache holds the longest prefix of ``prompt_ids`` (a chat's earlier turns), else the most
+        recently used; without one in the partition, the least recently used of another
+        partition, made to forget what it holds; else a new one.
 
         Args:
             prompt_ids: ``[p]`` the prompt the backend will run, or None.
+            partition: whose cached positions the request may reuse (``""``: everyone's that
+                also use ``""``).
 
         Raises:
             AdaspecError: when ``max_in_use`` requests already hold one.
@@ -68,18 +79,28 @@ class BackendPool:
                 raise AdaspecError(f"{self.in_use} requests are in flight, the most this generator allows; "
                                    "finish or close one first")
             self.in_use += 1
-            if self._idle:
-                best = len(self._idle) - 1
+            own = [i for i, backend in enumerate(self._idle) if self._partition.get(id(backend), "") == partition]
+            if own:
+                best = own[-1]
                 if prompt_ids is not None:
-                    held = [backend.cached_prefix(prompt_ids) for backend in self._idle]
-                    best = max(range(len(held)), key=lambda i: (held[i], i))
-                return self._idle.pop(best)
+                    held = {i: self._idle[i].cached_prefix(prompt_ids) for i in own}
+                    best = max(own, key=lambda i: (held[i], i))
+                return self._tag(self._idle.pop(best), partition)
+            if self._idle:
+                backend = self._idle.pop(0)
+                backend.forget()
+                return self._tag(backend, partition)
         try:
-            return self.factory()
+            return self._tag(self.factory(), partition)
         except BaseException:
             with self._lock:
                 self.in_use -= 1
             raise
+
+    def _tag(self, backend: Backend, partition: str) -> Backend:
+        """Records which partition a backend now serves (and returns it)."""
+        self._partition[id(backend)] = partition
+        return backend
 
     def release(self, backend: Backend) -> None:
         """Takes a backend back: its request's cache is freed, the backend kept or closed.
@@ -93,6 +114,7 @@ class BackendPool:
             if len(self._idle) < self.max_idle:
                 self._idle.append(backend)
                 return
+            self._partition.pop(id(backend), None)
         backend.close()
 
     def trim(self, keep: int = 0) -> int:
@@ -107,6 +129,8 @@ class BackendPool:
         with self._lock:
             surplus = self._idle[: max(0, len(self._idle) - keep)]
             del self._idle[: len(surplus)]
+            for backend in surplus:
+                self._partition.pop(id(backend), None)
         for backend in surplus:
             backend.close()
         return len(surplus)

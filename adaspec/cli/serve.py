@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from adaspec.cli.options import add_drafting_options, add_model_options, add_state_options, open_generator
 from adaspec.errors import AdaspecError
+
+DEFAULT_MAX_BODY_MB = 16.0  # as adaspec.serve's (not imported here: the serve stack loads only to serve)
+DEFAULT_DRAIN_S = 30.0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -20,9 +24,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="requests waiting beyond those; more get 429 + Retry-After (default: 64)")
     serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take (default: 600)")
     serve.add_argument("--save-every", type=float, default=300.0, help="seconds between state saves (default: 300)")
-    serve.add_argument("--history-scope", default="server", choices=["server", "user", "key"],
-                       help="whose requests share the suffix drafter's history: everyone (server), requests with "
-                            "the same OpenAI user field (user) or the same API key (key) (default: server)")
+    serve.add_argument("--history-scope", default=None, choices=["server", "user", "key"],
+                       help="whose requests share learned and cached state (prefix caches and cached_tokens, "
+                            "suffix history, acceptance calibration): everyone (server: right for one user), each "
+                            "API key (key), or each OpenAI user field within a key (user) (default: key with "
+                            "--api-key, else server)")
+    access = serve.add_argument_group("access and limits")
+    access.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="accept requests carrying 'Authorization: Bearer KEY' only (repeatable; also "
+                             "$ADASPEC_API_KEY); others get 401; /health stays open")
+    access.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                        help="more keys, one a line ('#' starts a comment)")
+    access.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
+    access.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                        help=f"the largest request body read, in MiB; larger ones get 413 before a byte is read "
+                             f"(default: {DEFAULT_MAX_BODY_MB:g})")
+    access.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_S,
+                        help="seconds running requests get to finish after SIGTERM or Ctrl-C; new ones get 503, the "
+                             f"rest end with an error event; a second signal stops at once (default: {DEFAULT_DRAIN_S:g})")
     serve.add_argument("--no-batch", action="store_true",
                        help="verify one request per forward (default: all active requests in one forward, where a "
                             "start-up check shows it gives each request exactly its solo logits)")
@@ -34,12 +53,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Runs ``adaspec serve`` until interrupted (see ``adaspec.cli``)."""
-    from adaspec.serve import build_server, run_server, served_name
+    from adaspec.serve import build_server, load_keys, run_server, served_name
 
     if not 0 < args.port < 65536:
         raise AdaspecError(f"--port must lie in 1..65535, got {args.port}")
     if args.max_concurrency < 1 or args.max_queue < 0 or args.request_timeout <= 0 or args.save_every <= 0:
         raise AdaspecError("--max-concurrency must be >= 1, --max-queue >= 0, --request-timeout and --save-every > 0")
+    if not args.max_body_mb > 0 or not args.drain_timeout >= 0:
+        raise AdaspecError("--max-body-mb must be > 0 and --drain-timeout >= 0")
+    keys = load_keys(args.api_key, args.api_key_file)  # a bad key file fails before the model loads
     opened = open_generator(args, max_requests=args.max_concurrency, max_idle_backends=args.max_concurrency)
     generator = opened.generator
     model = generator.model
@@ -50,11 +72,13 @@ def run_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     server = build_server(generator, name, opened.store, aliases=aliases, max_active=args.max_concurrency,
                           max_waiting=args.max_queue, request_timeout=args.request_timeout,
-                          save_every=args.save_every, batch=not args.no_batch, history_scope=args.history_scope)
+                          save_every=args.save_every, batch=not args.no_batch, history_scope=args.history_scope,
+                          keys=keys, public_metrics=args.public_metrics, max_body_mb=args.max_body_mb)
     scheduler = server.scheduler
     print(f"adaspec: serving {name!r} on http://{args.host}:{args.port}/v1 (drafter {opened.spec}, budget "
           f"{generator.sizer and 'auto' or generator.budget}, {args.max_concurrency} at once, "
           f"{'batched' if scheduler.batched else 'one request per forward: ' + server.batching.reason}; "
+          f"{len(keys) if keys else 'no'} API keys, history scope {server.history_scope}; "
           f"state: {opened.store.path if opened.store else 'not kept'})", file=sys.stderr, flush=True)
-    run_server(server, args.host, args.port)
+    run_server(server, args.host, args.port, drain_timeout=args.drain_timeout)
     return 0

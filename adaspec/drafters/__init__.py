@@ -25,7 +25,7 @@ DRAFTER_FACTORIES: dict[str, Callable[[int, Any], Drafter]] = {
     "recycling": lambda vocab_size, config: TokenRecyclingDrafter(vocab_size, config),
     "aded": lambda vocab_size, config: AdedDrafter(vocab_size, config),
     "hybrid": lambda vocab_size, config: make_hybrid(vocab_size, config or HybridConfig()),
-    "suffix": lambda vocab_size, config: SuffixDrafter(config or SuffixConfig()),
+    "suffix": lambda vocab_size, config: SuffixDrafter(config or SuffixConfig(), vocab_size),
 }
 # the drafters whose tunables can be overridden in a spec
 DRAFTER_CONFIGS: dict[str, type] = {
@@ -50,7 +50,7 @@ def make_hybrid(vocab_size: int, config: HybridConfig) -> HybridDrafter:
     """
     learned: Drafter = AdedDrafter(vocab_size) if config.learned == "aded" else TokenRecyclingDrafter(vocab_size)
     copier: Drafter = (PromptLookupDrafter(LookupConfig(min_ngram=config.min_ngram)) if config.copy == "lookup"
-                       else SuffixDrafter(SuffixConfig(min_match=config.min_ngram)))
+                       else SuffixDrafter(SuffixConfig(min_match=config.min_ngram), vocab_size))
     return HybridDrafter([copier, learned], shares=[1.0, 1.0])
 
 

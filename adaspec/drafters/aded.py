@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback, check_range, teaches_shared_tables
 from adaspec.drafters.tree_search import best_first_tree, mcts_tree
 from adaspec.drafters.trigram import MAX_CAPACITY, TrigramTable, trigrams
 from adaspec.tree import DraftTree
@@ -90,14 +90,22 @@ class AdedDrafter(Drafter):
         self._parents = np.empty(buffer_size, dtype=np.int64)  # [buffer]
         self._probs = np.empty(buffer_size, dtype=np.float64)  # [buffer]
 
-    def begin(self, request: DraftRequest) -> None:
+    def begin(self, request: DraftRequest) -> bool:
         """Learns the prompt's tri-grams (source ``prompt``); the table persists across requests.
+
+        The table is shared by every scope, so only requests of the shared scope teach it
+        (``teaches_shared_tables``); the others draft from it and teach nothing.
 
         Args:
             request: the request, whose prompt is learned.
+
+        Returns:
+            True when the request teaches the table (``observe`` reads it back).
         """
-        if self.config.prompt_rate > 0:
+        teaches = teaches_shared_tables(request)
+        if teaches and self.config.prompt_rate > 0:
             self.learn_sequence(request.prompt, self.config.prompt_rate)
+        return teaches
 
     def learn_sequence(self, tokens: np.ndarray, rate: float) -> None:
         """Moves the tri-gram and bigram rows of a token sequence towards what followed.
@@ -114,10 +122,11 @@ class AdedDrafter(Drafter):
         self.table.update(self.table.context_keys(first, second), followers, ones, rate)
         self.table.update(second, followers, ones, rate)
 
-    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
+    def propose(self, context: np.ndarray, budget: int, state: bool | None = None) -> DraftTree:
         """Builds a tree from the tri-gram model (see ``Drafter.propose``); the table persists
-        across requests, so the drafter keeps no request state, and the tree is the root alone
-        when the table knows nothing about the context."""
+        across requests, so the drafter keeps no request state (``state`` only says whether the
+        request teaches), and the tree is the root alone when the table knows nothing about the
+        context."""
         config = self.config
         if budget > self._tokens.size:
             self._tokens = np.empty(budget, dtype=np.int64)
@@ -138,13 +147,16 @@ class AdedDrafter(Drafter):
             )
         return DraftTree(self._tokens[:n].copy(), self._parents[:n].copy(), self._probs[:n].copy())
 
-    def observe(self, step: StepFeedback, state: None = None) -> None:
+    def observe(self, step: StepFeedback, state: bool | None = None) -> None:
         """Learns the verifier's top-K at every node and the tri-grams of the accepted text.
 
         Args:
             step: what the verifier said about the last tree.
-            state: None.
+            state: what ``begin`` returned: False for a request that does not teach the table
+                (None: a caller without ``begin``, which teaches).
         """
+        if state is False:
+            return
         config = self.config
         tree = step.tree
         if config.topk_rate > 0 and step.topk_ids.shape[1] > 0:

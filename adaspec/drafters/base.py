@@ -39,6 +39,23 @@ class StepFeedback:
         return self.tree.tokens[self.accepted]
 
 
+SHARED_SCOPE = ""  # the scope of requests that belong to no one in particular (a one-user server, the library)
+
+
+def teaches_shared_tables(request: DraftRequest) -> bool:
+    """Whether a request may teach a learned table that every scope drafts from (ADED's, Token
+    Recycling's): only requests of the shared scope do, so that nothing one scope's requests
+    said reaches another scope's drafts (or their speed).
+
+    Args:
+        request: the request beginning.
+
+    Returns:
+        True for a request of ``SHARED_SCOPE``.
+    """
+    return request.scope == SHARED_SCOPE
+
+
 @dataclass(frozen=True, eq=False)
 class DraftRequest:
     """What a drafter is told about a request when it begins.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adaspec.drafters.base import Drafter, StepFeedback, check_range
+from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback, check_range, teaches_shared_tables
 from adaspec.tree import DraftTree
 
 
@@ -129,7 +129,19 @@ class TokenRecyclingDrafter(Drafter):
         strength = self.config.prior_strength
         return (self.rank_hits + strength * prior) / (self.rank_trials + strength)
 
-    def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
+    def begin(self, request: DraftRequest) -> bool:
+        """Starts a request: the table is shared by every scope, so only requests of the shared
+        scope teach it (``teaches_shared_tables``).
+
+        Args:
+            request: its prompt and scope.
+
+        Returns:
+            True when the request teaches the table.
+        """
+        return teaches_shared_tables(request)
+
+    def propose(self, context: np.ndarray, budget: int, state: bool | None = None) -> DraftTree:
         """Reads a tree out of the candidate table along the template.
 
         The table persists across requests, so the drafter keeps no request state. See
@@ -147,13 +159,16 @@ class TokenRecyclingDrafter(Drafter):
         whole = DraftTree(np.maximum(tokens, 0), template.parents, template.path_probs)  # [m] unknowns as token 0
         return whole.subtree(keep)
 
-    def observe(self, step: StepFeedback, state: None = None) -> None:
+    def observe(self, step: StepFeedback, state: bool | None = None) -> None:
         """Updates rank statistics, then recycles every node's top-K into the table.
 
         Args:
             step: the verified tree, the accepted path and every node's top-K candidates.
-            state: None.
+            state: what ``begin`` returned: False for a request that does not teach the table
+                (None: a caller without ``begin``, which teaches).
         """
+        if state is False:
+            return
         path_tokens = step.accepted_tokens  # [k]
         truth = np.append(path_tokens[1:], step.next_token)  # [k], what the model said after each
         rows = self.candidates[path_tokens]  # [k, K]

@@ -26,6 +26,7 @@ from adaspec.drafters.suffix_tree import GrowthRules, SuffixTreeBuilder
 from adaspec.tree import DraftTree, Source
 
 MAX_HISTORY_TOKENS = 1 << 24  # the most tokens one scope's history may keep
+FIRST_HISTORY_CELLS = 1 << 12  # a new scope's history starts this small and doubles as it fills
 
 
 @dataclass
@@ -87,9 +88,12 @@ class SuffixDrafter(Drafter):
 
     Args:
         config: the tunables.
+        vocab_size: the model's vocabulary size; restored histories must lie inside it (None:
+            not checked).
     """
 
     config: SuffixConfig = field(default_factory=SuffixConfig)
+    vocab_size: int | None = None
     name = "suffix"
     learns = True
 
@@ -107,7 +111,8 @@ class SuffixDrafter(Drafter):
         """
         if self.config.history_tokens == 0:
             return None
-        index = self.histories.pop(scope, None) or SuffixIndex(self.config.history_tokens + 1, self.config.ways)
+        index = self.histories.pop(scope, None) or SuffixIndex(self.config.history_tokens + 1, self.config.ways,
+                                                               initial=FIRST_HISTORY_CELLS)
         self.histories[scope] = index
         while len(self.histories) > self.config.scopes:
             self.histories.popitem(last=False)
@@ -186,11 +191,17 @@ class SuffixDrafter(Drafter):
         """
         try:
             scopes = [str(name) for name in state["scopes"]]
-            token_arrays = [np.asarray(state[f"tokens.{i}"], dtype=np.int64) for i in range(len(scopes))]
+            token_arrays = [np.asarray(state[f"tokens.{i}"]) for i in range(len(scopes))]
         except KeyError as missing:
             raise ValueError(f"not a suffix drafter's state: {missing} is missing") from None
-        if any(a.ndim != 1 or (a.size and int(a.min()) < SEPARATOR) for a in token_arrays):
-            raise ValueError("a suffix drafter's state holds malformed token arrays")
+        if any(a.dtype.kind not in "iu" for a in token_arrays):
+            raise ValueError("a suffix drafter's state holds token arrays that are not integers")
+        token_arrays = [a.astype(np.int64) for a in token_arrays]
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("a suffix drafter's state names a scope twice")
+        top = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int32).max
+        if any(a.ndim != 1 or (a.size and (int(a.min()) < SEPARATOR or int(a.max()) >= top)) for a in token_arrays):
+            raise ValueError("a suffix drafter's state holds malformed token arrays or tokens outside the vocabulary")
         self.histories.clear()
         for scope, tokens in zip(scopes[-self.config.scopes :], token_arrays[-self.config.scopes :]):
             history = self.history(scope)

@@ -209,27 +209,48 @@ def continuations(tokens: np.ndarray, written: np.int64, ends: np.ndarray, depth
 class SuffixIndex:
     """A ring of at most ``capacity`` tokens and the window table over it (see the module doc).
 
+    Its arrays may start smaller (``initial`` cells) and double as tokens arrive, up to
+    ``capacity``: an index holding few tokens costs memory for few tokens.
+
     Args:
-        capacity: tokens kept (older ones are overwritten); at least 4.
+        capacity: the most cells (tokens kept, plus the seam); older tokens are then overwritten; at least 4.
         ways: match positions kept per window.
+        initial: cells allocated at first (default: ``capacity``, all at once).
 
     Raises:
         ValueError: for a capacity below 4 or ways below 1.
     """
 
-    def __init__(self, capacity: int, ways: int = 4) -> None:
+    def __init__(self, capacity: int, ways: int = 4, initial: int | None = None) -> None:
         if capacity < 4 or ways < 1:
             raise ValueError(f"a suffix index needs capacity >= 4 and ways >= 1, got {capacity}, {ways}")
-        self.capacity = int(capacity)
+        self.max_capacity = int(capacity)
+        self.ways_kept = int(ways)
+        self.powers = np.array([_power(int(k)) for k in ANCHORS], dtype=np.uint64)  # [A]
+        self._allocate(min(self.max_capacity, max(4, int(initial or capacity))))
+
+    def _allocate(self, capacity: int) -> None:
+        """Empty arrays for ``capacity`` cells (nothing written)."""
+        self.capacity = capacity
         self.tokens = np.full(self.capacity, SEPARATOR, dtype=np.int32)  # [C]
         self.prefix = np.zeros(self.capacity, dtype=np.uint64)  # [C]
         self.run = np.zeros(self.capacity, dtype=np.int64)  # [C]
         slots = 1 << int(np.ceil(np.log2(2 * self.capacity)))  # about two slots per token: short probes
         self.keys = np.zeros(slots, dtype=np.int64)  # [S]
-        self.ways = np.full((slots, ways), -1, dtype=np.int64)  # [S, W]
+        self.ways = np.full((slots, self.ways_kept), -1, dtype=np.int64)  # [S, W]
         self.newest = np.full(slots, -1, dtype=np.int64)  # [S]
-        self.powers = np.array([_power(int(k)) for k in ANCHORS], dtype=np.uint64)  # [A]
         self.written = 0
+
+    def _reserve(self, cells: int) -> None:
+        """Grows the arrays (at least doubling, at most to ``max_capacity``) so that ``cells``
+        cells fit without overwriting, re-indexing the tokens held (amortised O(1) per token)."""
+        if cells <= self.capacity or self.capacity >= self.max_capacity:
+            return
+        held = self.recent_tokens()  # [size] nothing was overwritten yet: every token since the start
+        self._allocate(min(self.max_capacity, max(cells, 2 * self.capacity)))
+        if held.size:
+            self.written = int(append_tokens(self.tokens, self.prefix, self.run, self.keys, self.ways, self.newest,
+                                             self.powers, 0, held))
 
     @property
     def size(self) -> int:
@@ -248,6 +269,7 @@ class SuffixIndex:
             new_tokens: ``[m]`` int token ids (``SEPARATOR`` ends the sequence).
         """
         if len(new_tokens):
+            self._reserve(self.written + len(new_tokens) + 1)
             self.written = int(append_tokens(self.tokens, self.prefix, self.run, self.keys, self.ways, self.newest,
                                              self.powers, self.written, np.asarray(new_tokens, dtype=np.int64)))
 

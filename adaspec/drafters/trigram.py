@@ -349,6 +349,11 @@ class TrigramTable:
             raise ValueError(f"{path} has inconsistent array shapes")
         if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < EMPTY):
             raise ValueError(f"{path} holds token ids outside the vocabulary")
+        if keys.size and (int(keys.min()) < 0 or int(keys.max()) >= (vocab_size + 1) * vocab_size
+                          or np.unique(keys).size != keys.size):
+            raise ValueError(f"{path} holds context keys that no pair of tokens has, or one twice")
+        if not np.isfinite(weights).all() or (weights.size and float(weights.min()) < 0.0):
+            raise ValueError(f"{path} holds weights that are not finite and >= 0")
         order = np.argsort(stamps, kind="stable")[-self.capacity:]
         slots = min(self.slots, ids.shape[1])
         self.keys[:] = EMPTY

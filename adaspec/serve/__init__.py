@@ -9,10 +9,14 @@ from pathlib import Path
 
 from adaspec.backends.base import BatchSupport
 from adaspec.engine import Generator
-from adaspec.serve.app import OpenAIServer
+from adaspec.serve.admission import SchedulerDown, ServerBusy, ShuttingDown
+from adaspec.serve.app import DEFAULT_MAX_BODY_MB, OpenAIServer
+from adaspec.serve.auth import ApiKeys, load_keys
+from adaspec.serve.jobs import JobSpec
 from adaspec.serve.metrics import ServerMetrics
 from adaspec.serve.saver import StateSaver
-from adaspec.serve.scheduler import JobSpec, Scheduler, SchedulerDown, ServerBusy
+from adaspec.serve.scheduler import Scheduler
+from adaspec.serve.shutdown import DEFAULT_DRAIN_S, DrainingServer
 from adaspec.state_store import DrafterStateStore
 
 log = logging.getLogger("adaspec")
@@ -33,7 +37,8 @@ def served_name(model_name: str) -> str:
 def build_server(generator: Generator, model_name: str, store: DrafterStateStore | None = None,
                  aliases: tuple[str, ...] = (), max_active: int = 8, max_waiting: int = 64,
                  request_timeout: float = 600.0, save_every: float = 300.0, batch: bool = True,
-                 idle_release: float = 20.0, history_scope: str = "server") -> OpenAIServer:
+                 idle_release: float = 20.0, history_scope: str | None = None, keys: ApiKeys | None = None,
+                 public_metrics: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> OpenAIServer:
     """Wires a generator into a scheduler and the HTTP routes (nothing runs until started).
 
     Args:
@@ -49,7 +54,11 @@ def build_server(generator: Generator, model_name: str, store: DrafterStateStore
         batch: verify the active requests' trees in one forward where the runtime can do it
             exactly (it checks the machine now; the answer is logged, in ``/health`` and a metric).
         idle_release: seconds without requests after which idle caches are freed.
-        history_scope: whose requests share a drafting history (``server``, ``user`` or ``key``).
+        history_scope: whose requests share learned and cached state (``server``, ``user`` or
+            ``key``; None: ``key`` with keys, else ``server``).
+        keys: the API keys accepted (``load_keys``; None: the server is open).
+        public_metrics: serve ``/metrics`` without a key.
+        max_body_mb: the largest request body read, in MiB (413 beyond).
 
     Returns:
         The server; serve ``server.app`` with any ASGI server (its lifespan starts and stops the scheduler).
@@ -64,22 +73,26 @@ def build_server(generator: Generator, model_name: str, store: DrafterStateStore
                           request_timeout=request_timeout, saver=saver, verifier=support.verifier,
                           idle_release=idle_release)
     return OpenAIServer(scheduler, model_name, aliases=aliases, max_context=generator.max_context,
-                        batching=support, history_scope=history_scope)
+                        batching=support, history_scope=history_scope, keys=keys, public_metrics=public_metrics,
+                        max_body_bytes=int(max_body_mb * (1 << 20)))
 
 
-def run_server(server: OpenAIServer, host: str, port: int) -> None:
-    """Serves until interrupted (Ctrl-C or SIGTERM), then ends every request and saves the state.
+def run_server(server: OpenAIServer, host: str, port: int, drain_timeout: float = DEFAULT_DRAIN_S) -> None:
+    """Serves until SIGTERM or Ctrl-C, then drains: new requests are refused, running ones get
+    ``drain_timeout`` seconds, the rest end with an error event, and the state is saved; a second
+    signal saves and exits at once (``shutdown``).
 
     Args:
         server: from ``build_server``.
         host: the address to listen on.
         port: the port.
+        drain_timeout: seconds running requests get to finish after the first signal.
     """
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning",
-                                  timeout_graceful_shutdown=5)).run()
+    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    DrainingServer(config, server.scheduler, drain_timeout).run()
 
 
-__all__ = ["JobSpec", "OpenAIServer", "Scheduler", "SchedulerDown", "ServerBusy", "ServerMetrics", "StateSaver",
-           "build_server", "run_server", "served_name"]
+__all__ = ["ApiKeys", "JobSpec", "OpenAIServer", "Scheduler", "SchedulerDown", "ServerBusy", "ServerMetrics",
+           "ShuttingDown", "StateSaver", "build_server", "load_keys", "run_server", "served_name"]

@@ -2,13 +2,13 @@
 
 Every error a client can cause is a 4xx with OpenAI's body, ``{"error": {"message", "type",
 "param", "code"}}``; the scheduler turns a failing request into an error event for that request
-only.
+only. The event loop never parses or tokenizes: a handler holds a place (``reserve``), reads the
+body (the gate has checked the key and the size), and hands the bytes to a preparation thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 import uuid
@@ -20,64 +20,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from adaspec.backends.base import BatchSupport
 from adaspec.request import Generation
+from adaspec.serve.admission import SchedulerDown, ServerBusy, ShuttingDown
+from adaspec.serve.auth import ApiKeys, default_scope
+from adaspec.serve.errors import error_body, error_response
+from adaspec.serve.gate import CALLER, CREDENTIAL, BodyTooLarge, Gate
+from adaspec.serve.intake import Caller, Intake, longest_token_bytes
 from adaspec.serve.jobs import DoneEvent, ErrorEvent, Event, Job, TextEvent
-from adaspec.serve.scheduler import Scheduler, SchedulerDown, ServerBusy
-from adaspec.serve.schemas import ChatRequest, CompletionRequest, RequestError
+from adaspec.serve.scheduler import Scheduler
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-DISCONNECT_POLL_S = 0.25  # how often a waiting handler checks its client and the scheduler
+POLL_S = 0.25  # how often a waiting handler checks the scheduler and the deadline
 DEADLINE_GRACE_S = 30.0  # a handler gives up this long after the request's own timeout
-HISTORY_SCOPES = ("server", "user", "key")
-ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
-               500: "internal_error", 503: "service_unavailable", 504: "timeout"}
-
-
-def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error body.
-
-    Args:
-        message: one line saying what went wrong.
-        status: the HTTP status (picks the error type).
-        param: the offending parameter, if one.
-        code: an error code, if one.
-
-    Returns:
-        ``{"error": {...}}``.
-    """
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
-
-
-def error_response(message: str, status: int, param: str | None = None, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    """A JSONResponse carrying ``error_body``."""
-    return JSONResponse(error_body(message, status, param, code), status_code=status, headers=headers)
-
-
-def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
-    """One line (and the parameter) from pydantic's list of complaints.
-
-    Args:
-        error: what FastAPI raised for the body.
-
-    Returns:
-        The message and the offending parameter (None when it is the body as a whole).
-    """
-    problems = error.errors()
-    if not problems:
-        return "the request body is invalid", None
-    first = problems[0]
-    where = [str(part) for part in first.get("loc", ()) if part != "body"]
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        return "the request body is not valid JSON", None
-    if kind == "extra_forbidden" and where:
-        return f"unsupported parameter {'.'.join(where)!r}", ".".join(where)
-    param = ".".join(where) or None
-    return f"{param or 'body'}: {first.get('msg', 'invalid value')}", param
+DEFAULT_MAX_BODY_MB = 16.0
 
 
 def usage(generation: Generation) -> dict:
@@ -88,8 +46,9 @@ def usage(generation: Generation) -> dict:
 
     Returns:
         Prompt, completion and total token counts, how many prompt tokens were served from
-        positions cached by an earlier request (``prompt_tokens_details.cached_tokens``), and, with
-        a prediction, how many of its tokens did and did not end up in the completion.
+        positions cached by an earlier request of the same scope (``prompt_tokens_details.
+        cached_tokens``), and, with a prediction, how many of its tokens did and did not end up
+        in the completion.
     """
     prompt, completion = len(generation.prompt_ids), len(generation.token_ids)
     stats = generation.stats
@@ -119,25 +78,33 @@ class OpenAIServer:
         scheduler: runs the requests.
         model_name: the name clients use (``GET /v1/models``); requests naming another model get a 404.
         aliases: other names accepted for the model (e.g. the path it was loaded from).
-        max_context: the model's context length, reported by ``/v1/models``.
+        max_context: the model's context length (default: the generator's).
         batching: whether requests are verified together, and why (not), for ``/health``.
-        history_scope: whose requests share a drafting history: ``server`` (everyone), ``user``
-            (OpenAI's ``user`` field) or ``key`` (the API key sent).
+        history_scope: whose requests share learned and cached state: ``server`` (everyone),
+            ``user`` (OpenAI's ``user`` field; with keys, within the key) or ``key`` (the API
+            key); None: ``key`` with keys, else ``server``.
+        keys: the API keys accepted (None: the server is open).
+        public_metrics: serve ``/metrics`` without a key.
+        max_body_bytes: the largest request body read (413 beyond).
     """
 
     def __init__(self, scheduler: Scheduler, model_name: str, aliases: tuple[str, ...] = (),
-                 max_context: int = 0, batching: BatchSupport | None = None, history_scope: str = "server") -> None:
-        if history_scope not in HISTORY_SCOPES:
-            raise ValueError(f"history_scope must be one of {', '.join(HISTORY_SCOPES)}, got {history_scope!r}")
-        self.history_scope = history_scope
+                 max_context: int = 0, batching: BatchSupport | None = None, history_scope: str | None = None,
+                 keys: ApiKeys | None = None, public_metrics: bool = False,
+                 max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * (1 << 20))) -> None:
+        self.history_scope = default_scope(history_scope, keys)
         self.scheduler = scheduler
         self.batching = batching or BatchSupport(None, "not asked")
         self.model_name = model_name
         self.names = {model_name, *aliases}
-        self.max_context = max_context
+        generator = scheduler.generator
+        self.max_context = max_context or generator.max_context
+        self.intake = Intake(generator, model_name, self.names, self.history_scope,
+                             max_prompt_bytes=self.max_context * longest_token_bytes(generator.model.tokenizer))
         self.created = int(time.time())
-        self.app = FastAPI(title="adaspec", docs_url=None, redoc_url=None, lifespan=self._lifespan)
+        self.api = FastAPI(title="adaspec", docs_url=None, redoc_url=None, lifespan=self._lifespan)
         self._routes()
+        self.app = Gate(self.api, keys, max_body_bytes, public_metrics, scheduler.metrics.request_rejected)
 
     @asynccontextmanager
     async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
@@ -149,25 +116,22 @@ class OpenAIServer:
             await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
 
     def _routes(self) -> None:
-        app = self.app
+        app = self.api
 
         @app.exception_handler(RequestValidationError)
         async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-            message, param = validation_message(error)
-            return error_response(message, 400, param)
+            return error_response("the request is invalid", 400)
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
             return error_response(str(error.detail), error.status_code)
 
-        @app.exception_handler(RequestError)
-        async def bad_request(_: Request, error: RequestError) -> JSONResponse:
-            return error_response(error.message, error.status, error.param, error.code)
-
         @app.get("/health")
         async def health() -> Response:
             if not self.scheduler.alive:
                 return error_response("the scheduler is not running", 503)
+            if self.scheduler.draining:
+                return error_response("the server is shutting down", 503)
             return JSONResponse({"status": "ok", "batching": {"enabled": self.batching.verifier is not None,
                                                               "detail": self.batching.reason}})
 
@@ -183,59 +147,59 @@ class OpenAIServer:
             }]}
 
         @app.post("/v1/chat/completions")
-        async def chat(body: ChatRequest, request: Request) -> Response:
-            return await self._serve(body, request, chat=True)
+        async def chat(request: Request) -> Response:
+            return await self._serve(request, chat=True)
 
         @app.post("/v1/completions")
-        async def completions(body: CompletionRequest, request: Request) -> Response:
-            return await self._serve(body, request, chat=False)
+        async def completions(request: Request) -> Response:
+            return await self._serve(request, chat=False)
 
-    async def _serve(self, body: ChatRequest | CompletionRequest, request: Request, chat: bool) -> Response:
-        if body.model is not None and body.model not in self.names:
-            raise RequestError(f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
-                               "model", status=404, code="model_not_found")
-        spec = body.to_job(default_max_tokens=self.max_context, scope=self.scope_of(body, request))
-        if spec.options.max_new_tokens > self.max_context:
-            raise RequestError(f"max_tokens is {spec.options.max_new_tokens} but the model's context holds "
-                               f"{self.max_context} tokens in all", "max_tokens")
+    async def _serve(self, request: Request, chat: bool) -> Response:
         try:
-            job = self.scheduler.submit(spec, asyncio.get_running_loop())
+            ticket = self.scheduler.reserve()  # held while the body is read and prepared
         except ServerBusy:
             return error_response("the server is at capacity; retry shortly", 429, headers={"Retry-After": "1"})
+        except ShuttingDown:
+            return error_response("the server is shutting down", 503)
         except SchedulerDown:
             return error_response("the server cannot take requests: its scheduler is not running", 503)
-        first = await self._next_event(job, request)
-        if first is None:  # the client left while queued
+        try:
+            body = await request.body()
+        except BodyTooLarge as error:
+            ticket.release()
+            return error_response(str(error), 413, code="request_too_large")
+        except ClientDisconnect:
+            ticket.release()
             return Response(status_code=499)
-        if isinstance(first, ErrorEvent):
-            return error_response(first.message, first.status)
-        identity = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
-                    "model": self.model_name}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._stream(job, request, identity, chat, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await self._complete(job, request, identity, chat)
+        except BaseException:  # the handler is cancelled
+            ticket.release()
+            raise
+        caller = Caller(request.scope.get(CALLER), request.scope.get(CREDENTIAL, ""))
+        job = self.scheduler.submit_prepared(ticket, lambda tokenizer: self.intake.open(body, chat, caller, tokenizer),
+                                             asyncio.get_running_loop())
+        watcher = asyncio.create_task(watch_disconnect(request, job))
+        streaming = False
+        try:
+            first = await self._next_event(job)
+            if first is None:  # the client left while its request was prepared or queued
+                return Response(status_code=499)
+            if isinstance(first, ErrorEvent):
+                return error_response(first.message, first.status, first.param, first.code)
+            identity = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
+                        "model": self.model_name}
+            if job.spec.stream:  # from here Starlette watches the connection, and the stream frees the slot
+                watcher.cancel()
+                streaming = True
+                return StreamingResponse(self._stream(job, identity, chat), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            return await self._complete(job, identity, chat)
+        finally:
+            if not streaming:
+                watcher.cancel()
+                job.cancelled.set()  # a no-op for a finished request; frees the slot of an abandoned one
 
-    def scope_of(self, body: ChatRequest | CompletionRequest, request: Request) -> str:
-        """The drafting-history scope of a request (see ``history_scope``); never the raw key.
-
-        Args:
-            body: the request body.
-            request: the HTTP request (its headers).
-
-        Returns:
-            The scope's name.
-        """
-        if self.history_scope == "user":
-            return "user:" + (body.user or "")
-        if self.history_scope == "key":
-            key = request.headers.get("authorization", "")
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-        return ""
-
-    async def _next_event(self, job: Job, request: Request) -> Event | None:
-        """The job's next event; None (and the job cancelled) if the client disconnected.
+    async def _next_event(self, job: Job) -> Event | None:
+        """The job's next event; None once the client has gone (the job is then cancelled).
 
         Every wait has a deadline: the request's timeout plus a grace period, after which (or
         when the scheduler has stopped without a word) the handler answers with an error event.
@@ -243,10 +207,9 @@ class OpenAIServer:
         deadline = job.arrived + self.scheduler.request_timeout + DEADLINE_GRACE_S
         while True:
             try:
-                return await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_S)
+                event = await asyncio.wait_for(job.events.get(), timeout=POLL_S)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled.set()
+                if job.cancelled.is_set():
                     return None
                 if not self.scheduler.alive and job.events.empty():
                     job.cancelled.set()
@@ -254,14 +217,16 @@ class OpenAIServer:
                 if time.monotonic() > deadline:
                     job.cancelled.set()
                     return ErrorEvent(504, "the request got no answer within its deadline")
+                continue
+            return None if event is GONE else event
 
-    async def _complete(self, job: Job, request: Request, identity: dict, chat: bool) -> Response:
+    async def _complete(self, job: Job, identity: dict, chat: bool) -> Response:
         while True:  # text events are skipped: the result carries the whole text
-            event = await self._next_event(job, request)
+            event = await self._next_event(job)
             if event is None:
                 return Response(status_code=499)
             if isinstance(event, ErrorEvent):
-                return error_response(event.message, event.status)
+                return error_response(event.message, event.status, event.param, event.code)
             if isinstance(event, DoneEvent):
                 generation = event.generation
                 reason = FINISH_REASONS[generation.finish_reason]
@@ -274,8 +239,7 @@ class OpenAIServer:
                     kind = "text_completion"
                 return JSONResponse({**identity, "object": kind, "choices": [choice], "usage": usage(generation)})
 
-    async def _stream(self, job: Job, request: Request, identity: dict, chat: bool,
-                      include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, identity: dict, chat: bool) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(text: str | None, reason: str | None = None, first: bool = False) -> dict:
@@ -290,7 +254,7 @@ class OpenAIServer:
             if chat:
                 yield sse(chunk(None, first=True))
             while True:
-                event = await self._next_event(job, request)
+                event = await self._next_event(job)
                 if event is None:
                     break
                 if isinstance(event, TextEvent):
@@ -298,14 +262,34 @@ class OpenAIServer:
                     if event.delivered is not None:  # resumed once the server took the chunk: it is on its way
                         event.delivered.set()
                 elif isinstance(event, ErrorEvent):
-                    yield sse(error_body(event.message, event.status))
+                    yield sse(error_body(event.message, event.status, event.param, event.code))
                     break
                 elif isinstance(event, DoneEvent):
                     generation = event.generation
                     yield sse(chunk(None, FINISH_REASONS[generation.finish_reason]))
-                    if include_usage:
+                    if job.spec.include_usage:
                         yield sse({**identity, "object": kind, "choices": [], "usage": usage(generation)})
                     break
             yield sse("[DONE]")
         finally:  # the client went away (the task is cancelled) or the stream ended: free the slot
             job.cancelled.set()
+
+
+GONE = object()  # put in a job's events when its client disconnects: the waiting handler wakes at once
+
+
+async def watch_disconnect(request: Request, job: Job) -> None:
+    """Cancels a job as soon as its client disconnects (its body already read), so a request
+    nobody waits for stops at the scheduler's next step.
+
+    Args:
+        request: the HTTP request.
+        job: its job.
+    """
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except (ClientDisconnect, OSError, RuntimeError):
+        pass
+    job.cancelled.set()
+    job.events.put_nowait(GONE)

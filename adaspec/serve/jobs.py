@@ -22,11 +22,16 @@ class JobSpec:
         prompt: text, chat messages or token ids.
         options: how to generate (``chat`` False for completions).
         stream: the client reads text as it comes (its first piece is a time to first token).
+        include_usage: a stream ends with a usage chunk.
+        strict_length: ``max_tokens`` was given, so a prompt that leaves less room is refused
+            (400) rather than cut short; an omitted one means "what is left" on chat.
     """
 
     prompt: Prompt
     options: RequestOptions
     stream: bool = False
+    include_usage: bool = False
+    strict_length: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,14 @@ class ErrorEvent:
     Attributes:
         status: the HTTP status to answer with.
         message: one line for the client.
+        param: the offending request parameter, if one.
+        code: OpenAI's error code, if one.
     """
 
     status: int
     message: str
+    param: str | None = None
+    code: str | None = None
 
 
 Event = Union[StartedEvent, TextEvent, DoneEvent, ErrorEvent]
@@ -86,7 +95,7 @@ class Job:
     """A submitted request as both sides see it.
 
     Attributes:
-        spec: what was asked.
+        spec: what was asked (None while the body is being prepared).
         events: filled by the scheduler, read by the handler.
         loop: the handler's event loop.
         arrived: ``time.monotonic()`` at submission.
@@ -97,7 +106,7 @@ class Job:
         first_text: for a stream, set by the handler once the first text is written (None until sent).
     """
 
-    spec: JobSpec
+    spec: JobSpec | None
     events: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from adaspec.session import Session
 from adaspec.state_store import DrafterStateStore
+
+log = logging.getLogger("adaspec")
 
 
 class StateSaver:
@@ -13,7 +16,8 @@ class StateSaver:
 
     The scheduler only marks that something changed. The saver takes a snapshot under the
     session's lock (array copies, milliseconds) and compresses and writes it on its own
-    thread, so no stream waits on the disk. A last save happens at ``stop``.
+    thread, so no stream waits on the disk. A save that fails (a full disk, a folder that went
+    away, a bug) is logged and tried again at the next tick. A last save happens at ``stop``.
 
     Args:
         session: whose drafter is saved.
@@ -27,6 +31,7 @@ class StateSaver:
         self.every = every
         self._changed = threading.Event()
         self._stopping = threading.Event()
+        self._writing = threading.Lock()  # one save at a time (the periodic one, shutdown's, a signal's)
         self._thread: threading.Thread | None = None
         self.saves = 0  # files written
 
@@ -42,24 +47,33 @@ class StateSaver:
     def stop(self) -> None:
         """Stops the thread and saves what changed since the last save."""
         self._stopping.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self.save_if_changed()
 
     def save_if_changed(self) -> bool:
-        """Writes the state if it changed since the last write.
+        """Writes the state if it changed since the last write; a failed write stays pending.
 
         Returns:
             True when a file was written.
         """
-        if not self._changed.is_set():
-            return False
-        self._changed.clear()
-        arrays = self.session.snapshot()
-        if arrays is None or not self.store.save_arrays(arrays):
-            return False
-        self.saves += 1
-        return True
+        with self._writing:
+            if not self._changed.is_set():
+                return False
+            self._changed.clear()
+            try:
+                arrays = self.session.snapshot()
+                if arrays is None:
+                    return False
+                saved = self.store.save_arrays(arrays)
+            except Exception:  # a bug must not end the saving thread: logged, tried again next tick
+                log.exception("adaspec: saving the drafter state failed")
+                saved = False
+            if not saved:
+                self._changed.set()
+                return False
+            self.saves += 1
+            return True
 
     def _run(self) -> None:
         while not self._stopping.wait(self.every):

@@ -1,10 +1,17 @@
 """The server's scheduler: one thread that owns the model and advances every active request by
 one speculative step in turn (continuous scheduling), so a long request never blocks a short one.
 
-HTTP handlers live on the asyncio loop; they ``submit`` a ``Job`` and read its events from an
-``asyncio.Queue`` that the scheduler fills thread-safely. Everything a request owns (its KV
-cache, context, output, random numbers) is on its ``Request``; the drafter's learned tables and
-the sizer's calibration are shared, and only this thread touches them.
+HTTP handlers live on the asyncio loop; they ``reserve`` a place, then hand in the work that
+prepares their request, and read the job's events from an ``asyncio.Queue`` that the scheduler
+fills thread-safely. The scheduling thread only decodes: parsing, templating and tokenizing run
+on preparation threads (``Preparer``), and a finished request's result (its text, its
+prediction accounting) is assembled on a finishing thread. Everything a request owns (its KV
+cache, context, output, random numbers) is on its ``Request``; the drafter's learned state and
+the sizer's calibration are shared within a scope (``Session``), and only this thread teaches them.
+
+A failure costs the request it hit (a 500 for it), never the loop: start, draft, verify (alone
+or in a group, a failed group being retried one request at a time after rollback), finish,
+result and the release of idle memory are each guarded.
 
 Every step goes one way: the active requests draft in turn, and their trees are verified in
 groups by the runtime's verifier (several requests per forward where that is exact, else one:
@@ -13,21 +20,20 @@ groups by the runtime's verifier (several requests per forward where that is exa
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import itertools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from adaspec.backends.base import BatchVerifier, NodeOutputs, Pick, SerialVerifier
 from adaspec.engine import Generator
-from adaspec.errors import AdaspecError, first_line
+from adaspec.errors import AdaspecError
 from adaspec.memory import return_freed_memory
-from adaspec.request import Generation
-from adaspec.serve.jobs import DoneEvent, ErrorEvent, Job, JobSpec, StartedEvent, TextEvent
+from adaspec.serve.admission import Admission
+from adaspec.serve.jobs import DoneEvent, ErrorEvent, Job, StartedEvent, TextEvent
 from adaspec.serve.metrics import ServerMetrics
+from adaspec.serve.prepare import Preparer
 from adaspec.serve.saver import StateSaver
 from adaspec.tree import DraftTree
 
@@ -37,22 +43,15 @@ FIRST_TEXT_WAIT_S = 0.05  # the longest the scheduler waits for a stream's first
 Drafted = tuple[Job, DraftTree, Pick]  # a request's tree for this step, and how to pick its tokens
 
 
-class ServerBusy(Exception):
-    """Raised by ``submit`` when every slot and every queue place is taken."""
-
-
-class SchedulerDown(Exception):
-    """Raised by ``submit`` when the scheduling thread is not running (stopped or crashed)."""
-
-
-class Scheduler:
+class Scheduler(Admission):
     """Runs requests on one Generator, step by step, in a thread of its own.
 
     Args:
         generator: the model and the shared drafter.
         metrics: where to record what happens.
         max_active: requests decoded at once (each holds a KV cache).
-        max_waiting: requests queued beyond those; more are refused with ``ServerBusy``.
+        max_waiting: requests held beyond those (being read, prepared or queued); more are
+            refused with ``ServerBusy``.
         request_timeout: seconds from arrival after which a request is ended with an error.
         saver: saves the drafter's learned state now and then, on a thread of its own (None: not kept).
         verifier: verifies the active requests' trees, several per forward where it can (its
@@ -62,29 +61,23 @@ class Scheduler:
             memory is handed back to the system.
         first_text_wait: the most seconds the scheduler waits, before the next forward, for a
             stream's first text to be written to its connection.
+        preparer: the threads that prepare requests (default: ``Preparer`` over the model's tokenizer).
     """
 
     def __init__(self, generator: Generator, metrics: ServerMetrics, max_active: int = 8, max_waiting: int = 64,
                  request_timeout: float = 600.0, saver: StateSaver | None = None,
                  verifier: BatchVerifier | None = None, idle_release: float = 20.0,
-                 first_text_wait: float = FIRST_TEXT_WAIT_S) -> None:
+                 first_text_wait: float = FIRST_TEXT_WAIT_S, preparer: Preparer | None = None) -> None:
         if max_active < 1 or max_waiting < 0 or request_timeout <= 0 or idle_release <= 0:
             raise AdaspecError("need max_active >= 1, max_waiting >= 0, a positive request timeout and idle release")
-        self.generator = generator
-        self.metrics = metrics
-        self.max_active = max_active
-        self.max_waiting = max_waiting
+        super().__init__(generator, metrics, max_active, max_waiting, preparer)
         self.request_timeout = request_timeout
         self.saver = saver
         self.verifier: BatchVerifier = verifier if verifier is not None else SerialVerifier()
         self.idle_release = idle_release
         self.first_text_wait = first_text_wait
-        self._waiting: collections.deque[Job] = collections.deque()
-        self._active: list[Job] = []
-        self._wake = threading.Condition()
-        self._stopping = False
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="adaspec-finish")  # results, off this thread
         self._thread: threading.Thread | None = None
-        self._ids = itertools.count(1)
         self._idle_since = time.monotonic()  # when the last request ended (or the scheduler started)
         self._released = True  # idle memory already handed back since then
 
@@ -106,41 +99,16 @@ class Scheduler:
             self.saver.start()
 
     def stop(self) -> None:
-        """Ends every request, stops the thread and saves the learned state."""
+        """Ends every request (503), stops the threads and saves the learned state (idempotent)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
+        self.preparer.close()
+        self._finisher.shutdown(wait=True)  # the results already due are delivered
         if self.saver is not None:
             self.saver.stop()
-
-    def submit(self, spec: JobSpec, loop: asyncio.AbstractEventLoop) -> Job:
-        """Queues a request.
-
-        Args:
-            spec: what was asked.
-            loop: the caller's event loop, which receives the job's events.
-
-        Returns:
-            The job; read its ``events``.
-
-        Raises:
-            ServerBusy: when all slots and queue places are taken, or the server is stopping.
-            SchedulerDown: when the scheduling thread is not running.
-        """
-        if not self.alive:
-            self.metrics.request_rejected("scheduler_down")
-            raise SchedulerDown()
-        job = Job(spec, asyncio.Queue(), loop, id=next(self._ids))
-        with self._wake:
-            if self._stopping or len(self._waiting) + len(self._active) >= self.max_active + self.max_waiting:
-                self.metrics.request_rejected("stopping" if self._stopping else "queue_full")
-                raise ServerBusy()
-            self._waiting.append(job)
-            self._count()
-            self._wake.notify()
-        return job
 
     def _run(self) -> None:
         reason = "the server is shutting down"
@@ -166,34 +134,28 @@ class Scheduler:
                 jobs = self._active + list(self._waiting)
                 self._active.clear()
                 self._waiting.clear()
+                self._count()
             for job in jobs:
+                self.metrics.request_failed("shutdown")
                 job.send(ErrorEvent(503, reason))
                 if job.request is not None:
                     job.request.close()
 
     def _admit_waiting(self) -> None:
-        """Starts queued requests while slots are free: encode, check, prefill, first token."""
+        """Starts queued (already prepared) requests while slots are free: prefill, first token."""
         while len(self._active) < self.max_active:
             with self._wake:
                 if not self._waiting:
                     return
                 job = self._waiting.popleft()
+                self._active.append(job)
+                self._released = False
                 self._count()
             if job.cancelled.is_set():
                 self.metrics.request_failed("disconnected")
+                self._retire(job)
                 continue
-            try:
-                request = self.generator.open(job.spec.prompt, job.spec.options)
-            except AdaspecError as error:
-                self._refuse(job, str(error))
-                continue
-            except Exception as error:  # a chat template that rejects the messages, for one
-                self._refuse(job, f"cannot prepare the prompt: {first_line(error)}")
-                continue
-            job.request = request
-            self._active.append(job)
-            self._released = False
-            self._count()
+            request = job.request
             piece = self._guarded(job, request.start)
             if piece is None:
                 continue
@@ -201,10 +163,6 @@ class Scheduler:
             job.send(StartedEvent(int(request.prompt_ids.size)))
             self._after_output(job, piece)
             job.last_output = time.monotonic()  # after any wait for the first text: the next step's time leaves it out
-
-    def _refuse(self, job: Job, message: str) -> None:
-        self.metrics.request_failed("bad_request")
-        job.send(ErrorEvent(400, message))
 
     def _step_active(self) -> None:
         """One step of every active request: each drafts in turn, and the trees are verified in
@@ -296,7 +254,7 @@ class Scheduler:
         self._after_output(job, piece)
 
     def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
-        """Runs ``action`` (start, draft, finish or result); a failure ends only this request and gives None."""
+        """Runs ``action`` (start, draft, verify or finish); a failure ends only this request and gives None."""
         try:
             return action()
         except Exception as error:  # a bug must cost one request, never the server
@@ -323,12 +281,21 @@ class Scheduler:
         elif piece:
             job.send(TextEvent(piece))
         if request.finished:
-            generation: Generation | None = self._guarded(job, request.result)
-            if generation is None:
-                return
-            self.metrics.request_finished(generation, time.monotonic() - job.arrived)
-            job.send(DoneEvent(generation))
-            self._retire(job)
+            self._retire(job)  # its cache is free for the next request now
+            self._finisher.submit(self._deliver, job)
+
+    def _deliver(self, job: Job) -> None:
+        """On the finishing thread: a finished request's result (its text and usage, with a
+        prediction's accounting) and its done event; a failure costs this request only."""
+        try:
+            generation = job.request.result()
+        except Exception as error:
+            log.exception("adaspec: request %d failed", job.id)
+            self.metrics.request_failed("internal")
+            job.send(ErrorEvent(500, f"internal error: {type(error).__name__}: {error}"))
+            return
+        self.metrics.request_finished(generation, time.monotonic() - job.arrived)
+        job.send(DoneEvent(generation))
 
     def _retire(self, job: Job) -> None:
         if job.request is not None:
@@ -338,9 +305,6 @@ class Scheduler:
             if not self._active:
                 self._idle_since = time.monotonic()
         self._count()
-
-    def _count(self) -> None:
-        self.metrics.queue_changed(len(self._waiting), len(self._active))
 
     def _seconds_to_release(self) -> float | None:
         """How long the idle loop may sleep before idle memory is due back (None: nothing due)."""

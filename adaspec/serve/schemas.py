@@ -14,6 +14,9 @@ Three kinds of field:
 * refused with a 400: everything that would change the model's distribution (penalties, logit
   bias) or is not implemented (``n > 1``, logprobs, tools, echo, ``messages[].name``), and any
   unknown field, so a typo never passes silently.
+
+Sizes are bounded (``MAX_MESSAGES``, ``MAX_STOP_CHARACTERS``, ``MAX_PREDICTION_CHARACTERS``), so
+preparing a request costs time linear in a bounded input.
 """
 
 from __future__ import annotations
@@ -23,29 +26,16 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from adaspec.errors import AdaspecError
-from adaspec.options import RequestOptions
-from adaspec.serve.scheduler import JobSpec
+from adaspec.options import MAX_STOP_STRINGS, RequestOptions
+from adaspec.serve.auth import cache_salt_name
+from adaspec.serve.errors import RequestError
+from adaspec.serve.jobs import JobSpec
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_PREDICTION_CHARACTERS = 200_000
-
-
-class RequestError(Exception):
-    """A request that is well-formed JSON but cannot be served; becomes an OpenAI-style 4xx.
-
-    Args:
-        message: one line saying what is wrong.
-        param: the offending parameter, if one.
-        status: the HTTP status.
-        code: OpenAI's error code, if one applies.
-    """
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.status = status
-        self.code = code
+MAX_MESSAGES = 4096  # chat messages per request (each costs the template a few tokens: more never fit)
+MAX_STOP_CHARACTERS = 1024  # per stop string (text that may begin one is held back from a stream)
+MAX_SALT_CHARACTERS = 256
 
 
 class TextPart(BaseModel):
@@ -104,6 +94,7 @@ class CommonRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     prediction: Prediction | None = None
+    cache_salt: str | None = Field(default=None, max_length=MAX_SALT_CHARACTERS)  # vLLM's: separates prefix caches
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -122,8 +113,13 @@ class CommonRequest(BaseModel):
         if self.logit_bias:
             raise RequestError("logit_bias is not supported: it would change the model's distribution", "logit_bias")
         stops = self.stop_list()
-        if len(stops) > 16 or any(not s for s in stops):
-            raise RequestError("stop takes at most 16 non-empty strings", "stop")
+        if len(stops) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARACTERS for s in stops):
+            raise RequestError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "
+                               f"{MAX_STOP_CHARACTERS} characters", "stop")
+
+    def include_usage(self) -> bool:
+        """A stream ends with a usage chunk (``stream_options.include_usage``)."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list."""
@@ -151,7 +147,7 @@ class CommonRequest(BaseModel):
             return RequestOptions(max_new_tokens=max_tokens, stop=tuple(self.stop_list()), chat=chat,
                                   temperature=self.temperature, top_k=max(0, self.top_k), top_p=self.top_p,
                                   seed=self.seed, prediction=self.prediction.text() if self.prediction else None,
-                                  scope=scope)
+                                  scope=scope, cache_salt=cache_salt_name(self.cache_salt))
         except AdaspecError as error:
             raise RequestError(str(error)) from None
 
@@ -181,6 +177,9 @@ class ChatRequest(CommonRequest):
         Raises:
             RequestError: for unsupported options or unusable messages.
         """
+        if len(self.messages) > MAX_MESSAGES:
+            raise RequestError(f"messages holds {len(self.messages)} messages; at most {MAX_MESSAGES} are accepted",
+                               "messages")
         self.refuse_unsupported()
         if self.logprobs or self.top_logprobs:
             raise RequestError("logprobs are not supported", "logprobs")
@@ -204,8 +203,9 @@ class ChatRequest(CommonRequest):
             messages.append({"role": role, "content": text})
         if not any(m["content"].strip() for m in messages):
             raise RequestError("the messages hold no text", "messages")
-        limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        return JobSpec(messages, self.options(chat=True, max_tokens=limit, scope=scope), self.stream)
+        explicit = self.max_completion_tokens or self.max_tokens
+        return JobSpec(messages, self.options(chat=True, max_tokens=explicit or default_max_tokens, scope=scope),
+                       self.stream, self.include_usage(), strict_length=explicit is not None)
 
 
 class CompletionRequest(CommonRequest):
@@ -247,5 +247,6 @@ class CompletionRequest(CommonRequest):
             prompt = prompt[0]
         if isinstance(prompt, str) and not prompt.strip() or isinstance(prompt, list) and not prompt:
             raise RequestError("the prompt is empty", "prompt")
+        explicit = self.max_tokens if "max_tokens" in self.model_fields_set else None
         return JobSpec(prompt, self.options(chat=False, max_tokens=self.max_tokens or default_max_tokens, scope=scope),
-                      self.stream)
+                       self.stream, self.include_usage(), strict_length=explicit is not None)
