@@ -59,6 +59,8 @@ class Session:
         self.lock = threading.RLock()  # guards the drafter and the sizer's calibration
         with self.lock:
             drafter.warm_up(vocab_size)
+            if sizer is not None:
+                sizer.warm_up()
 
     def begin(self, prompt_ids: np.ndarray, sampling: SamplingParams, scope: str = "",
               prediction: np.ndarray | None = None) -> RequestDrafting:
@@ -92,7 +94,8 @@ class Session:
             context: ``[L]`` the request's prompt and output so far.
             budget: the most nodes (root included) this step may verify.
             pending: the token the tree must be rooted at.
-            chain_only: cut the tree to its first chain (for a backend that verifies chains only).
+            chain_only: cut the tree to one chain, the one expected to accept the most tokens (for a
+                backend that verifies chains only).
             drafting: the request's drafting state.
 
         Returns:
@@ -112,8 +115,8 @@ class Session:
             started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
             tree = drafting.drafter.propose(context, budget, drafting.state)
             check_tree_contract(tree, pending, budget, self.vocab_size, drafting.drafter.name)
-            if chain_only:
-                tree = tree.first_chain()
+            if chain_only:  # the chain expected to accept the most (the drafter's first, without a sizer)
+                tree = tree.best_chain(None if sizer is None else sizer.calibrator.estimate(tree))
             if sizer is not None:
                 tree = sizer.size(tree, 1000.0 * (time.thread_time() - started))
         return tree

@@ -42,6 +42,33 @@ def first_chain_nodes(parents: np.ndarray, n: int) -> np.ndarray:
     return chain[:k]
 
 
+@numba.njit(cache=True)
+def best_chain_nodes(parents: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The root-to-leaf path whose nodes' weights sum highest (the first child wins a tie).
+
+    Args:
+        parents: ``[n]`` int64 parent indices (``parents[i] < i``).
+        weights: ``[n]`` float64 per node, e.g. its calibrated acceptance.
+
+    Returns:
+        ``[k]`` int64 node indices from the root.
+    """
+    n = parents.size
+    best = weights.copy()  # [n] the best sum of a path from the node down to a leaf
+    below = np.full(n, -1, dtype=np.int64)  # [n] the child that path goes through
+    for node in range(n - 1, 0, -1):  # children come after parents: each node is final when reached
+        parent = parents[node]
+        through = weights[parent] + best[node]
+        if below[parent] < 0 or through >= best[parent]:  # >=: walking down, the lower index wins ties
+            best[parent], below[parent] = through, node
+    chain = np.empty(n, dtype=np.int64)
+    chain[0], k = 0, 1
+    while below[chain[k - 1]] >= 0:
+        chain[k] = below[chain[k - 1]]
+        k += 1
+    return chain[:k]
+
+
 class Source(IntEnum):
     """Where a draft node came from; acceptance is calibrated per source."""
 
@@ -212,7 +239,26 @@ class DraftTree:
         """
         if self.is_chain:
             return self
-        path = first_chain_nodes(self.parents, self.size)  # [k]
+        return self._chain(first_chain_nodes(self.parents, self.size))
+
+    def best_chain(self, weights: np.ndarray | None) -> DraftTree:
+        """The chain whose nodes' weights sum highest: with weights that are acceptance
+        probabilities, the chain expected to accept the most tokens.
+
+        Args:
+            weights: ``[n]`` float64 per node, or None for the first chain.
+
+        Returns:
+            The tree itself when it already is a chain, else the chain's nodes re-indexed.
+        """
+        if self.is_chain:
+            return self
+        if weights is None:
+            return self.first_chain()
+        return self._chain(best_chain_nodes(self.parents, np.asarray(weights, dtype=np.float64)))
+
+    def _chain(self, path: np.ndarray) -> DraftTree:
+        """The nodes ``path`` (``[k]``, a root-to-node path) as a chain."""
         return DraftTree.trusted(self.tokens[path], np.arange(-1, path.size - 1, dtype=np.int64),
                                  None if self.scores is None else self.scores[path],
                                  None if self.sources is None else self.sources[path])

@@ -88,3 +88,17 @@ def test_builder_respects_budget_and_never_duplicates_siblings(paths, budget) ->
 def test_builder_rejects_zero_budget() -> None:
     with pytest.raises(ValueError, match="budget"):
         TreeBuilder(root_token=1, budget=0)
+
+
+def test_the_best_chain_follows_the_heaviest_path_and_the_first_child_on_ties() -> None:
+    #        0
+    #      /   \
+    #     1     2        weights: node 1 0.9 (then a leaf), node 2 0.5 -> 3 0.5 -> 4 0.5
+    #           |
+    #           3 - 4
+    tree = DraftTree(np.array([9, 10, 11, 12, 13]), np.array([-1, 0, 0, 2, 3]))
+    assert tree.best_chain(np.array([1.0, 0.9, 0.5, 0.5, 0.5])).tokens.tolist() == [9, 11, 12, 13]  # 1.5 beats 0.9
+    assert tree.best_chain(np.array([1.0, 1.5, 0.5, 0.5, 0.5])).tokens.tolist() == [9, 10]  # a tie: the first child
+    assert tree.best_chain(None).tokens.tolist() == tree.first_chain().tokens.tolist() == [9, 10]
+    chain = tree.best_chain(np.array([1.0, 0.1, 0.5, 0.5, 0.5]))
+    assert chain.parents.tolist() == [-1, 0, 1, 2] and chain.is_chain

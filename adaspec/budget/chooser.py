@@ -127,6 +127,15 @@ class TreeSizer:
         self.explorations = 0
         self.plain_ms = float(profile.cost(np.array([1]))[0])  # one plain step, in milliseconds
 
+    def warm_up(self) -> None:
+        """Runs the compiled estimate, choice and chain cut once on a made-up tree, so that loading
+        them is not timed as a request's drafting."""
+        tree = DraftTree(np.array([1, 2, 3]), np.array([-1, 0, 0]), np.array([1.0, 0.5, 0.4]))  # a root, two children
+        acceptance = AcceptanceCalibrator().estimate(tree)  # [3] a calibrator of its own: the shared ones learn nothing
+        choose_nodes(acceptance, self.profile)
+        tree.best_chain(acceptance)
+        tree.first_chain()
+
     def begin(self, setting: Hashable) -> RequestSizer:
         """Starts a request.
 
