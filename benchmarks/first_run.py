@@ -1,9 +1,12 @@
 """What a new user sees: ``adaspec generate PROMPT --compare`` in a fresh process with a cold
 drafter (``--no-state``), the defaults of each runtime, on prompts this project did not write
-(MT-Bench, HumanEval) and on one edit of a standard-library function.
+(MT-Bench, HumanEval), on edits of standard-library functions, and on free-form prompts this
+project wrote and froze before tuning the cold start (``first-run/free-form-prompts.json``).
 
-Each line runs one process per prompt and runtime, as a user would type it; the speedup is the
-one ``--compare`` prints (the same process decodes plainly, then speculatively). Run it alone:
+Each run is one process per prompt and runtime, as a user would type it; its speedup is the one
+``--compare`` prints (the same process decodes plainly, then speculatively). Every prompt runs
+``--reps`` times (runtimes and prompts interleaved within each repetition); a prompt's figure is
+the mean of its runs, and the report gives each prompt's spread beside it. Run it alone:
 
     .venv/bin/python benchmarks/first_run.py --out benchmarks/first-run
 """
@@ -20,36 +23,74 @@ from pathlib import Path
 from adaspec.bench.prompts import load_prompts
 
 TOKENS = 128
+FREE_FORM = Path(__file__).parent / "first-run" / "free-form-prompts.json"
 
 
-def prompts(count: int) -> list[tuple[str, str]]:
-    """(label, prompt text) pairs: MT-Bench and HumanEval first turns, and stdlib edits."""
+def prompts(count: int) -> list[tuple[str, str, str]]:
+    """(set, label, prompt text): MT-Bench and HumanEval first turns, stdlib edits, and the frozen free-form prompts."""
     chosen = []
     for category, limit in (("mt-bench", count), ("humaneval-chat", count), ("stdlib-edit", max(1, count // 2))):
-        chosen += [(f"{category}:{p.id}", p.turns[0]) for p in load_prompts([category], limit=limit)]
+        chosen += [(category, f"{category}:{p.id}", p.turns[0]) for p in load_prompts([category], limit=limit)]
+    free = json.loads(FREE_FORM.read_text())["prompts"]
+    chosen += [("free-form", f"free-form:{i}", text) for i, text in enumerate(free)]
     return chosen
 
 
+def per_prompt(rows: list[dict]) -> list[dict]:
+    """Each (prompt, runtime)'s runs folded into one figure: the mean speedup, and its spread."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["prompt"], row["backend"]), []).append(row)
+    return [{"prompt": prompt, "backend": backend, "set": runs[0].get("set", ""), "drafter": runs[0]["drafter"],
+             "runs": len(runs), "speedup": statistics.mean(r["speedup"] for r in runs),
+             "low": min(r["speedup"] for r in runs), "high": max(r["speedup"] for r in runs),
+             "mat": statistics.mean(r["mat"] for r in runs),
+             "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in runs),
+             "baseline_tokens_per_s": statistics.mean(r["baseline_tokens_per_s"] for r in runs),
+             "identical": all(r["identical"] for r in runs)} for (prompt, backend), runs in groups.items()]
+
+
 def table(rows: list[dict], backends: list[str]) -> str:
-    """The summary table: per runtime, medians over the prompts (each prompt's speedup is its own ratio)."""
-    lines = ["| runtime (default drafter) | prompts | plain tok/s | adaspec tok/s | median speedup | range | median MAT "
-             "| outputs identical |", "|---|---|---|---|---|---|---|---|"]
+    """The summary table: per runtime and prompt set, the median over prompts of each prompt's mean
+    speedup, the worst and best prompt, and the widest spread of one prompt's runs."""
+    lines = ["| runtime (default drafter) | prompts | runs each | plain tok/s | adaspec tok/s | median speedup | worst - best "
+             "prompt | widest spread of one prompt | median MAT | outputs identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    figures = per_prompt(rows)
     for backend in backends:
-        mine = [r for r in rows if r["backend"] == backend]
-        speedups = [r["speedup"] for r in mine]
-        plain = statistics.median(r["baseline_tokens_per_s"] for r in mine)
-        fast = statistics.median(r["tokens_per_s"] for r in mine)
-        lines.append(f"| {backend} ({mine[-1]['drafter']}) | {len(mine)} | {plain:.1f} | {fast:.1f} | "
-                     f"{statistics.median(speedups):.2f}x | "
-                     f"{min(speedups):.2f}x - {max(speedups):.2f}x | {statistics.median(r['mat'] for r in mine):.2f} | "
-                     f"{sum(r['identical'] for r in mine)}/{len(mine)} |")
+        mine = [f for f in figures if f["backend"] == backend]
+        if not mine:
+            continue
+        for label, group in [("all", mine)] + sorted({f["set"]: [g for g in mine if g["set"] == f["set"]]
+                                                       for f in mine}.items()):
+            speedups = [f["speedup"] for f in group]
+            widest = max(group, key=lambda f: f["high"] - f["low"])
+            name = f"{backend} ({group[-1]['drafter']})" + ("" if label == "all" else f", {label}")
+            lines.append(
+                f"| {name} | {len(group)} | {min(f['runs'] for f in group)} | "
+                f"{statistics.median(f['baseline_tokens_per_s'] for f in group):.1f} | "
+                f"{statistics.median(f['tokens_per_s'] for f in group):.1f} | {statistics.median(speedups):.2f}x | "
+                f"{min(speedups):.2f}x - {max(speedups):.2f}x | {widest['low']:.2f}x - {widest['high']:.2f}x | "
+                f"{statistics.median(f['mat'] for f in group):.2f} | "
+                f"{sum(f['identical'] for f in group)}/{len(group)} |")
     return "\n".join(lines) + "\n"
+
+
+def run_once(label: str, text: str, backend: str) -> dict:
+    """One fresh ``adaspec generate --compare --json --no-state`` process."""
+    run = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", text, "--backend", backend,
+                          "--max-new-tokens", str(TOKENS), "--compare", "--json", "--no-state"],
+                         capture_output=True, text=True, timeout=1200)
+    if run.returncode != 0:
+        raise SystemExit(f"{label} on {backend}: {run.stderr.strip()}")
+    return json.loads(run.stdout)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/first-run"))
     parser.add_argument("--prompts", type=int, default=4, help="prompts per prompt set")
+    parser.add_argument("--reps", type=int, default=3, help="fresh-process runs per prompt and runtime")
     parser.add_argument("--backends", default="hf,llama.cpp")
     parser.add_argument("--retable", action="store_true", help="rewrite OUT/table.md from OUT/results.json and stop")
     args = parser.parse_args()
@@ -59,20 +100,17 @@ def main() -> None:
         (args.out / "table.md").write_text(table(rows, backends))
         return
     rows = []
-    for label, text in prompts(args.prompts):
-        for backend in backends:
-            run = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", text, "--backend", backend,
-                                  "--max-new-tokens", str(TOKENS), "--compare", "--json", "--no-state"],
-                                 capture_output=True, text=True, timeout=1200)
-            if run.returncode != 0:
-                raise SystemExit(f"{label} on {backend}: {run.stderr.strip()}")
-            out = json.loads(run.stdout)
-            rows.append({"prompt": label, "backend": backend, "drafter": out["drafter"], "speedup": out["speedup"],
-                         "mat": out["mat"], "tokens_per_s": out["tokens_per_s"],
-                         "baseline_tokens_per_s": out["baseline_tokens_per_s"], "identical": out["identical"]})
-            print(json.dumps(rows[-1]), flush=True)
+    for rep in range(args.reps):
+        for index, (prompt_set, label, text) in enumerate(prompts(args.prompts)):
+            for backend in backends if (index + rep) % 2 == 0 else backends[::-1]:
+                out = run_once(label, text, backend)
+                rows.append({"set": prompt_set, "prompt": label, "backend": backend, "rep": rep,
+                             "drafter": out["drafter"], "speedup": out["speedup"], "mat": out["mat"],
+                             "tokens_per_s": out["tokens_per_s"], "baseline_tokens_per_s": out["baseline_tokens_per_s"],
+                             "identical": out["identical"]})
+                print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "runs": rows}, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "reps": args.reps, "runs": rows}, indent=1))
     summary = table(rows, backends)
     (args.out / "table.md").write_text(summary)
     print(summary)
