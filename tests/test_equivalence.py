@@ -63,9 +63,11 @@ GREEDY_CASES = [case for case in CASES if case[0] in GREEDY_CASE_IDS]
 REPETITIVE_CASE_IDS = ("repeat-sentence", "repeat-count", "raw-pattern")  # text that repeats itself: drafts accepted whole
 
 # MAT floors over the greedy prompts at budget 8 (one generator per drafter, prompts in order): each
-# drafter's measured MAT less 10%. Greedy tokens and fixed-budget trees involve no timing, so the
-# measured MAT is the same on every run; the margin leaves room for drafter changes, not for noise.
-MAT_FLOORS = {"lookup": 0.0, "recycling": 0.0, "aded": 0.0, "aded:builder=mcts": 0.0, "hybrid": 0.0, "suffix": 0.0}
+# keeps 80% of the measured MAT's excess over 1 (measured: lookup 1.459, recycling 1.500, aded 1.673,
+# aded:builder=mcts 1.573, hybrid 1.650, suffix 1.465). Greedy tokens and fixed-budget trees involve
+# no timing, so a MAT is the same on every run here; the margin is for drafter changes and another
+# CPU, whose top-k feedback may rank near-equal candidates differently.
+MAT_FLOORS = {"lookup": 1.36, "recycling": 1.40, "aded": 1.53, "aded:builder=mcts": 1.45, "hybrid": 1.52, "suffix": 1.37}
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +149,8 @@ def test_greedy_output_equals_plain_generate(model, references, drafter, float_n
     assert mean_accepted(outputs.values()) > MAT_FLOORS[drafter]
 
 
-DEFAULT_MAT_FLOOR = 0.0  # over the 13 prompts
-DEFAULT_REPETITIVE_MAT_FLOOR = 0.0  # over REPETITIVE_CASE_IDS
+DEFAULT_MAT_FLOOR = 1.50  # over the 13 prompts: measured 1.629
+DEFAULT_REPETITIVE_MAT_FLOOR = 2.41  # over REPETITIVE_CASE_IDS: measured 2.769
 
 
 def test_the_default_drafter_and_budget_equal_plain_generate_and_speculate(model, references, float_noise_log) -> None:
@@ -165,41 +167,42 @@ def test_the_default_drafter_and_budget_equal_plain_generate_and_speculate(model
     assert repetitive > DEFAULT_REPETITIVE_MAT_FLOOR
 
 
-@pytest.mark.parametrize("drafter", ["lookup", "recycling", "hybrid"])  # hybrid is lookup + aded
-def test_long_prompt_stops_cleanly_at_the_context_limit(model, drafter) -> None:
-    prompt = Generator(model, drafter="none").encode(SOURCE[:2500], chat=False)
-    room = 24
-    generator = Generator(model, drafter=drafter, max_context=prompt.size + room)  # a limit just past the prompt
-    out = generator.generate(prompt, max_new_tokens=1000)
-    expected = plain_generate(model, prompt.tolist(), room)
-    assert out.token_ids == expected
-    assert len(out.token_ids) == room and out.finish_reason == "length"
+LONG_ROOM = 40  # tokens of room after the long prompt
+# measured MAT 1.696, 1.393 and 1.857; each floor keeps 80% of its excess over 1
+LONG_MAT_FLOORS = {"lookup": 1.55, "recycling": 1.31, "hybrid": 1.68}
 
 
-GROWTH_TOKENS = 48
-GROWTH_MAT_FLOOR = 0.0
-
-
-@torch.inference_mode()
-def test_speculation_across_the_caches_first_capacity_equals_plain_generate(model) -> None:
-    """The lean cache and its mask buffer start with room for 1,024 positions and double when a tree
-    does not fit. A prompt 10 positions short of that capacity makes a speculative step's tree
-    cross it: the output still equals ``model.generate``'s (no reference position is a near-tie)."""
+@pytest.fixture(scope="module")
+def long_reference(model) -> tuple[np.ndarray, list[int]]:
+    """A prompt 24 positions short of the lean cache's first capacity, and ``model.generate``'s
+    LONG_ROOM tokens after it; no position of that reference is a near-tie."""
     from adaspec.backends.tree_cache import TreeKVCache
 
-    prompt = Generator(model, drafter="none").encode(SOURCE, chat=False)[: TreeKVCache.INITIAL_CAPACITY - 10]
-    expected = plain_generate(model, prompt.tolist(), GROWTH_TOKENS)
-    logits = model.model(torch.tensor([prompt.tolist() + expected])).logits[0, prompt.size - 1 : -1].float()  # [new, V]
+    prompt = Generator(model, drafter="none").encode(SOURCE, chat=False)[: TreeKVCache.INITIAL_CAPACITY - 24]
+    expected = plain_generate(model, prompt.tolist(), LONG_ROOM)
+    with torch.inference_mode():
+        logits = model.model(torch.tensor([prompt.tolist() + expected])).logits[0, prompt.size - 1 : -1].float()  # [new, V]
     top = torch.topk(logits, 2).values
     assert float((top[:, 0] - top[:, 1]).min()) > TIE_TOLERANCE  # the premise: no near-tie to forgive
-    for drafter in ("lookup", "hybrid"):
-        generator = Generator(model, drafter=drafter, budget=8, max_idle_backends=1)
-        out = generator.generate(prompt, max_new_tokens=GROWTH_TOKENS)
-        assert out.token_ids == expected, drafter
-        grown = generator.pool.acquire()  # the backend that ran it, with its cache kept
-        assert grown.cache.capacity == 2 * TreeKVCache.INITIAL_CAPACITY, drafter  # it did grow mid-generation
-        print(f"MAT growth {drafter}: {out.stats.mat:.3f}")
-        assert out.stats.mat > GROWTH_MAT_FLOOR
+    return prompt, expected
+
+
+@pytest.mark.parametrize("drafter", ["lookup", "recycling", "hybrid"])  # hybrid is lookup + aded
+def test_a_long_prompt_grows_the_cache_mid_speculation_and_stops_at_the_context_limit(model, long_reference,
+                                                                                       drafter) -> None:
+    """The lean cache and its mask buffer start with room for 1,024 positions and double when a tree
+    does not fit. A 1,000-token prompt with room for LONG_ROOM more: speculative steps cross the first
+    capacity, and generation stops cleanly at the context limit; the tokens equal ``model.generate``'s."""
+    from adaspec.backends.tree_cache import TreeKVCache
+
+    prompt, expected = long_reference
+    generator = Generator(model, drafter=drafter, budget=8, max_context=prompt.size + LONG_ROOM, max_idle_backends=1)
+    out = generator.generate(prompt, max_new_tokens=1000)
+    assert out.token_ids == expected
+    assert len(out.token_ids) == LONG_ROOM and out.finish_reason == "length"
+    assert generator.pool.acquire().cache.capacity == 2 * TreeKVCache.INITIAL_CAPACITY  # it grew mid-generation
+    print(f"MAT long {drafter}: {out.stats.mat:.3f}")
+    assert out.stats.mat > LONG_MAT_FLOORS[drafter]
 
 
 def test_prompt_filling_the_real_context_is_refused(model) -> None:

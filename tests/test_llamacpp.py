@@ -196,6 +196,7 @@ def test_greedy_output_on_k_quants_equals_llama_cpp_pythons_and_plain_decoding(k
         outputs.append(out)
         assert plain.generate(ids, max_new_tokens=NEW_TOKENS).token_ids == expected, case_id
         assert out.token_ids == expected, case_id
+    print(f"MAT k-quants: {mean_accepted(outputs):.3f}")
     assert mean_accepted(outputs) > KQUANT_MAT_FLOOR  # drafts verified and accepted, not plain steps alone
 
 
@@ -239,12 +240,15 @@ def test_a_tree_in_one_decode_matches_each_path_and_folds_back_into_sequence_0(g
     assert np.allclose(continued.topk_probs[0], after.topk_probs[0], atol=2e-3)
 
 
-# MAT floors over the 13 greedy prompts (32 tokens each, one generator per drafter), exact build: each
-# drafter's measured MAT (identical on every run and machine: greedy tokens are exact here, fixed
-# budgets have no timing in them, and @auto's fixed cost curve leaves none that matters) less 10%.
-MAT_FLOORS = {"lookup": 0.0, "recycling": 0.0, "aded": 0.0, "aded:builder=mcts": 0.0, "hybrid": 0.0,
-              "hybrid@auto": 0.0, "suffix": 0.0, "hybrid:copy=suffix@auto": 0.0}
-KQUANT_MAT_FLOOR = 0.0
+# MAT floors: each keeps 80% of the measured MAT's excess over 1 (accepted draft tokens per step).
+# Measured on the AVX2 exact build over the 13 greedy prompts, 32 tokens each, one generator per
+# drafter: lookup 1.350, recycling 1.191, aded 1.436, aded:builder=mcts 1.491 (every other prompt),
+# hybrid 1.419, hybrid@auto 1.350, suffix 1.340, hybrid:copy=suffix@auto 1.370. Greedy tokens and
+# fixed budgets involve no timing, and on the fixed cost curve @auto's choices barely do; the margin
+# is for drafter changes and another CPU's build (whose tokens may differ at near-ties).
+MAT_FLOORS = {"lookup": 1.28, "recycling": 1.15, "aded": 1.34, "aded:builder=mcts": 1.39, "hybrid": 1.33,
+              "hybrid@auto": 1.28, "suffix": 1.27, "hybrid:copy=suffix@auto": 1.29}
+KQUANT_MAT_FLOOR = 1.42  # hybrid at budget 16 on the Q4_K_M file, 7 prompts: measured 1.536
 
 
 @needs_exact_build
@@ -281,10 +285,10 @@ def test_seeded_sampling_equals_plain_sampling_with_the_same_seed(gguf) -> None:
     assert mean_accepted(got) > SEEDED_MAT_FLOOR
 
 
-SEEDED_MAT_FLOOR = 0.0
-DEFAULT_GREEDY_MAT_FLOOR = 0.0  # the 13 prompts
-DEFAULT_REPETITIVE_MAT_FLOOR = 0.0  # the repetitive ones among them
-DEFAULT_SEEDED_MAT_FLOOR = 0.0
+SEEDED_MAT_FLOOR = 2.71  # measured 3.143
+DEFAULT_GREEDY_MAT_FLOOR = 1.25  # the 13 prompts: measured 1.320
+DEFAULT_REPETITIVE_MAT_FLOOR = 1.92  # the repetitive ones among them: measured 2.152
+DEFAULT_SEEDED_MAT_FLOOR = 1.37  # measured 1.472
 
 
 @needs_exact_build
@@ -330,11 +334,11 @@ def test_chains_verified_across_512_cells_equal_llama_cpp_pythons_own(gguf) -> N
         assert prompt.size < 512 < prompt.size + len(out.token_ids)
         assert out.token_ids == expected, (drafter, first_difference(expected, out.token_ids))
         print(f"MAT long {drafter}: {out.stats.mat:.3f}")
-        assert out.stats.mat > LONG_MAT_FLOOR
+        assert out.stats.mat > LONG_MAT_FLOORS[drafter]
 
 
 LONG_PROMPT, LONG_TOKENS = 500, 48
-LONG_MAT_FLOOR = 0.0
+LONG_MAT_FLOORS = {"suffix": 1.64, "lookup": 1.83}  # measured 1.808 and 2.043
 
 
 def test_a_generation_that_stops_early_hands_its_context_back(gguf) -> None:
@@ -362,11 +366,12 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill_token_for_toke
             assert second.stats.cached_prompt_tokens >= len(warm.encode(messages)) // 2
             cold = adaspec.Generator(gguf, drafter="none").generate(messages, max_new_tokens=TOKENS, **options)
             assert second.token_ids == cold.token_ids
+        floor = REUSE_MAT_FLOORS["seeded" if options else "greedy"]
         print(f"MAT second turns {options}: {mean_accepted([second for _, second in turns]):.3f}")
-        assert mean_accepted([second for _, second in turns]) > REUSE_MAT_FLOOR
+        assert mean_accepted([second for _, second in turns]) > floor
 
 
-REUSE_MAT_FLOOR = 0.0
+REUSE_MAT_FLOORS = {"greedy": 1.86, "seeded": 1.22}  # lookup at budget 8: measured 2.081 and 1.283
 
 
 def test_cli_profile_then_generate_on_llama_cpp(tmp_path) -> None:
@@ -452,4 +457,4 @@ def test_the_server_on_llama_cpp_gives_concurrent_streams_their_solo_outputs(ggu
         assert mat > SERVER_MAT_FLOOR
 
 
-SERVER_MAT_FLOOR = 0.0
+SERVER_MAT_FLOOR = 1.05  # lookup at budget 4 on three chats: measured 1.069

@@ -114,10 +114,12 @@ def batching_path_used(url: str, steps: float, forwards: float) -> str:
     return "serial"
 
 
-# 8 streams of 32 tokens with hybrid at budget 8 verified ~5.9 trees per forward here (steps / forwards,
-# measured); batching that works at all puts at least 2 in one forward on average
+# trees verified per forward when batching is on, measured here: 5.2 with 8 streams of hybrid at
+# budget 8, 4.8 and 3.0 with 8 and 4 streams of lookup; the serial path gives exactly 1
 MIN_TREES_PER_FORWARD = 2.0
-SERVER_MAT_FLOOR = 0.0  # 8 streams, hybrid at budget 8 on a warm server: measured MAT, 80% of its excess over 1
+# 8 streams, hybrid at budget 8: MAT measured 1.168 on a fresh server (this test alone), 1.470 after the
+# module's earlier tests taught the drafter; the floor keeps 80% of the lower one's excess over 1
+SERVER_MAT_FLOOR = 1.13
 
 
 def test_eight_concurrent_streams_each_get_their_solo_output(server, client, solo) -> None:
@@ -213,7 +215,7 @@ def test_bad_input_is_a_clean_4xx_and_the_server_keeps_serving(server, path, bod
 
 # tokens a stream that asked for 2,000 generated before the server noticed its client had gone; the
 # most measured in 10 runs here was DISCONNECT_MEASURED, the bound is 4x that (2,000 if it never noticed)
-DISCONNECT_MEASURED = 0
+DISCONNECT_MEASURED = 9
 DISCONNECT_TOKEN_BOUND = 4 * DISCONNECT_MEASURED
 
 
@@ -348,7 +350,7 @@ def test_outputs_are_the_same_at_1_4_and_8_streams_and_equal_generate(model, flo
     assert near_ties <= MAX_NEAR_TIES and len(mismatches) == near_ties, "\n".join(mismatches)
 
 
-STREAMS_MAT_FLOOR = 0.0  # lookup at budget 8 on the 13 prompts: the lowest of the three measured MATs, 80% of its excess over 1
+STREAMS_MAT_FLOOR = 1.32  # lookup at budget 8 on the 13 prompts: measured 1.408 at 1, 4 and 8 streams, 80% of its excess over 1
 
 
 def test_a_chats_second_turn_reuses_the_first_and_reports_cached_tokens(client, model) -> None:
@@ -384,22 +386,26 @@ def test_predicted_outputs_through_the_openai_client(client, model) -> None:
     assert completion.status_code == 200 and "completion_tokens_details" in completion.json()["usage"]
 
 
-def stop_across_two_steps(model, prompt: str, chat: bool) -> tuple[str, str]:
+def stop_across_two_steps(model, prompt: str, chat: bool, prediction: str) -> tuple[str, str]:
     """A stop string that begins in one speculative step's accepted tokens and ends in the next step's.
 
-    ``lookup`` at budget 8 drafts from the request's own context only, so a request's steps are the
-    same in this generator and in a server running that drafter. The stop string is the last two
-    characters of one step that accepted drafted tokens and the first two of the next such step.
+    ``lookup`` at budget 8 with a prediction drafts from the request alone (its context and the
+    prediction), so a request's steps are the same in this generator and in a server running that
+    drafter. The stop string is the last two characters of one step and the first two of the next,
+    both steps having accepted drafted tokens, at the first such boundary whose four characters
+    occur nowhere earlier in the text.
 
     Args:
         model: the embedded model.
         prompt: the prompt text.
         chat: whether it goes through the chat template.
+        prediction: the predicted output (the answer itself, so that steps accept several tokens).
 
     Returns:
         The stop string, and the text plain decoding gives before it (without any stop).
     """
-    request = Generator(model, drafter="lookup", budget=8).open(prompt, max_new_tokens=TOKENS, chat=chat)
+    request = Generator(model, drafter="lookup", budget=8).open(prompt, max_new_tokens=TOKENS, chat=chat,
+                                                                prediction=prediction)
     request.start()
     ends, sizes = [1], [1]  # output tokens after the prefill and after each step; tokens each step added
     while not request.finished:
@@ -416,7 +422,7 @@ def stop_across_two_steps(model, prompt: str, chat: bool) -> tuple[str, str]:
         stop = full[cut - 2 : cut + 2]
         if len(stop) == 4 and full.find(stop) == cut - 2 and len(stop.strip()) >= 2:
             return stop, full[: cut - 2]
-    raise AssertionError(f"no two consecutive multi-token steps with a usable boundary in {full!r}")
+    raise AssertionError(f"no two consecutive multi-token steps with a usable boundary: {sizes} in {full!r}")
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -424,24 +430,28 @@ def test_a_stop_string_split_across_two_accepted_chunks_ends_the_text_streamed_o
     """``stop`` through a live server and the official client: the text ends just before the stop
     string, whose first half came in one step's accepted drafts and the rest in the next; streamed,
     no piece of it is sent. Plain decoding with the same stop string agrees."""
-    prompt = PROMPTS[1] if endpoint == "chat" else "The planets of the solar system, in order from the sun: Mercury,"
-    stop, expected = stop_across_two_steps(model, prompt, chat=endpoint == "chat")
-    plain = Generator(model, drafter="none").generate(prompt, max_new_tokens=TOKENS, chat=endpoint == "chat", stop=[stop])
+    chat = endpoint == "chat"
+    prompt = PROMPTS[1] if chat else "The planets of the solar system, in order from the sun: Mercury,"
+    answer = Generator(model, drafter="none").generate(prompt, max_new_tokens=TOKENS, chat=chat).text
+    stop, expected = stop_across_two_steps(model, prompt, chat, prediction=answer)
+    plain = Generator(model, drafter="none").generate(prompt, max_new_tokens=TOKENS, chat=chat, stop=[stop])
     assert plain.text == expected and plain.finish_reason == "stop"
     with live_server(model, drafter="lookup", budget=8, state_dir=None) as (url, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         options = dict(model=MODEL_NAME, max_tokens=TOKENS, temperature=0, stop=[stop])
-        if endpoint == "chat":
+        if chat:
             messages = [{"role": "user", "content": prompt}]
+            options["prediction"] = {"type": "content", "content": answer}
             reply = client.chat.completions.create(messages=messages, **options)
             text, reason = reply.choices[0].message.content, reply.choices[0].finish_reason
             chunks = list(client.chat.completions.create(messages=messages, stream=True, **options))
             pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
         else:
+            options["extra_body"] = {"prediction": {"type": "content", "content": answer}}
             reply = client.completions.create(prompt=prompt, **options)
             text, reason = reply.choices[0].text, reply.choices[0].finish_reason
             chunks = list(client.completions.create(prompt=prompt, stream=True, **options))
             pieces = [c.choices[0].text for c in chunks if c.choices]
         assert (text, reason) == (expected, "stop")
         assert "".join(pieces) == expected and chunks[-1].choices[0].finish_reason == "stop"
-        assert sum(1 for piece in pieces if piece) > 2  # it really streamed, step by step
+        assert sum(1 for piece in pieces if piece) >= 2  # it really streamed, step by step

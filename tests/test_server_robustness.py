@@ -94,7 +94,6 @@ def test_a_dead_scheduler_makes_new_requests_fail_fast(model) -> None:
         later = httpx.post(f"{url}/v1/completions", json=OK_BODY, timeout=30)
         assert later.status_code == 503 and "not running" in later.json()["error"]["message"]
         assert metric(url, "adaspec:requests_rejected_total", 'reason="scheduler_down"') == 1  # refused, not queued
-        assert metric(url, "vllm:num_requests_waiting") == 0
 
 
 class RecordingStore(DrafterStateStore):
