@@ -12,7 +12,6 @@ cannot say; with ``ADASPEC_REQUIRE_LLAMACPP=1`` (CI) each of those fails instead
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,12 +28,13 @@ from adaspec.tree import DraftTree
 from conftest import FIXED_PROFILE, REQUIRE_LLAMACPP, mean_accepted, skip_or_fail
 from test_equivalence import CASES, GREEDY_CASES, REPETITIVE_CASE_IDS, SOURCE
 
-if importlib.util.find_spec("llama_cpp") is None:
+try:
+    import llama_cpp
+except ImportError as error:  # not installed, or a build that does not load here
+    why = f"llama-cpp-python cannot be imported ({error}; make llamacpp)"
     if REQUIRE_LLAMACPP:
-        pytest.fail("ADASPEC_REQUIRE_LLAMACPP is set but llama-cpp-python is not installed (make llamacpp)",
-                    pytrace=False)
-    pytest.skip("llama-cpp-python is not installed (make llamacpp)", allow_module_level=True)
-import llama_cpp  # noqa: E402
+        pytest.fail(f"ADASPEC_REQUIRE_LLAMACPP is set but {why}", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
 
 from adaspec.backends.llamacpp import build_is_batch_invariant  # noqa: E402
 from adaspec.bench.peers import PEER_CONTEXT  # noqa: E402
