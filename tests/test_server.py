@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import logging
+import threading
 import time
 
 import httpx2 as httpx
@@ -12,9 +14,10 @@ import numpy as np
 import openai
 import pytest
 
-from adaspec import Generator
+from adaspec import Generation, Generator
 from adaspec.drafters import make_drafter
 from adaspec.state_store import DrafterStateStore
+from conftest import mean_accepted
 from server_harness import MODEL_NAME, live_server, metric
 
 PROMPTS = [
@@ -28,6 +31,7 @@ PROMPTS = [
     "Write a SQL query that counts the rows of a table named users.",
 ]
 TOKENS = 32
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # OpenAI's names for a Generation's finish
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +46,23 @@ def client(server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def solo(model) -> list[str]:
+def solo(model) -> list[Generation]:
     """Each prompt's greedy chat answer from plain decoding, alone."""
     plain = Generator(model, drafter="none")
-    return [plain.generate([{"role": "user", "content": p}], max_new_tokens=TOKENS).text for p in PROMPTS]
+    return [plain.generate([{"role": "user", "content": p}], max_new_tokens=TOKENS) for p in PROMPTS]
 
 
 def test_chat_and_completions_equal_generate_through_the_openai_client(client, model, solo) -> None:
     chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPTS[0]}],
                                           max_tokens=TOKENS, temperature=0)
-    assert chat.choices[0].message.content == solo[0]
-    assert chat.choices[0].finish_reason in ("stop", "length")
-    assert chat.usage.completion_tokens > 0 and chat.usage.prompt_tokens > 10
+    assert chat.choices[0].message.content == solo[0].text
+    assert chat.choices[0].finish_reason == FINISH_REASONS[solo[0].finish_reason]
+    assert chat.usage.completion_tokens == len(solo[0].token_ids) and chat.usage.prompt_tokens == len(solo[0].prompt_ids)
 
     expected = Generator(model, drafter="none").generate("def fibonacci(n):", max_new_tokens=24, chat=False)
     completion = client.completions.create(model=MODEL_NAME, prompt="def fibonacci(n):", max_tokens=24, temperature=0)
     assert completion.choices[0].text == expected.text
+    assert completion.choices[0].finish_reason == FINISH_REASONS[expected.finish_reason]
     assert completion.usage.completion_tokens == len(expected.token_ids)
 
     pieces, reasons, usages = [], [], []
@@ -69,9 +74,9 @@ def test_chat_and_completions_equal_generate_through_the_openai_client(client, m
         for choice in chunk.choices:
             pieces.append(choice.delta.content or "")
             reasons.append(choice.finish_reason)
-    assert "".join(pieces) == solo[1]
-    assert reasons[-1] in ("stop", "length") and all(r is None for r in reasons[:-1])
-    assert len(usages) == 1 and usages[0].completion_tokens > 0
+    assert "".join(pieces) == solo[1].text
+    assert reasons[-1] == FINISH_REASONS[solo[1].finish_reason] and all(r is None for r in reasons[:-1])
+    assert len(usages) == 1 and usages[0].completion_tokens == len(solo[1].token_ids)
 
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model=MODEL_NAME, prompt="def fibonacci(n):", max_tokens=24, temperature=0, stream=True) if c.choices)
@@ -87,37 +92,70 @@ def test_seeded_sampling_through_the_server_equals_generate(client, model) -> No
     assert got.choices[0].message.content == expected.text
 
 
-def test_eight_concurrent_streams_each_get_their_solo_output(server, client, solo) -> None:
-    url, srv = server
-    assert srv.scheduler.batched == (srv.batching.verifier is not None)  # the runtime's answer is what runs
-    drafts_before = metric(url, "vllm:spec_decode_num_drafts_total")
-    steps_before, forwards_before = metric(url, "adaspec:verify_steps_total"), metric(url, "adaspec:verify_forwards_total")
-    started = time.monotonic()
+def batching_path_used(url: str, steps: float, forwards: float) -> str:
+    """Checks that the server verified on the path ``/health`` names, from its step and forward counts.
 
-    def run(prompt: str) -> tuple[str, int, float]:
-        pieces, chunks, first = [], 0, 0.0
+    Batched: some forward verified several requests' trees, and on average at least
+    ``MIN_TREES_PER_FORWARD`` of them. Serial: exactly one tree per forward.
+
+    Args:
+        url: the server's base URL.
+        steps: verification steps taken over the span checked.
+        forwards: model forwards over the same span.
+
+    Returns:
+        ``batched`` or ``serial``.
+    """
+    batching = httpx.get(f"{url}/health", timeout=5).json()["batching"]
+    if batching["enabled"]:
+        assert forwards * MIN_TREES_PER_FORWARD <= steps, (steps, forwards, batching["detail"])
+        return "batched"
+    assert forwards == steps, (steps, forwards, batching["detail"])
+    return "serial"
+
+
+# trees verified per forward when batching is on, measured here: 5.2 with 8 streams of hybrid at
+# budget 8, 4.8 and 3.0 with 8 and 4 streams of lookup; the serial path gives exactly 1
+MIN_TREES_PER_FORWARD = 2.0
+# 8 streams, hybrid at budget 8: MAT measured 1.168 on a fresh server (this test alone), 1.470 after the
+# module's earlier tests taught the drafter; the floor keeps 80% of the lower one's excess over 1
+SERVER_MAT_FLOOR = 1.13
+
+
+def test_eight_concurrent_streams_each_get_their_solo_output(server, client, solo) -> None:
+    url, _ = server
+    drafts_before, accepted_before = metric(url, "vllm:spec_decode_num_drafts_total"), \
+        metric(url, "vllm:spec_decode_num_accepted_tokens_total")
+    steps_before, forwards_before = metric(url, "adaspec:verify_steps_total"), metric(url, "adaspec:verify_forwards_total")
+    order, lock = itertools.count(), threading.Lock()  # one sequence of the streams' events, as the clients saw them
+
+    def run(prompt: str) -> tuple[str, int, int]:
+        pieces, first = [], None
         stream = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}],
                                                 max_tokens=TOKENS, temperature=0, stream=True)
         for chunk in stream:
-            chunks += 1
             text = chunk.choices[0].delta.content if chunk.choices else None
-            if text and not first:
-                first = time.monotonic()
+            if text and first is None:
+                with lock:
+                    first = next(order)
             pieces.append(text or "")
-        return "".join(pieces), chunks, first
+        with lock:
+            return "".join(pieces), first, next(order)
 
     with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
         results = list(pool.map(run, PROMPTS))
-    assert [text for text, _, _ in results] == solo  # nothing lost, mixed or changed
-    # continuous scheduling: every stream had its first text long before the last stream ended
-    last_end = time.monotonic()
-    assert all(0 < first < last_end for _, _, first in results)
-    assert max(first for _, _, first in results) - started < 0.8 * (last_end - started)
-    assert metric(url, "vllm:spec_decode_num_drafts_total") > drafts_before
+    assert [text for text, _, _ in results] == [g.text for g in solo]  # nothing lost, mixed or changed
+    # continuous scheduling: every stream had its first text before any stream ended (no timing involved)
+    firsts, ends = [first for _, first, _ in results], [end for _, _, end in results]
+    assert None not in firsts and max(firsts) < min(ends), (firsts, ends)
     assert metric(url, "vllm:num_requests_running") == 0
     steps = metric(url, "adaspec:verify_steps_total") - steps_before
     forwards = metric(url, "adaspec:verify_forwards_total") - forwards_before
-    assert forwards < steps / 2  # the streams' trees were verified together, mostly several per forward
+    path = batching_path_used(url, steps, forwards)
+    mat = 1 + (metric(url, "vllm:spec_decode_num_accepted_tokens_total") - accepted_before) / steps
+    print(f"eight streams: {path}, {steps / forwards:.2f} trees per forward, MAT {mat:.3f}, "
+          f"drafts {metric(url, 'vllm:spec_decode_num_drafts_total') - drafts_before:g}")
+    assert mat > SERVER_MAT_FLOOR
 
 
 def test_metrics_use_vllm_names(server, client) -> None:
@@ -175,9 +213,16 @@ def test_bad_input_is_a_clean_4xx_and_the_server_keeps_serving(server, path, bod
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
 
 
+# tokens a stream that asked for 2,000 generated before the server noticed its client had gone; the
+# most measured in 10 runs here was DISCONNECT_MEASURED, the bound is 4x that (2,000 if it never noticed)
+DISCONNECT_MEASURED = 9
+DISCONNECT_TOKEN_BOUND = 4 * DISCONNECT_MEASURED
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server) -> None:
     url, _ = server
     before = metric(url, "adaspec:requests_failed_total", 'reason="disconnected"')
+    generated_before = metric(url, "vllm:generation_tokens_total")
     body = {"prompt": "Count from one to one thousand in words:", "max_tokens": 2000, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
@@ -187,7 +232,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server) -> None:
         time.sleep(0.05)
     assert metric(url, "vllm:num_requests_running") == 0
     assert metric(url, "adaspec:requests_failed_total", 'reason="disconnected"') == before + 1
-    assert metric(url, "vllm:generation_tokens_total") < 10**4
+    generated = metric(url, "vllm:generation_tokens_total") - generated_before
+    print(f"disconnect: {generated:g} tokens generated")
+    assert generated < DISCONNECT_TOKEN_BOUND  # it stopped soon after the client left, far short of 2,000
 
 
 def test_a_full_queue_answers_429_with_retry_after_then_recovers(model, tmp_path) -> None:
@@ -268,18 +315,28 @@ def test_outputs_are_the_same_at_1_4_and_8_streams_and_equal_generate(model, flo
         else:
             body = ("/v1/completions", {"prompt": ids.tolist(), "max_tokens": TOKENS, **sampling})
         cases.append((case_id, body, expected, ids.tolist(), sampling["temperature"] == 0))
-    with live_server(model, drafter="lookup", state_dir=None, max_active=8, max_waiting=16) as (url, srv):
+    with live_server(model, drafter="lookup", state_dir=None, max_active=8, max_waiting=16) as (url, _):
         def ask(case) -> str:
             path, body = case[1]
             reply = httpx.post(f"{url}{path}", json=body, timeout=300).json()
             choice = reply["choices"][0]
             return choice["message"]["content"] if "message" in choice else choice["text"]
 
-        runs = {}
+        runs, paths = {}, {}
         for streams in (1, 4, 8):
+            steps, forwards = metric(url, "adaspec:verify_steps_total"), metric(url, "adaspec:verify_forwards_total")
+            accepted = metric(url, "vllm:spec_decode_num_accepted_tokens_total")
             with concurrent.futures.ThreadPoolExecutor(streams) as pool:
                 runs[streams] = list(pool.map(ask, cases))
-        batched = srv.scheduler.batched
+            steps = metric(url, "adaspec:verify_steps_total") - steps
+            forwards = metric(url, "adaspec:verify_forwards_total") - forwards
+            mat = 1 + (metric(url, "vllm:spec_decode_num_accepted_tokens_total") - accepted) / steps
+            print(f"{streams} streams: {steps / forwards:.2f} trees per forward, MAT {mat:.3f}")
+            assert mat > STREAMS_MAT_FLOOR  # lookup drafted and was accepted at every concurrency
+            if streams == 1:
+                assert forwards == steps  # one request at a time: one tree per forward, whatever the path
+            else:
+                paths[streams] = batching_path_used(url, steps, forwards)
     assert runs[1] == runs[4] == runs[8]  # whatever else was in flight
     mismatches, near_ties = [], 0
     for (case_id, _, expected, ids, greedy), text in zip(cases, runs[8]):
@@ -289,8 +346,11 @@ def test_outputs_are_the_same_at_1_4_and_8_streams_and_equal_generate(model, flo
             near_ties += is_tie
             mismatches.append(f"{case_id}: {what}")
             if is_tie:
-                float_noise_log.append(f"server {'batched' if batched else 'solo'}: {case_id}: {what}")
+                float_noise_log.append(f"server {paths[8]}: {case_id}: {what}")
     assert near_ties <= MAX_NEAR_TIES and len(mismatches) == near_ties, "\n".join(mismatches)
+
+
+STREAMS_MAT_FLOOR = 1.32  # lookup at budget 8 on the 13 prompts: measured 1.408 at 1, 4 and 8 streams, 80% of its excess over 1
 
 
 def test_a_chats_second_turn_reuses_the_first_and_reports_cached_tokens(client, model) -> None:
@@ -304,7 +364,7 @@ def test_a_chats_second_turn_reuses_the_first_and_reports_cached_tokens(client, 
     assert second.choices[0].message.content == cold.text
 
 
-def test_predicted_outputs_through_the_openai_client(client) -> None:
+def test_predicted_outputs_through_the_openai_client(client, model) -> None:
     messages = [{"role": "user", "content": "Rewrite in uppercase: the cat sat on the mat and looked at the hat."}]
     plain = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=TOKENS, temperature=0)
     text = plain.choices[0].message.content
@@ -312,7 +372,9 @@ def test_predicted_outputs_through_the_openai_client(client) -> None:
                                                prediction={"type": "content", "content": text})
     assert predicted.choices[0].message.content == text
     details = predicted.usage.completion_tokens_details
-    assert details.accepted_prediction_tokens > 0 and details.rejected_prediction_tokens >= 0
+    # the prediction is the answer itself: every one of its tokens ends up in the completion
+    assert details.accepted_prediction_tokens == len(model.tokenizer(text, add_special_tokens=False).input_ids)
+    assert details.rejected_prediction_tokens == 0
     chunks = list(client.chat.completions.create(
         model=MODEL_NAME, messages=messages, max_tokens=TOKENS, temperature=0, stream=True,
         stream_options={"include_usage": True}, prediction={"type": "content", "content": [{"type": "text", "text": text}]}))
@@ -322,3 +384,74 @@ def test_predicted_outputs_through_the_openai_client(client) -> None:
         "prompt": "def add(a, b):", "max_tokens": 16, "temperature": 0,
         "prediction": {"type": "content", "content": "\n    return a + b\n"}})
     assert completion.status_code == 200 and "completion_tokens_details" in completion.json()["usage"]
+
+
+def stop_across_two_steps(model, prompt: str, chat: bool, prediction: str) -> tuple[str, str]:
+    """A stop string that begins in one speculative step's accepted tokens and ends in the next step's.
+
+    ``lookup`` at budget 8 with a prediction drafts from the request alone (its context and the
+    prediction), so a request's steps are the same in this generator and in a server running that
+    drafter. The stop string is the last two characters of one step and the first two of the next,
+    both steps having accepted drafted tokens, at the first such boundary whose four characters
+    occur nowhere earlier in the text.
+
+    Args:
+        model: the embedded model.
+        prompt: the prompt text.
+        chat: whether it goes through the chat template.
+        prediction: the predicted output (the answer itself, so that steps accept several tokens).
+
+    Returns:
+        The stop string, and the text plain decoding gives before it (without any stop).
+    """
+    request = Generator(model, drafter="lookup", budget=8).open(prompt, max_new_tokens=TOKENS, chat=chat,
+                                                                prediction=prediction)
+    request.start()
+    ends, sizes = [1], [1]  # output tokens after the prefill and after each step; tokens each step added
+    while not request.finished:
+        request.step()
+        sizes.append(request.last_step.new_tokens)
+        ends.append(ends[-1] + sizes[-1])
+    ids = request.result().token_ids
+    request.close()
+    full = model.tokenizer.decode(ids, skip_special_tokens=True)
+    for step in range(1, len(sizes) - 1):
+        if sizes[step] < 2 or sizes[step + 1] < 2:  # both chunks hold accepted drafts
+            continue
+        cut = len(model.tokenizer.decode(ids[: ends[step]], skip_special_tokens=True))
+        stop = full[cut - 2 : cut + 2]
+        if len(stop) == 4 and full.find(stop) == cut - 2 and len(stop.strip()) >= 2:
+            return stop, full[: cut - 2]
+    raise AssertionError(f"no two consecutive multi-token steps with a usable boundary: {sizes} in {full!r}")
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_stop_string_split_across_two_accepted_chunks_ends_the_text_streamed_or_not(model, endpoint) -> None:
+    """``stop`` through a live server and the official client: the text ends just before the stop
+    string, whose first half came in one step's accepted drafts and the rest in the next; streamed,
+    no piece of it is sent. Plain decoding with the same stop string agrees."""
+    chat = endpoint == "chat"
+    prompt = PROMPTS[1] if chat else "The planets of the solar system, in order from the sun: Mercury,"
+    answer = Generator(model, drafter="none").generate(prompt, max_new_tokens=TOKENS, chat=chat).text
+    stop, expected = stop_across_two_steps(model, prompt, chat, prediction=answer)
+    plain = Generator(model, drafter="none").generate(prompt, max_new_tokens=TOKENS, chat=chat, stop=[stop])
+    assert plain.text == expected and plain.finish_reason == "stop"
+    with live_server(model, drafter="lookup", budget=8, state_dir=None) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        options = dict(model=MODEL_NAME, max_tokens=TOKENS, temperature=0, stop=[stop])
+        if chat:
+            messages = [{"role": "user", "content": prompt}]
+            options["prediction"] = {"type": "content", "content": answer}
+            reply = client.chat.completions.create(messages=messages, **options)
+            text, reason = reply.choices[0].message.content, reply.choices[0].finish_reason
+            chunks = list(client.chat.completions.create(messages=messages, stream=True, **options))
+            pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        else:
+            options["extra_body"] = {"prediction": {"type": "content", "content": answer}}
+            reply = client.completions.create(prompt=prompt, **options)
+            text, reason = reply.choices[0].text, reply.choices[0].finish_reason
+            chunks = list(client.completions.create(prompt=prompt, stream=True, **options))
+            pieces = [c.choices[0].text for c in chunks if c.choices]
+        assert (text, reason) == (expected, "stop")
+        assert "".join(pieces) == expected and chunks[-1].choices[0].finish_reason == "stop"
+        assert sum(1 for piece in pieces if piece) >= 2  # it really streamed, step by step

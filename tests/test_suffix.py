@@ -63,8 +63,15 @@ def test_continuations_stop_at_a_sequences_end_and_old_tokens_are_overwritten() 
     assert index.size == 15 and index.nbytes < 4096
 
 
+# a look-up over 1,000,000 indexed tokens against one over 10,000: the ratio of the fastest of 7 timings
+# each measured 0.9-1.3 here (a scan of the history would be ~100); the bound allows 3x the largest
+LOOKUP_COST_RATIO_BOUND = 4.0
+
+
 def test_a_lookup_costs_the_same_over_ten_thousand_and_a_million_tokens() -> None:
-    """Flat per-step cost: the look-up touches a few table slots whatever the history holds."""
+    """Flat per-step cost: the look-up touches a few table slots whatever the history holds. Timed as
+    the fastest of several repeats (what other processes add to a timing is never negative), compared
+    as a ratio, so the machine's speed and load cancel out."""
     import time
 
     rng = np.random.default_rng(0)
@@ -74,11 +81,15 @@ def test_a_lookup_costs_the_same_over_ten_thousand_and_a_million_tokens() -> Non
         index = SuffixIndex(size + 1)
         index.extend(rng.integers(0, 500, size))
         index.matches(query)  # compiled already; warm
-        started = time.perf_counter()
-        for _ in range(200):
-            index.matches(query)
-        timings.append(time.perf_counter() - started)
-    assert timings[1] < 5 * timings[0] + 0.01  # not 100x: independent of the size (noise allowed)
+        repeats = []
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(200):
+                index.matches(query)
+            repeats.append(time.perf_counter() - started)
+        timings.append(min(repeats))
+    print(f"look-up cost ratio: {timings[1] / timings[0]:.2f}")
+    assert timings[1] < LOOKUP_COST_RATIO_BOUND * timings[0]  # not ~100x: independent of the size
 
 
 def test_scopes_draft_only_from_their_own_history() -> None:
