@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test test-slow serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/adaspec generate "$(PROMPT)" --max-new-tokens 256 --compare
 
+# the default tier (~10 min on 2 cores); test-slow: what it leaves out (more drafters, more runs, the
+# soak test), which CI runs too
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+test-slow: setup
+	ADASPEC_SLOW=1 $(PY) -m pytest -q -m slow
 
 # an OpenAI-compatible server on 127.0.0.1:8000 (Ctrl-C stops it and saves the drafter's state)
 serve: setup

@@ -45,6 +45,20 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def slow_except(values, fast) -> list:
+    """Parametrize values, those not in ``fast`` marked for the slow tier: they prove for one more
+    drafter what the fast ones prove, so ``make test`` leaves them to CI's ``make test-slow``.
+
+    Args:
+        values: the parameter values.
+        fast: the values the default tier runs.
+
+    Returns:
+        The values, each outside ``fast`` wrapped in ``pytest.param(..., marks=slow)``.
+    """
+    return [value if value in fast else pytest.param(value, marks=pytest.mark.slow) for value in values]
+
+
 def mean_accepted(results) -> float:
     """MAT over several generations: 1 + draft tokens accepted per verification step, root counted.
 

@@ -51,6 +51,7 @@ def test_a_later_record_of_the_same_turn_and_method_replaces_the_earlier() -> No
     assert complete_turns([old_none, old_lookup, new_none], ["none", "lookup"]) == [new_none, old_lookup]
 
 
+@pytest.mark.slow
 def test_resume_reruns_a_turn_whose_prompt_changed_and_reuses_the_rest() -> None:
     from dataclasses import replace
 
@@ -72,6 +73,7 @@ def test_resume_reruns_a_turn_whose_prompt_changed_and_reuses_the_rest() -> None
     assert [m.turns_run for m in methods] == [3, 3]  # 2 turns, then 1 rerun: what @auto calibration covers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 3], ids=["just-after-the-first-turn-is-filed", "in-the-second-turn"])
 def test_an_interrupted_run_returns_whole_turns_only(stop_at: int) -> None:
     """Interrupted at the n-th filed record: the first turn (2 records) is kept whole, nothing of the second.
@@ -123,6 +125,7 @@ def test_resume_runs_only_the_missing_turns_and_gives_the_same_tokens(tmp_path, 
     assert "partial" not in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_a_partial_report_and_exits_130(tmp_path) -> None:
     import signal
     import subprocess

@@ -23,6 +23,7 @@ def test_generate_json_with_compare(capsys) -> None:
     assert out["text"] and out["tokens_per_s"] > 0 and out["baseline_tokens_per_s"] > 0 and out["mat"] >= 1
 
 
+@pytest.mark.slow
 def test_sampled_generation_with_a_seed_equals_plain_sampling(capsys) -> None:
     args = ["generate", "Name two rivers.", "--max-new-tokens", "16", "--temperature", "0.8", "--top-p", "0.95",
             "--seed", "11", "--compare", "--json"]
@@ -33,6 +34,7 @@ def test_sampled_generation_with_a_seed_equals_plain_sampling(capsys) -> None:
     assert json.loads(capsys.readouterr().out)["text"] == first["text"]
 
 
+@pytest.mark.slow
 def test_profile_prints_the_cost_curve_and_auto_budget_generates(capsys, tmp_path) -> None:
     assert main(["profile", "--plot", str(tmp_path / "profile.png")]) == 0
     out = capsys.readouterr().out
@@ -93,6 +95,7 @@ def test_error_from_a_real_process_has_no_traceback(tmp_path) -> None:
     assert proc.stderr.strip().splitlines() == [f"adaspec: error: {bad} is not a GGUF file (it does not start with the GGUF magic bytes)"]
 
 
+@pytest.mark.slow
 def test_generate_keeps_the_drafters_state_between_runs_unless_told_not_to(capsys, tmp_path) -> None:
     args = ["generate", "Write a Python function that adds two numbers.", "--max-new-tokens", "24", "--drafter", "aded",
             "--json", "--state-dir", str(tmp_path)]

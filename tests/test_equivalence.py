@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from adaspec import Generator
-from conftest import FIXED_PROFILE, mean_accepted, plain_generate
+from conftest import FIXED_PROFILE, mean_accepted, plain_generate, slow_except
 
 NEW_TOKENS = 32
 LOGIT_NOISE = 6.4e-5  # the largest |tree logit - plain logit| measured on these prompts
@@ -138,7 +138,7 @@ def compare_greedy(model, generator: Generator, references, case_ids, label: str
     return outputs
 
 
-@pytest.mark.parametrize("drafter", list(MAT_FLOORS))
+@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"lookup", "hybrid"}))  # hybrid is lookup + aded; the default is suffix
 def test_greedy_output_equals_plain_generate(model, references, drafter, float_noise_log) -> None:
     """Every drafter on every prompt; the MCTS builder, a variant of aded's, on every other one.
     (The ``none`` drafter needs no run of its own: its steps are the root-only steps that every

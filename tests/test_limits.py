@@ -45,6 +45,7 @@ def test_a_trigram_table_stays_bounded_whatever_the_update_size(capacity, sizes,
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_small_aded_table_on_a_long_prompt_returns(tmp_path) -> None:
     prompt = " ".join(f"word{i} is followed by thing{i * 7 % 13}." for i in range(60))  # ~600 tokens
     proc = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", "--drafter", "aded:capacity=16", "--no-state",

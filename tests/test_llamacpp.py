@@ -25,7 +25,7 @@ import adaspec
 from adaspec.backends.base import Pick
 from adaspec.sampling import SamplingParams
 from adaspec.tree import DraftTree
-from conftest import FIXED_PROFILE, REQUIRE_LLAMACPP, mean_accepted, skip_or_fail
+from conftest import FIXED_PROFILE, REQUIRE_LLAMACPP, mean_accepted, skip_or_fail, slow_except
 from test_equivalence import CASES, GREEDY_CASES, REPETITIVE_CASE_IDS, SOURCE
 
 try:
@@ -248,7 +248,7 @@ KQUANT_MAT_FLOOR = 1.42  # hybrid at budget 16 on the Q4_K_M file, 7 prompts: me
 
 
 @needs_exact_build
-@pytest.mark.parametrize("drafter", list(MAT_FLOORS))
+@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"lookup", "hybrid"}))  # the default (suffix) has its own test
 def test_greedy_output_equals_llama_cpp_pythons_own(gguf, references, drafter) -> None:
     """Exact configuration: token for token with ``Llama.generate``, on the 13 greedy equivalence
     prompts (the MCTS builder, a slower variant of aded's, on every other one), no tolerance; and
@@ -370,6 +370,7 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill_token_for_toke
 REUSE_MAT_FLOORS = {"greedy": 1.86, "seeded": 1.22}  # lookup at budget 8: measured 2.081 and 1.283
 
 
+@pytest.mark.slow
 def test_cli_profile_then_generate_on_llama_cpp(tmp_path) -> None:
     """`profile` measures the llama.cpp curve into its own cache; `generate` (auto budget by
     default on llama.cpp) then uses it and compares with plain decoding."""
@@ -403,6 +404,7 @@ def test_cli_refuses_a_directory_on_llama_cpp(tmp_path) -> None:
     assert run.stderr.strip().count("\n") == 0 and "runs .gguf files" in run.stderr
 
 
+@pytest.mark.slow
 def test_bench_runs_llama_cpp_python_peers_beside_adaspec(gguf, tmp_path) -> None:
     from adaspec.bench.prompts import load_prompts
     from adaspec.bench.runner import build_methods, run_benchmark

@@ -3,6 +3,8 @@ OpenAI's accepted / rejected prediction counts say how much of the prediction it
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -42,6 +44,7 @@ def test_prediction_accounting_follows_openais_meaning() -> None:
     assert source.accounting([]) == (0, 6)
 
 
+@pytest.mark.slow
 def test_cli_prediction_file(tmp_path) -> None:
     expected = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", EDIT, "--drafter", "none",
                                "--max-new-tokens", str(TOKENS), "--json", "--no-state"],

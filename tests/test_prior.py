@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -34,6 +36,7 @@ def test_prior_holds_the_corpus_trigrams_and_keeps_the_most_frequent_contexts() 
     assert ids[0] == 2 and np.isclose(weights[0], 0.5) and sorted(ids[1:].tolist()) == [3, 5]
 
 
+@pytest.mark.slow
 def test_prior_build_command_writes_a_table_the_drafter_starts_from(tmp_path, capsys, model) -> None:
     text = "The quick brown fox jumps over the lazy dog. " * 5
     (tmp_path / "corpus.txt").write_text(text)

@@ -292,6 +292,7 @@ def test_learned_state_survives_a_restart_and_bad_files_are_ignored(model, tmp_p
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_outputs_are_the_same_at_1_4_and_8_streams_and_equal_generate(model, float_noise_log) -> None:
     """The two batching properties on the equivalence prompts, greedy and seeded sampling.
 

@@ -88,6 +88,7 @@ def solo(model) -> list[str]:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_a_failure_at_any_point_costs_only_its_request(model, faults, solo) -> None:
     generator = Generator(model, drafter="lookup", budget=8)  # trees depend on the request's own text only
     scheduler = Scheduler(generator, ServerMetrics("m"), max_active=4, verifier=faults)
