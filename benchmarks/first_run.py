@@ -20,7 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from tqdm import tqdm
+
 from adaspec.bench.prompts import load_prompts
+from adaspec.bench.system import machine_description
 
 TOKENS = 128
 FREE_FORM = Path(__file__).parent / "first-run" / "free-form-prompts.json"
@@ -76,6 +83,29 @@ def table(rows: list[dict], backends: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], backends: list[str], path: Path) -> None:
+    """Each prompt's mean speedup per runtime, with the range of its runs, to ``path`` (PNG)."""
+    figures = per_prompt(rows)
+    labels = list(dict.fromkeys(f["prompt"] for f in figures))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(labels)), 4.5))
+    width = 0.8 / len(backends)
+    for offset, backend in enumerate(backends):
+        mine = {f["prompt"]: f for f in figures if f["backend"] == backend}
+        xs = [i + offset * width for i, label in enumerate(labels) if label in mine]
+        chosen = [mine[label] for label in labels if label in mine]
+        means = [f["speedup"] for f in chosen]
+        spread = [[m - f["low"] for m, f in zip(means, chosen)], [f["high"] - m for m, f in zip(means, chosen)]]
+        ax.bar(xs, means, width, yerr=spread, capsize=2, label=f"{backend} ({chosen[0]['drafter']})")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(labels))], labels, rotation=70, fontsize=7)
+    ax.set_ylabel("speedup over plain decoding (mean of cold runs)")
+    ax.set_title("A new user's first run: fresh process, cold drafter, defaults")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_once(label: str, text: str, backend: str) -> dict:
     """One fresh ``adaspec generate --compare --json --no-state`` process."""
     run = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", text, "--backend", backend,
@@ -98,21 +128,28 @@ def main() -> None:
     if args.retable:
         rows = json.loads((args.out / "results.json").read_text())["runs"]
         (args.out / "table.md").write_text(table(rows, backends))
+        plot(rows, backends, args.out / "speedup.png")
         return
     rows = []
+    chosen = prompts(args.prompts)
+    progress = tqdm(total=args.reps * len(chosen) * len(backends), unit="run")
     for rep in range(args.reps):
-        for index, (prompt_set, label, text) in enumerate(prompts(args.prompts)):
+        for index, (prompt_set, label, text) in enumerate(chosen):
             for backend in backends if (index + rep) % 2 == 0 else backends[::-1]:
+                progress.set_description(f"{label} on {backend}")
                 out = run_once(label, text, backend)
+                progress.update()
                 rows.append({"set": prompt_set, "prompt": label, "backend": backend, "rep": rep,
                              "drafter": out["drafter"], "speedup": out["speedup"], "mat": out["mat"],
                              "tokens_per_s": out["tokens_per_s"], "baseline_tokens_per_s": out["baseline_tokens_per_s"],
                              "identical": out["identical"]})
-                print(json.dumps(rows[-1]), flush=True)
+    progress.close()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "reps": args.reps, "runs": rows}, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "reps": args.reps, "machine": machine_description(),
+                                                       "runs": rows}, indent=1))
     summary = table(rows, backends)
     (args.out / "table.md").write_text(summary)
+    plot(rows, backends, args.out / "speedup.png")
     print(summary)
 
 

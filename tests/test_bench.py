@@ -110,6 +110,7 @@ def test_summary_speedup_per_category_and_overall() -> None:
         summarise(runs + [record("fast", "p3")])
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_run_writes_a_report_that_holds_what_it_claims(tmp_path, capsys) -> None:
     import json
 

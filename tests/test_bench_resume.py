@@ -101,6 +101,7 @@ def test_an_interrupted_run_returns_whole_turns_only(stop_at: int) -> None:
     assert stopped.value.records == sorted(filed[:2], key=lambda r: r.method != "none")
 
 
+@pytest.mark.slow
 def test_resume_runs_only_the_missing_turns_and_gives_the_same_tokens(tmp_path, capsys) -> None:
     from adaspec.cli import main
 

@@ -44,6 +44,7 @@ def test_profile_prints_the_cost_curve_and_auto_budget_generates(capsys, tmp_pat
     assert json.loads(capsys.readouterr().out)["identical"] is True
 
 
+@pytest.mark.slow
 def test_generate_streams_text_then_one_stats_line(capsys) -> None:
     assert main(["generate", "Say hello.", "--max-new-tokens", "8", "--drafter", "lookup"]) == 0
     captured = capsys.readouterr()

@@ -138,7 +138,7 @@ def compare_greedy(model, generator: Generator, references, case_ids, label: str
     return outputs
 
 
-@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"lookup", "hybrid"}))  # hybrid is lookup + aded; the default is suffix
+@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"hybrid"}))  # hybrid is lookup + aded; the default is suffix
 def test_greedy_output_equals_plain_generate(model, references, drafter, float_noise_log) -> None:
     """Every drafter on every prompt; the MCTS builder, a variant of aded's, on every other one.
     (The ``none`` drafter needs no run of its own: its steps are the root-only steps that every
@@ -189,7 +189,7 @@ def long_reference(model) -> tuple[np.ndarray, list[int]]:
     return prompt, expected
 
 
-@pytest.mark.parametrize("drafter", ["lookup", "recycling", "hybrid"])  # hybrid is lookup + aded
+@pytest.mark.parametrize("drafter", slow_except(["lookup", "recycling", "hybrid"], {"hybrid"}))  # hybrid is lookup + aded
 def test_a_long_prompt_grows_the_cache_mid_speculation_and_stops_at_the_context_limit(model, long_reference,
                                                                                        drafter) -> None:
     """The lean cache and its mask buffer start with room for 1,024 positions and double when a tree

@@ -27,7 +27,7 @@ def plain_greedy(model) -> list:
     return [alone.generate(p, max_new_tokens=TOKENS) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("drafter, sampling, case", [("hybrid", {}, "hybrid-greedy"), ("recycling", {}, "recycling-greedy"),
+@pytest.mark.parametrize("drafter, sampling, case", [("hybrid", {}, "hybrid-greedy"), pytest.param("recycling", {}, "recycling-greedy", marks=pytest.mark.slow),
                                                      ("hybrid", {"temperature": 0.8, "top_p": 0.95}, "hybrid-sampled")],
                          ids=["hybrid-greedy", "recycling-greedy", "hybrid-sampled"])
 def test_requests_stepped_in_turn_equal_their_solo_runs(model, plain_greedy, drafter, sampling, case) -> None:

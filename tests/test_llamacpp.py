@@ -248,7 +248,7 @@ KQUANT_MAT_FLOOR = 1.42  # hybrid at budget 16 on the Q4_K_M file, 7 prompts: me
 
 
 @needs_exact_build
-@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"lookup", "hybrid"}))  # the default (suffix) has its own test
+@pytest.mark.parametrize("drafter", slow_except(MAT_FLOORS, {"hybrid"}))  # the default (suffix) has its own test
 def test_greedy_output_equals_llama_cpp_pythons_own(gguf, references, drafter) -> None:
     """Exact configuration: token for token with ``Llama.generate``, on the 13 greedy equivalence
     prompts (the MCTS builder, a slower variant of aded's, on every other one), no tolerance; and
@@ -317,6 +317,7 @@ def test_the_default_drafter_and_budget_are_lossless_and_speculate(gguf, referen
 
 
 @needs_exact_build
+@pytest.mark.slow
 def test_chains_verified_across_512_cells_equal_llama_cpp_pythons_own(gguf) -> None:
     """A 500-token prompt, so that verified chains cross 512 cells, where the attention's view of the
     cache grows by a padding step: ``suffix@auto`` (cold) and ``lookup`` (reusing that backend's

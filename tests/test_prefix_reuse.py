@@ -3,6 +3,8 @@ turns) runs only its new tokens, and the output equals a cold prefill's."""
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 
 from adaspec import Generation, Generator
@@ -53,6 +55,7 @@ def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill(model) -> None
         assert mean_accepted([out for _, out in turns]) > MAT_FLOORS[drafter]
 
 
+@pytest.mark.slow
 def test_seeded_sampling_after_reuse_equals_a_cold_prefill(model) -> None:
     options = dict(temperature=0.8, top_p=0.95, seed=3)
     warm = Generator(model, drafter="hybrid", budget=8)

@@ -434,7 +434,7 @@ def plain_samples(model) -> list:
     return [plain.generate(prompt, max_new_tokens=SAMPLED_TOKENS, **options) for prompt, options in SAME_SEED_CASES]
 
 
-@pytest.mark.parametrize("drafter", slow_except(SEEDED_MAT_FLOORS, {"hybrid", "suffix"}))
+@pytest.mark.parametrize("drafter", slow_except(SEEDED_MAT_FLOORS, {"hybrid"}))
 def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samples, drafter, float_noise_log) -> None:
     """Randomness is fixed per output position, so every drafter reproduces plain sampling's text, at
     a temperature alone, with top-p and with top-k; twice per case, the drafter having learned more

@@ -129,6 +129,7 @@ def test_sigterm_drains_then_ends_what_is_left_saves_and_exits_0(tmp_path) -> No
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_a_second_sigterm_saves_and_exits_at_once(tmp_path) -> None:
     served = Served(tmp_path, "--drain-timeout", "600")
     try:
