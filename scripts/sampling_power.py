@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_sampling import (  # noqa: E402  the test's own distributions and check
-    ALPHA, REAL_TREE_DRAWS, TOY_PROMPT, TOY_RUNS, TOY_RUNS_SLOW, distribution_rejected, exact_joint, real_tree,
-    shifted, toy_llama)
+    ALPHA, REAL_TREE_DRAWS, TOY_PROMPT, TOY_RUNS, TOY_RUNS_SLOW, TOY_TREE_DRAWS, distribution_rejected, exact_joint,
+    real_tree, shifted, toy_llama, toy_tree)
 
 import adaspec  # noqa: E402
 from adaspec.sampling import SamplingParams  # noqa: E402
@@ -101,6 +101,8 @@ def main() -> None:
     for setting, runs in {**TOY_RUNS, **TOY_RUNS_SLOW}.items():
         probs = exact_joint(toy_model, TOY_PROMPT, SamplingParams(*setting), length=3)
         print(row(f"toy, T={setting[0]} top-k={setting[1]} top-p={setting[2]}", probs, runs, args.trials, args.size, rng))
+    _, _, first, _ = toy_tree(toy_model)
+    print(row("toy, full two-level tree, first token", first, TOY_TREE_DRAWS, args.trials, args.size, rng))
     _, _, first, _ = real_tree(adaspec.load())
     print(row("embedded model, real tree, first token", first.astype(np.float64), REAL_TREE_DRAWS, args.trials,
               args.size, rng))

@@ -330,6 +330,52 @@ def draw_through_the_engine(tree: DraftTree, logits: torch.Tensor, draws: int, s
     return first, after
 
 
+TOY_TREE_DRAWS = 20_000  # power 0.999 against a 2-point shift of the first token (scripts/sampling_power.py)
+
+
+def toy_tree(toy_model: torch.nn.Module) -> tuple[DraftTree, torch.Tensor, np.ndarray, dict[int, np.ndarray]]:
+    """Every token under the root, each with every token under it (31 nodes), over the toy's prompt;
+    the logits of one tree forward through the transformers backend, and plain forwards' first-token
+    distribution and next-token distribution after each child, at REAL_TREE_SAMPLING."""
+    parents = [-1] + [0] * TOY_VOCAB + [1 + i // TOY_VOCAB for i in range(TOY_VOCAB ** 2)]
+    tokens = [TOY_PROMPT[-1]] + list(range(TOY_VOCAB)) + [i % TOY_VOCAB for i in range(TOY_VOCAB ** 2)]
+    tree = DraftTree(np.array(tokens), np.array(parents))
+    backend = HFBackend(toy_model)
+    backend.prefill_logits(np.array(TOY_PROMPT[:-1]))
+    logits = backend.tree_logits(tree)  # [31, V]
+    with torch.inference_mode():
+        def plain(ids: list[int]) -> np.ndarray:
+            return target_probs(toy_model(torch.tensor([ids])).logits[0, -1:], REAL_TREE_SAMPLING)[0].numpy()
+
+        first = plain(TOY_PROMPT)
+        after = {int(child): plain(TOY_PROMPT + [int(tree.tokens[child])]) for child in tree.children[0]}
+    return tree, logits, first.astype(np.float64), after
+
+
+def test_tokens_emitted_over_a_toy_tree_follow_plain_decodings_distribution(toy) -> None:
+    """The fast twin of the real-tree check below, where a per-token bias is easiest to see: the toy's
+    logits over a full two-level tree, each node's token picked by the backends' own ``pick_outputs``
+    with its position's uniform and the path kept by ``accept_path``, TOY_TREE_DRAWS times. The first
+    token, and the token after each child of the root, follow plain forwards' distributions.
+
+    Simulated (scripts/sampling_power.py, 20,000 trials): with the two likeliest first tokens at 0.370
+    and 0.306, the first-token check raises a false alarm 0.0010 of the time and catches a 2-point
+    shift between them 0.999 of the time. A per-token 2-point bias moves a 3-token sequence's
+    probability by about 1 point, which the checks above catch only 3-60% of the time; this one
+    catches it.
+    """
+    tree, logits, first_exact, after_exact = toy_tree(toy.runtime.model)
+    first, after = draw_through_the_engine(tree, logits, TOY_TREE_DRAWS, seed=0)
+    assert not distribution_rejected(first, first_exact), (top_two_p_value(first, first_exact),
+                                                           chi_square_p_value(first, first_exact))
+    checked = 0
+    for child, counts in after.items():
+        if counts.sum() >= 2000:
+            assert not distribution_rejected(counts, after_exact[child]), child
+            checked += 1
+    assert checked >= 2  # the likeliest two first tokens each give a check
+
+
 @pytest.mark.slow  # ~50 s: every draw picks all 8 nodes' tokens over the 49,152-token vocabulary
 def test_tokens_emitted_over_a_real_tree_follow_plain_decodings_distribution(model) -> None:
     """The embedded model's real logits over a real hybrid tree, picked and accepted by the engine's
