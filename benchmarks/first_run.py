@@ -98,7 +98,7 @@ def plot(rows: list[dict], backends: list[str], path: Path) -> None:
         ax.bar(xs, means, width, yerr=spread, capsize=2, label=f"{backend} ({chosen[0]['drafter']})")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(labels))], labels, rotation=70, fontsize=7)
-    ax.set_ylabel("speedup over plain decoding (mean of cold runs)")
+    ax.set_ylabel("speedup over plain (mean of runs)")
     ax.set_title("A new user's first run: fresh process, cold drafter, defaults")
     ax.legend()
     fig.tight_layout()
