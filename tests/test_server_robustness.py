@@ -200,6 +200,7 @@ class GroupRecordingVerifier(SerialVerifier):
         return super().verify(backends, trees, picks)
 
 
+@pytest.mark.slow  # the eight-stream server test checks the grouping in the default tier
 def test_the_step_groups_requests_as_the_verifier_allows(model) -> None:
     # one step path for every runtime: requests draft in turn and their trees go to the verifier
     # in groups no bigger than it takes (a first request always fits); outputs stay solo outputs
