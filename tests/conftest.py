@@ -4,11 +4,11 @@ fixed cost curve and the acceptance measure the equivalence tests share."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
 import torch
-from hypothesis import settings
 
 import adaspec
 import adaspec.models.cache
@@ -22,9 +22,13 @@ REQUIRE_LLAMACPP = os.environ.get("ADASPEC_REQUIRE_LLAMACPP", "") not in ("", "0
 # Hypothesis: the same examples on every run (derived from each test's name), no example database, and
 # the reproducing blob printed on a failure. HYPOTHESIS_PROFILE=explore draws new examples each run
 # (and prints the seed of a failing run) for local fuzzing.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("explore", derandomize=False, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# (The vLLM venv runs tests/test_vllm*.py alone and has no hypothesis: there is nothing to set up.)
+if importlib.util.find_spec("hypothesis") is not None:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    settings.register_profile("explore", derandomize=False, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # A verify-cost curve fixed in the tests, not measured on the machine at hand: a plain step costs
 # 100 ms and a 64-node tree 1.8 times that, so trees pay and ``@auto`` sizing drafts whenever the
