@@ -351,6 +351,7 @@ def test_a_generation_that_stops_early_hands_its_context_back(gguf) -> None:
 
 
 @needs_exact_build
+@pytest.mark.slow  # transformers' twin (test_prefix_reuse.py) stays in the default tier
 def test_a_second_turn_reuses_the_first_and_equals_a_cold_prefill_token_for_token(gguf) -> None:
     """In the exact configuration a cell's keys and values do not depend on the batch that made
     them, so reused cells give exactly a cold prefill's output, greedy and seeded sampling."""
