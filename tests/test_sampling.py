@@ -277,6 +277,18 @@ REAL_TREE_SAMPLING = SamplingParams(0.7)
 REAL_TREE_DRAWS = 8250  # sized by scripts/sampling_power.py: power >= 0.95 at ALPHA on the first token
 
 
+def plain_distributions(causal_lm: torch.nn.Module, context: list[int],
+                        tree: DraftTree) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Plain forwards' (no tree, no cache) ``[V]`` distribution of the token after ``context``, and
+    after ``context`` plus each child of the tree's root (keyed by the child's node index), at
+    REAL_TREE_SAMPLING."""
+    with torch.inference_mode():
+        def plain(ids: list[int]) -> np.ndarray:
+            return target_probs(causal_lm(torch.tensor([ids])).logits[0, -1:], REAL_TREE_SAMPLING)[0].numpy()
+
+        return plain(context), {int(child): plain(context + [int(tree.tokens[child])]) for child in tree.children[0]}
+
+
 def real_tree(model: LoadedModel) -> tuple[DraftTree, torch.Tensor, np.ndarray, dict[int, np.ndarray]]:
     """A warm hybrid drafter's tree over the embedded model's own answer, the logits of one real tree
     forward over it, and what plain forwards (no tree) give at REAL_TREE_SAMPLING.
@@ -293,12 +305,7 @@ def real_tree(model: LoadedModel) -> tuple[DraftTree, torch.Tensor, np.ndarray, 
     backend.prefill_logits(context[:-1])
     tree = generator.drafter.propose(context, budget=8)
     logits = backend.tree_logits(tree)  # [n, V]
-    with torch.inference_mode():
-        def plain(ids: list[int]) -> np.ndarray:
-            return target_probs(model.runtime.model(torch.tensor([ids])).logits[0, -1:], REAL_TREE_SAMPLING)[0].numpy()
-
-        first = plain(context.tolist())
-        after = {int(c): plain(context.tolist() + [int(tree.tokens[c])]) for c in tree.children[0]}
+    first, after = plain_distributions(model.runtime.model, context.tolist(), tree)
     return tree, logits, first, after
 
 
@@ -343,12 +350,7 @@ def toy_tree(toy_model: torch.nn.Module) -> tuple[DraftTree, torch.Tensor, np.nd
     backend = HFBackend(toy_model)
     backend.prefill_logits(np.array(TOY_PROMPT[:-1]))
     logits = backend.tree_logits(tree)  # [31, V]
-    with torch.inference_mode():
-        def plain(ids: list[int]) -> np.ndarray:
-            return target_probs(toy_model(torch.tensor([ids])).logits[0, -1:], REAL_TREE_SAMPLING)[0].numpy()
-
-        first = plain(TOY_PROMPT)
-        after = {int(child): plain(TOY_PROMPT + [int(tree.tokens[child])]) for child in tree.children[0]}
+    first, after = plain_distributions(toy_model, TOY_PROMPT, tree)
     return tree, logits, first.astype(np.float64), after
 
 

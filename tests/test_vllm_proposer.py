@@ -93,13 +93,20 @@ def test_identical_prompts_keep_their_own_states(monkeypatch) -> None:
     assert proposer.stats.new_states == 3 and proposer.stats.ended == 3
 
 
-def test_a_preempted_request_resumes_its_state(monkeypatch) -> None:
+def running(monkeypatch, requests: int, max_new: int, steps: int) -> tuple[AdaspecProposer, SimEngine]:
+    """A proposer at budget 8 in a 4-row simulated engine, ``requests`` requests submitted and
+    ``steps`` steps taken."""
     proposer = make_proposer(monkeypatch, budget=8)
     engine = SimEngine(proposer, max_rows=4)
-    for i in range(3):
-        engine.submit(request(f"r{i}", seed=i, max_new=60))
-    for _ in range(5):
+    for i in range(requests):
+        engine.submit(request(f"r{i}", seed=i, max_new=max_new))
+    for _ in range(steps):
         engine.step()
+    return proposer, engine
+
+
+def test_a_preempted_request_resumes_its_state(monkeypatch) -> None:
+    proposer, engine = running(monkeypatch, requests=3, max_new=60, steps=5)
     state_before = proposer.tracker.live[1].id
     preempted = engine.preempt(1)
     engine.waiting.remove(preempted)
@@ -119,12 +126,7 @@ def test_calls_the_runner_skips_rebuild_states_from_the_rows(monkeypatch) -> Non
     """Near max_model_len vLLM skips the proposer for the whole batch: rows move on by several
     tokens unseen. The proposer must notice (no state of the last call continues) and start over
     from the rows' tokens, never drafting from a stale context."""
-    proposer = make_proposer(monkeypatch, budget=8)
-    engine = SimEngine(proposer, max_rows=4)
-    for i in range(2):
-        engine.submit(request(f"r{i}", seed=i, max_new=80))
-    for _ in range(4):
-        engine.step()
+    proposer, engine = running(monkeypatch, requests=2, max_new=80, steps=4)
     engine.step(call_proposer=False)
     engine.step(call_proposer=False)
     engine.step()
