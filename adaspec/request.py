@@ -180,10 +180,14 @@ class Request:
         tick = time.perf_counter()
         self.session.learn(tree, accepted, verified, self.pending, before_root, self._drafting)
         self.stats.draft_s += time.perf_counter() - tick
+        self.stats.sizer_s = self._drafting.sizer_s
         self.stats.record_step(tree, accepted)
+        tick = time.perf_counter()
         new_tokens = self._append(tree.tokens[accepted[1:]].tolist() + [self.pending])  # k tokens
         self.last_step = StepReport(tree.size - 1, accepted.size - 1, new_tokens)
-        return self.output.text_delta()
+        text = self.output.text_delta()
+        self.stats.emit_s += time.perf_counter() - tick
+        return text
 
     def _append(self, new_ids: np.ndarray | list[int]) -> int:
         """Adds accepted tokens to the output and the context; returns how many were kept."""

@@ -33,12 +33,14 @@ class RequestDrafting:
         state: what that drafter's ``begin`` returned for it.
         sizer: its tree sizer (None with a fixed budget).
         prediction: the client's predicted output, when one was given.
+        sizer_s: seconds spent in its sizer so far.
     """
 
     drafter: Drafter
     state: Any
     sizer: RequestSizer | None
     prediction: PredictionDrafter | None
+    sizer_s: float = 0.0
 
 
 class Session:
@@ -115,10 +117,13 @@ class Session:
             started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
             tree = drafting.drafter.propose(context, budget, drafting.state)
             check_tree_contract(tree, pending, budget, self.vocab_size, drafting.drafter.name)
-            if chain_only:  # the chain expected to accept the most (the drafter's first, without a sizer)
+            if chain_only and not tree.is_chain:  # the chain expected to accept the most (the drafter's first, without a sizer)
                 tree = tree.best_chain(None if sizer is None else sizer.calibrator.estimate(tree))
             if sizer is not None:
-                tree = sizer.size(tree, 1000.0 * (time.thread_time() - started))
+                drafting_ms = 1000.0 * (time.thread_time() - started)
+                sizing = time.perf_counter()
+                tree = sizer.size(tree, drafting_ms)
+                drafting.sizer_s += time.perf_counter() - sizing
         return tree
 
     @property
@@ -140,7 +145,9 @@ class Session:
         """
         with self.lock:
             if drafting.sizer is not None:
+                sizing = time.perf_counter()
                 drafting.sizer.update(tree, accepted)
+                drafting.sizer_s += time.perf_counter() - sizing
             drafting.drafter.observe(StepFeedback(tree, accepted, pending, verified.topk_ids, verified.topk_probs,
                                                   before_root), drafting.state)
 

@@ -34,7 +34,11 @@ class GenerationStats:
         rejected_prediction_tokens: tokens of the prediction that did not.
         prefill_s: seconds in the prompt forward.
         draft_s: seconds in the drafter (propose, observe, and the top-k it learns from).
+        sizer_s: of ``draft_s``, seconds in the tree sizer (choosing a step's nodes, and
+            learning from its verification).
         verify_s: seconds in tree forwards, acceptance and KV compaction.
+        emit_s: seconds adding accepted tokens to the output: detokenising, checking stop
+            strings and the length limit, and taking the new text.
         total_s: wall seconds from prompt ids to the last token.
     """
 
@@ -52,7 +56,9 @@ class GenerationStats:
     accepted_tokens_by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCE_NAMES, 0))
     prefill_s: float = 0.0
     draft_s: float = 0.0
+    sizer_s: float = 0.0
     verify_s: float = 0.0
+    emit_s: float = 0.0
     total_s: float = 0.0
 
     def record_step(self, tree: DraftTree, accepted: np.ndarray) -> None:
@@ -103,8 +109,8 @@ class GenerationStats:
 
     @property
     def other_s(self) -> float:
-        """Seconds outside prefill, drafting and verification (detokenising, bookkeeping)."""
-        return max(0.0, self.total_s - self.prefill_s - self.draft_s - self.verify_s)
+        """Seconds outside prefill, drafting, verification and emitting text (bookkeeping)."""
+        return max(0.0, self.total_s - self.prefill_s - self.draft_s - self.verify_s - self.emit_s)
 
     def to_dict(self) -> dict:
         """Every field and derived figure, JSON-ready."""

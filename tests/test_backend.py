@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -55,7 +56,8 @@ def test_tree_forward_matches_each_path_run_sequentially(model) -> None:
         assert torch.allclose(logits[node], expected, atol=LOGIT_TOLERANCE, rtol=0), node
 
 
-def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
+@pytest.mark.parametrize("leaf", [7, 1])
+def test_compaction_leaves_the_cache_of_plain_decoding(model, leaf) -> None:
     backend = HFBackend(model.runtime.model)
     prompt = prompt_ids(model)
     backend.prefill_logits(prompt[:-1])
@@ -63,7 +65,8 @@ def test_compaction_leaves_the_cache_of_plain_decoding(model) -> None:
     tree = sample_tree()
     tree = DraftTree(np.concatenate([[prompt[-1]], tree.tokens[1:]]), tree.parents)
     backend.tree_logits(tree)
-    accepted = tree.path_to(7)  # [0, 1, 3, 4, 7]: needs moving (node 7 sits after 5 and 6)
+    # to 7: [0, 1, 3, 4, 7], which needs moving (node 7 sits after 5 and 6); to 1: [0, 1], in place already
+    accepted = tree.path_to(leaf)
     backend.commit(accepted)
     assert backend.cache_len == start + accepted.size
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from adaspec.budget import AcceptanceCalibrator, LatencyProfile, Reliability, TreeSizer, choose_nodes
-from adaspec.budget.chooser import GAIN_MEMORY, MIN_DRAFT_SAMPLES
+from adaspec.budget.chooser import DOUBT, EXPLORE_SHARE, GAIN_MEMORY, LOOK_SHARE, MIN_DRAFT_SAMPLES
 from adaspec.engine import Generator
 from adaspec.errors import AdaspecError
 from adaspec.tree import DraftTree
@@ -109,9 +111,11 @@ def test_reliability_bins_predictions_and_reports_the_calibration_error() -> Non
 
 
 def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> None:
-    shared = TreeSizer(CPU, explore_every=4, explore_max=16, explore_nodes=3)
+    cheap_rows = LatencyProfile((1, 2, 3, 64), (10.0, 10.05, 10.08, 40.0))  # extra rows nearly free: explorations are cheap
+    shared = TreeSizer(cheap_rows, explore_every=4, explore_max=16, explore_nodes=3)
+    assert shared.shortest_wait == 4
     sizer = shared.begin("greedy")
-    weak = chain([1.0, 0.05, 0.04, 0.03])  # never worth a tree on the CPU curve
+    weak = chain([1.0, 0.002, 0.001, 0.0005])  # never worth a tree, even on this curve
     sizes, drafted = [], 0
     for _ in range(40):  # as Session.propose drives it
         if not sizer.wants_draft():
@@ -119,7 +123,7 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
             sizes.append(1)
             continue
         drafted += 1
-        verified = sizer.size(weak, draft_ms=5.0)  # a tenth of a plain step: not worth running on every step
+        verified = sizer.size(weak, draft_ms=5.0)  # half a plain step: far too dear to look on every step
         sizes.append(verified.size)
         sizer.update(verified, np.array([0]))  # nothing is ever accepted
     explored = [i for i, size in enumerate(sizes) if size > 1]
@@ -129,13 +133,48 @@ def test_sizer_skips_the_drafter_while_plain_wins_explores_and_backs_off() -> No
     # the drafter ran on the first steps, until its time was known, then only to explore (and once after each try)
     assert drafted == MIN_DRAFT_SAMPLES + 2 * len(explored)
     assert shared.begin("greedy").setting.wait == 16  # a new request inherits the backed-off wait
-    cheap = TreeSizer(CPU, explore_every=4).begin("greedy")
-    cheap.size(weak, draft_ms=0.2)  # drafting costs under 2% of a plain step: it runs on every step
-    assert cheap.since_tree == 1 and cheap.wants_draft()
     sizer.since_tree = sizer.setting.wait  # force the next exploration, and let it succeed
     verified = sizer.size(weak)
     sizer.update(verified, np.array([0, 1]))
     assert sizer.setting.wait == 4
+
+
+@pytest.mark.parametrize("draft_ms, every", [(0.04, 1), (0.2, 4), (1.0, 20)])
+def test_a_plain_streak_looks_for_matches_as_often_as_half_a_percent_of_its_time_allows(draft_ms, every) -> None:
+    plain_ms = 10.0
+    sizer = TreeSizer(LatencyProfile((1, 2), (plain_ms, 2 * plain_ms))).begin("greedy")
+    for _ in range(MIN_DRAFT_SAMPLES):
+        sizer.update(sizer.size(DraftTree.root_only(3), draft_ms=draft_ms), np.array([0]))  # found nothing
+    assert sizer.look_every() == math.ceil(draft_ms / (LOOK_SHARE * plain_ms)) == every
+    looks = []
+    for _ in range(2 * every):
+        looks.append(sizer.wants_draft())
+        sizer.skip()
+    assert sum(looks) == 2  # once per `every` steps of the streak (the wait for an exploration is far off)
+
+
+def test_the_shortest_wait_between_explorations_is_priced_by_the_cost_curve() -> None:
+    exact_cpu = LatencyProfile((1, 2, 4), (8.0, 15.4, 24.0))  # a second row costs 0.93 of a plain step
+    assert TreeSizer(exact_cpu).shortest_wait == math.ceil(0.925 / EXPLORE_SHARE - 1e-9)  # explorations 1% of the time
+    assert TreeSizer(GPU).shortest_wait == 16  # a second row is nearly free: the given shortest wait
+    assert TreeSizer(exact_cpu, explore_max=32).explore_max == TreeSizer(exact_cpu).shortest_wait
+
+
+def test_sceptical_estimates_start_low_and_close_in_on_the_calibrated_one_with_evidence() -> None:
+    calibrator = AcceptanceCalibrator()
+    tree = chain([1.0, 0.8])
+    cold_gap = calibrator.estimate(tree)[1] - calibrator.estimate(tree, doubt=DOUBT)[1]
+    assert cold_gap > 0.2  # two pseudo-observations: a wide doubt
+    for _ in range(200):
+        calibrator.update(tree, np.array([0, 1]) if np.random.default_rng(_).random() < 0.8 else np.array([0]))
+    warm_gap = calibrator.estimate(tree)[1] - calibrator.estimate(tree, doubt=DOUBT)[1]
+    assert 0 < warm_gap < cold_gap / 4
+    # a chain that pays on the calibrated estimate alone but not on the sceptical one is not verified cold
+    curve = LatencyProfile((1, 2, 3), (8.0, 15.4, 19.0))
+    cold = TreeSizer(curve).begin("greedy")
+    optimistic = chain([1.0, 0.8, 0.64])  # 2.44 expected tokens for 2.37 plain steps
+    assert choose_nodes(cold.calibrator.estimate(optimistic), curve).size == 3
+    assert cold.size(optimistic).size == 1
 
 
 def test_drafting_that_pays_for_itself_runs_every_step_even_when_it_is_not_cheap() -> None:

@@ -135,9 +135,18 @@ class TreeKVCache(Cache):
                 layer.reserve(max(capacity, 2 * current))
 
     def keep(self, start: int, keep: torch.Tensor) -> None:
-        """Keeps a tree's accepted nodes (see ``TreeKVLayer.keep``) in every layer."""
+        """Keeps a tree's accepted nodes (see ``TreeKVLayer.keep``) in every layer.
+
+        Where they are the tree's first nodes (a plain step's root, or a path along them) they are
+        in place already: only the lengths change, and no layer copies anything.
+        """
+        k = int(keep.numel())
+        in_place = bool(torch.equal(keep, torch.arange(k, device=keep.device)))
         for layer in self.layers:
-            layer.keep(start, keep)
+            if in_place:
+                layer.length = start + k
+            else:
+                layer.keep(start, keep)
 
     def clear(self) -> None:
         """Forgets every position, keeping the allocation for the next request."""

@@ -13,7 +13,7 @@ DEFAULT_BINS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85
 @numba.njit(cache=True)
 def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.ndarray, parents: np.ndarray,
                           accepted: np.ndarray, proposed: np.ndarray, scored: np.ndarray, edges: np.ndarray,
-                          prior_strength: float) -> np.ndarray:
+                          prior_strength: float, doubt: float) -> np.ndarray:
     """Calibrated acceptance of every node of a tree (see ``AcceptanceCalibrator.estimate``).
 
     Args:
@@ -24,6 +24,9 @@ def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.nda
         accepted, proposed, scored: ``[S, D, b]`` the calibrator's decayed counts.
         edges: ``[b + 1]`` the score bins' edges.
         prior_strength: pseudo-observations behind a node's prior.
+        doubt: standard errors taken off each estimate (0: the estimate itself); a cell's
+            standard error is that of a proportion over its verified nodes plus the prior's
+            pseudo-observations.
 
     Returns:
         ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
@@ -38,7 +41,10 @@ def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.nda
         col = min(max(np.searchsorted(edges, scores[node], side="right") - 1, 0), bins - 1)
         ratio = (accepted[source, row].sum() + prior_strength) / (scored[source, row].sum() + prior_strength)
         prior = min(scores[node] * ratio, 1.0)
-        value = (accepted[source, row, col] + prior_strength * prior) / (proposed[source, row, col] + prior_strength)
+        evidence = proposed[source, row, col] + prior_strength
+        value = (accepted[source, row, col] + prior_strength * prior) / evidence
+        if doubt > 0.0:
+            value = max(value - doubt * np.sqrt(value * (1.0 - value) / (evidence + 1.0)), 0.0)
         estimate[node] = min(value, estimate[parents[node]])  # a node is accepted only with its parent
     return estimate
 
@@ -96,18 +102,21 @@ class AcceptanceCalibrator:
         k = self.prior_strength
         return (self.accepted.sum(axis=2) + k) / (self.scored.sum(axis=2) + k)
 
-    def estimate(self, tree: DraftTree) -> np.ndarray:
+    def estimate(self, tree: DraftTree, doubt: float = 0.0) -> np.ndarray:
         """Calibrated acceptance of every node of a tree.
 
         Args:
             tree: the drafter's tree, with or without scores and sources.
+            doubt: standard errors taken off each node's estimate: a sceptical estimate, low
+                where its cell has seen few verified nodes and near the plain one where it has
+                seen many (0: the plain estimate).
 
         Returns:
             ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
         """
         sources = tree.sources if tree.sources is not None else np.zeros(tree.size, dtype=np.int8)  # [n]
         return calibrated_acceptance(self._scores(tree), sources, tree.depth, tree.parents, self.accepted,
-                                     self.proposed, self.scored, self.edges, self.prior_strength)
+                                     self.proposed, self.scored, self.edges, self.prior_strength, doubt)
 
     def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Counts, for every non-root node of a verified tree, whether it was on the accepted path.

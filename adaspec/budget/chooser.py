@@ -3,6 +3,7 @@ millisecond, and fall back to plain decoding when no tree pays for itself."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
 from adaspec.budget.profile import LatencyProfile
 from adaspec.tree import DraftTree
 
-CHEAP_DRAFT = 0.05  # drafting that costs under this share of a plain step runs on every step
+LOOK_SHARE = 0.005  # in a plain streak, the drafter looks for a match at most this share of the time
+EXPLORE_SHARE = 0.01  # explorations cost at most this share of a plain streak's time
+DOUBT = 1.0  # standard errors a node's acceptance is lowered by when choosing (sceptical until evidence)
 DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
 MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
 GAIN_MEMORY = 16  # drafting steps after which an old step's saving weighs 1/e
@@ -92,13 +95,24 @@ class TreeSizer:
     decoding setting, the reliability table); ``begin`` hands each request a ``RequestSizer``
     with its own exploration state.
 
-    Once plain decoding wins a step, a request stops drafting: its next ``wait`` steps are
-    plain and cost nothing beyond a plain step. Then one step drafts again and, if plain
-    decoding still wins, verifies the ``explore_nodes`` likeliest nodes anyway (the
-    calibration would never see a draft otherwise). An exploration that accepts nothing
-    doubles the wait (up to ``explore_max``); one that accepts resets it to ``explore_every``,
-    so text that stays unpredictable costs almost nothing and text that becomes predictable
-    is noticed soon.
+    Nodes are chosen by a sceptical acceptance (``DOUBT`` standard errors below the calibrated
+    one): where a cell of the calibration has seen few verified nodes, a tree must promise
+    clearly more than plain decoding, because the nodes that look best are the ones whose
+    estimates are most often too high, and on hardware where each extra node costs nearly a
+    plain step, a tree that only breaks even on paper loses in fact.
+
+    Once plain decoding wins a step, a request drafts only now and then: every
+    ``look_every`` steps, so that looking costs at most ``LOOK_SHARE`` of a plain streak (every
+    step where drafting is that cheap; a strong match, such as the start of a verbatim copy, is
+    then seen within a few steps), and every step while drafting steps have lately saved more
+    than drafting costs. After ``wait`` plain steps, a step that drafts and still finds plain
+    decoding best verifies the ``explore_nodes`` likeliest nodes anyway (the calibration would
+    never see a draft otherwise). The shortest wait is priced by the cost curve, so that
+    explorations take at most ``EXPLORE_SHARE`` of the time: where a second node costs almost
+    a plain step (exact CPU kernels) a request explores rarely, where it is nearly free (a GPU)
+    often. An exploration that accepts nothing doubles the wait (up to ``explore_max``); one
+    that accepts resets it to the shortest, so text that stays unpredictable costs almost
+    nothing and text that becomes predictable is noticed soon.
 
     Calibration and the exploration wait are kept per decoding setting (greedy, or each
     temperature / top-k / top-p), shared by the requests that use it, so a new request starts
@@ -107,8 +121,9 @@ class TreeSizer:
 
     Args:
         profile: the verify cost curve.
-        explore_every: the shortest wait between explorations, in steps.
-        explore_max: the longest wait.
+        explore_every: the shortest wait between explorations, in steps, where an exploration
+            costs little (the cost curve may ask for a longer one).
+        explore_max: the longest wait (at least the shortest).
         explore_nodes: nodes verified by an exploring step, root included (default: the root
             and the likeliest guess, so an exploration costs one extra row of a forward).
         max_settings: decoding settings whose calibration is kept (least recently used out).
@@ -126,6 +141,10 @@ class TreeSizer:
         self.plain_steps = 0  # steps that verified the root alone, over all requests
         self.explorations = 0
         self.plain_ms = float(profile.cost(np.array([1]))[0])  # one plain step, in milliseconds
+        # what an exploration costs beyond a plain step, as a share of one
+        extra = float(profile.cost(np.array([explore_nodes]))[0]) / self.plain_ms - 1.0
+        self.shortest_wait = max(explore_every, math.ceil(max(extra, 0.0) / EXPLORE_SHARE))
+        self.explore_max = max(explore_max, self.shortest_wait)
 
     def warm_up(self) -> None:
         """Runs the compiled estimate, choice and chain cut once on a made-up tree, so that loading
@@ -146,7 +165,7 @@ class TreeSizer:
         Returns:
             The request's sizer.
         """
-        state = self.calibrators.pop(setting, None) or SettingState(AcceptanceCalibrator(), self.explore_every)
+        state = self.calibrators.pop(setting, None) or SettingState(AcceptanceCalibrator(), self.shortest_wait)
         self.calibrators[setting] = state  # now the most recently used
         while len(self.calibrators) > self.max_settings:
             self.calibrators.popitem(last=False)  # a request still using it keeps its own reference
@@ -215,17 +234,21 @@ class RequestSizer:
     def wants_draft(self) -> bool:
         """Whether this step should draft at all.
 
-        Always after a step that verified a tree; whenever drafting costs under ``CHEAP_DRAFT``
-        of a plain step (looking costs little then, and a strong match, such as the start of a
-        verbatim copy, is seen at once); whenever drafting steps have lately saved more than
-        drafting costs (text where matches come and go: the steps that find one pay for those
-        that do not); otherwise not while a plain streak waits for its next exploration.
+        Always after a step that verified a tree; every ``look_every`` steps of a plain streak
+        (every step where drafting costs under ``LOOK_SHARE`` of a plain step); every step while
+        drafting steps have lately saved more than drafting costs (text where matches come and
+        go: the steps that find one pay for those that do not); and when the streak's wait for
+        its next exploration is over.
         """
         setting = self.setting
-        draft_ms = setting.draft_ms
-        cheap = draft_ms <= CHEAP_DRAFT * self.shared.plain_ms
-        paying = setting.saving_ms is not None and setting.saving_ms > draft_ms
-        return self.since_tree == 0 or cheap or paying or self.since_tree >= setting.wait
+        paying = setting.saving_ms is not None and setting.saving_ms > setting.draft_ms
+        looking = self.since_tree % self.look_every() == 0
+        return self.since_tree == 0 or looking or paying or self.since_tree >= setting.wait
+
+    def look_every(self) -> int:
+        """Steps between looks for a match in a plain streak: so many that looking costs at most
+        ``LOOK_SHARE`` of the streak's time (1 while drafting's cost is not yet known)."""
+        return max(1, math.ceil(self.setting.draft_ms / (LOOK_SHARE * self.shared.plain_ms)))
 
     def skip(self) -> None:
         """Counts a plain step taken without drafting."""
@@ -251,7 +274,7 @@ class RequestSizer:
             setting.learn_saving(0.0)
             return tree
         acceptance = self.calibrator.estimate(tree)  # [n]
-        keep = choose_nodes(acceptance, shared.profile, setting.draft_ms)
+        keep = choose_nodes(self.calibrator.estimate(tree, DOUBT), shared.profile, setting.draft_ms)
         streak = 0 if keep.size > 1 else self.since_tree + 1
         self._exploring = keep.size == 1 and self.since_tree >= setting.wait and tree.size > 1
         if self._exploring:
@@ -285,4 +308,4 @@ class RequestSizer:
             self.shared.reliability.add(self._predicted[1:], hit[1:])
         if self._exploring:
             shared, setting = self.shared, self.setting
-            setting.wait = shared.explore_every if accepted.size > 1 else min(2 * setting.wait, shared.explore_max)
+            setting.wait = shared.shortest_wait if accepted.size > 1 else min(2 * setting.wait, shared.explore_max)
