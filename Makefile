@@ -108,7 +108,7 @@ bench-full: setup
 # exact build and on llama.cpp's default kernels (make llamacpp-default-kernels)
 LLAMACPP_METHODS ?= none,lookup@auto,hybrid@auto,suffix@auto,hybrid:copy=suffix@auto,llama.cpp-generate,llama.cpp-generate-default-kernels
 bench-llamacpp: llamacpp llamacpp-default-kernels
-	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 3 \
+	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 4 \
 		--new-tokens 128 --methods $(LLAMACPP_METHODS) --out benchmarks/llamacpp-categories --resume \
 		--categories mt-bench,humaneval,humaneval-chat,math,summarise,qa,code-edit
 	ADASPEC_DEFAULT_KERNELS=.llamacpp-default-kernels $(VENV)/bin/adaspec bench --backend llama.cpp --limit 4 \

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -75,6 +76,24 @@ def bench_categories(folder: str, wanted: str = "") -> str:
     return "\n".join(lines)
 
 
+def bench_vs_peer(folder: str, peer: str, wanted: str = "") -> str:
+    """Each method against a peer run in its own process, per category: the method's speedup over
+    plain decoding divided by the peer's, and the geometric mean over categories; the peer's own
+    speedup over adaspec's plain decoding (the same kernels, so ideally 1.00x) is the noise floor."""
+    summary = results(folder)["summary"]
+    methods = [m for m in pick(list(summary), wanted) if m != peer]
+    categories = [c for c in summary[peer] if c != "overall"]
+    lines = ["| method | " + " | ".join(categories) + " | geometric mean |", "|---|" + "---|" * (len(categories) + 1)]
+    for method in methods:
+        ratios = [summary[method][c]["speedup"] / summary[peer][c]["speedup"] for c in categories]
+        lines.append(f"| {method} / {peer} | " + " | ".join(f"{r:.2f}x" for r in ratios)
+                     + f" | {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x |")
+    floor = [summary[peer][c]["speedup"] for c in categories]
+    lines.append(f"| noise floor: {peer} / none | " + " | ".join(f"{r:.2f}x" for r in floor)
+                 + f" | {math.exp(sum(map(math.log, floor)) / len(floor)):.2f}x |")
+    return "\n".join(lines)
+
+
 def bench_setting(folder: str) -> str:
     """One line saying what an ``adaspec bench`` run measured."""
     data = results(folder)
@@ -122,6 +141,7 @@ def plain_table(folder: str, file: str = "table.md") -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "bench-summary": bench_summary,
     "bench-categories": bench_categories,
+    "bench-vs-peer": bench_vs_peer,
     "bench-setting": bench_setting,
     "table": plain_table,
     "learning-curve": learning_curve,

@@ -160,21 +160,24 @@ def test_the_shortest_wait_between_explorations_is_priced_by_the_cost_curve() ->
     assert TreeSizer(exact_cpu, explore_max=32).explore_max == TreeSizer(exact_cpu).shortest_wait
 
 
-def test_sceptical_estimates_start_low_and_close_in_on_the_calibrated_one_with_evidence() -> None:
+def test_a_cold_tree_must_beat_plain_decoding_by_more_than_its_estimates_doubt() -> None:
     calibrator = AcceptanceCalibrator()
     tree = chain([1.0, 0.8])
-    cold_gap = calibrator.estimate(tree)[1] - calibrator.estimate(tree, doubt=DOUBT)[1]
-    assert cold_gap > 0.2  # two pseudo-observations: a wide doubt
+    cold_variance = calibrator.estimate_with_variance(tree)[1][1]
+    rng = np.random.default_rng(0)
     for _ in range(200):
-        calibrator.update(tree, np.array([0, 1]) if np.random.default_rng(_).random() < 0.8 else np.array([0]))
-    warm_gap = calibrator.estimate(tree)[1] - calibrator.estimate(tree, doubt=DOUBT)[1]
-    assert 0 < warm_gap < cold_gap / 4
-    # a chain that pays on the calibrated estimate alone but not on the sceptical one is not verified cold
-    curve = LatencyProfile((1, 2, 3), (8.0, 15.4, 19.0))
-    cold = TreeSizer(curve).begin("greedy")
-    optimistic = chain([1.0, 0.8, 0.64])  # 2.44 expected tokens for 2.37 plain steps
-    assert choose_nodes(cold.calibrator.estimate(optimistic), curve).size == 3
+        calibrator.update(tree, np.array([0, 1]) if rng.random() < 0.8 else np.array([0]))
+    warm_variance = calibrator.estimate_with_variance(tree)[1][1]
+    assert cold_variance > 0.05 and 0 < warm_variance < cold_variance / 10  # narrows with evidence
+    optimistic = chain([1.0, 0.8, 0.64])  # 2.44 expected tokens
+    exact_cpu = LatencyProfile((1, 2, 3), (8.0, 15.4, 19.0))  # for 2.37 plain steps: pays on paper only
+    cold = TreeSizer(exact_cpu).begin("greedy")
+    acceptance, variance = cold.calibrator.estimate_with_variance(optimistic)
+    assert choose_nodes(acceptance, exact_cpu).size == 3
+    assert choose_nodes(acceptance, exact_cpu, variance=variance, doubt=DOUBT).size == 1
     assert cold.size(optimistic).size == 1
+    # where extra nodes are nearly free, the same doubt leaves the tree worth verifying
+    assert TreeSizer(GPU).begin("greedy").size(optimistic).size == 3
 
 
 def test_drafting_that_pays_for_itself_runs_every_step_even_when_it_is_not_cheap() -> None:

@@ -151,8 +151,8 @@ def test_greedy_output_equals_plain_generate(model, references, drafter, float_n
     assert mean_accepted(outputs.values()) > MAT_FLOORS[drafter]
 
 
-DEFAULT_MAT_FLOOR = 1.50  # over the 13 prompts: measured 1.629
-DEFAULT_REPETITIVE_MAT_FLOOR = 2.41  # over REPETITIVE_CASE_IDS: measured 2.769
+DEFAULT_MAT_FLOOR = 1.45  # over the 13 prompts: measured 1.572 (1.629 before trees were chosen sceptically)
+DEFAULT_REPETITIVE_MAT_FLOOR = 2.25  # over REPETITIVE_CASE_IDS: measured 2.571 (2.769 before)
 
 
 def test_the_default_drafter_and_budget_equal_plain_generate_and_speculate(model, references, float_noise_log) -> None:

@@ -282,9 +282,10 @@ def test_seeded_sampling_equals_plain_sampling_with_the_same_seed(gguf) -> None:
 
 
 SEEDED_MAT_FLOOR = 2.71  # measured 3.143
-DEFAULT_GREEDY_MAT_FLOOR = 1.25  # the 13 prompts: measured 1.320
-DEFAULT_REPETITIVE_MAT_FLOOR = 1.92  # the repetitive ones among them: measured 2.152
-DEFAULT_SEEDED_MAT_FLOOR = 1.37  # measured 1.472
+# measured after trees were chosen sceptically (before: 1.320, 2.152, 1.472); 80% of each excess over 1
+DEFAULT_GREEDY_MAT_FLOOR = 1.21  # the 13 prompts: measured 1.264
+DEFAULT_REPETITIVE_MAT_FLOOR = 1.82  # the repetitive ones among them: measured 2.029
+DEFAULT_SEEDED_MAT_FLOOR = 1.35  # measured 1.443
 
 
 @needs_exact_build

@@ -13,8 +13,9 @@ DEFAULT_BINS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85
 @numba.njit(cache=True)
 def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.ndarray, parents: np.ndarray,
                           accepted: np.ndarray, proposed: np.ndarray, scored: np.ndarray, edges: np.ndarray,
-                          prior_strength: float, doubt: float) -> np.ndarray:
-    """Calibrated acceptance of every node of a tree (see ``AcceptanceCalibrator.estimate``).
+                          prior_strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated acceptance of every node of a tree, and how uncertain it is (see
+    ``AcceptanceCalibrator.estimate_with_variance``).
 
     Args:
         scores: ``[n]`` float64 the drafter's scores.
@@ -24,16 +25,15 @@ def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.nda
         accepted, proposed, scored: ``[S, D, b]`` the calibrator's decayed counts.
         edges: ``[b + 1]`` the score bins' edges.
         prior_strength: pseudo-observations behind a node's prior.
-        doubt: standard errors taken off each estimate (0: the estimate itself); a cell's
-            standard error is that of a proportion over its verified nodes plus the prior's
-            pseudo-observations.
 
     Returns:
-        ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
+        ``[n]`` float64 acceptance per node (root 1.0), never above its parent's, and ``[n]``
+        float64 the variance of each estimate (root 0.0).
     """
     n = scores.size
     max_depth, bins = accepted.shape[1], accepted.shape[2]
     estimate = np.empty(n, dtype=np.float64)
+    variance = np.zeros(n, dtype=np.float64)
     estimate[0] = 1.0
     for node in range(1, n):
         source = np.int64(sources[node])
@@ -43,10 +43,9 @@ def calibrated_acceptance(scores: np.ndarray, sources: np.ndarray, depth: np.nda
         prior = min(scores[node] * ratio, 1.0)
         evidence = proposed[source, row, col] + prior_strength
         value = (accepted[source, row, col] + prior_strength * prior) / evidence
-        if doubt > 0.0:
-            value = max(value - doubt * np.sqrt(value * (1.0 - value) / (evidence + 1.0)), 0.0)
+        variance[node] = value * (1.0 - value) / (evidence + 1.0)  # a Beta posterior's, over `evidence` observations
         estimate[node] = min(value, estimate[parents[node]])  # a node is accepted only with its parent
-    return estimate
+    return estimate, variance
 
 
 class AcceptanceCalibrator:
@@ -102,21 +101,31 @@ class AcceptanceCalibrator:
         k = self.prior_strength
         return (self.accepted.sum(axis=2) + k) / (self.scored.sum(axis=2) + k)
 
-    def estimate(self, tree: DraftTree, doubt: float = 0.0) -> np.ndarray:
+    def estimate(self, tree: DraftTree) -> np.ndarray:
         """Calibrated acceptance of every node of a tree.
 
         Args:
             tree: the drafter's tree, with or without scores and sources.
-            doubt: standard errors taken off each node's estimate: a sceptical estimate, low
-                where its cell has seen few verified nodes and near the plain one where it has
-                seen many (0: the plain estimate).
 
         Returns:
             ``[n]`` float64 acceptance per node (root 1.0), never above its parent's.
         """
+        return self.estimate_with_variance(tree)[0]
+
+    def estimate_with_variance(self, tree: DraftTree) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated acceptance of every node of a tree, and the variance of each estimate: that
+        of a proportion over the verified nodes its cell has seen plus the prior's
+        pseudo-observations, so wide where a cell is new and narrowing with evidence.
+
+        Args:
+            tree: the drafter's tree, with or without scores and sources.
+
+        Returns:
+            ``[n]`` float64 acceptance per node (root 1.0) and ``[n]`` float64 variances (root 0.0).
+        """
         sources = tree.sources if tree.sources is not None else np.zeros(tree.size, dtype=np.int8)  # [n]
         return calibrated_acceptance(self._scores(tree), sources, tree.depth, tree.parents, self.accepted,
-                                     self.proposed, self.scored, self.edges, self.prior_strength, doubt)
+                                     self.proposed, self.scored, self.edges, self.prior_strength)
 
     def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Counts, for every non-root node of a verified tree, whether it was on the accepted path.

@@ -18,40 +18,50 @@ from adaspec.tree import DraftTree
 
 LOOK_SHARE = 0.005  # in a plain streak, the drafter looks for a match at most this share of the time
 EXPLORE_SHARE = 0.01  # explorations cost at most this share of a plain streak's time
-DOUBT = 1.0  # standard errors a node's acceptance is lowered by when choosing (sceptical until evidence)
+DOUBT = 1.0  # standard deviations a tree's expected tokens are lowered by when choosing (sceptical until evidence)
 DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
 MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
 GAIN_MEMORY = 16  # drafting steps after which an old step's saving weighs 1/e
 
 
-def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: float = 0.0) -> np.ndarray:
+def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: float = 0.0,
+                 variance: np.ndarray | None = None, doubt: float = 0.0) -> np.ndarray:
     """The nodes worth verifying: the best prefix of the nodes in decreasing acceptance.
 
     Expected tokens of a step that verifies m draft nodes are 1 (the root's next token)
     plus their acceptance probabilities; its cost is ``profile.cost(m + 1)`` plus, for m > 0,
     ``draft_ms``: what drafting costs a step, which plain decoding saves (a request decoding
     plainly skips the drafter until its next exploration). The m with the most expected
-    tokens per millisecond wins; m = 0 is plain decoding.
+    tokens per millisecond wins; m = 0 is plain decoding. With a ``doubt``, the expected
+    tokens are taken ``doubt`` standard deviations low, the deviation of their sum from the
+    nodes' estimate variances: a tree must then beat plain decoding by more than its
+    estimates' uncertainty, which grows with the square root of its node count, not linearly.
 
     Args:
         acceptance: ``[n]`` float64 per node (root first), each at most its parent's.
         profile: the verify cost curve.
         draft_ms: the drafter's measured time per step.
+        variance: ``[n]`` float64 the variance of each node's estimate (None: all certain).
+        doubt: standard deviations taken off the expected tokens.
 
     Returns:
         ``[m + 1]`` int64 node indices to keep, increasing, root first; each node's parent
         is among them.
     """
-    return best_prefix_nodes(acceptance, profile.sizes_array, profile.ms_array, profile.max_size, draft_ms)
+    variance = np.zeros_like(acceptance) if variance is None else variance
+    return best_prefix_nodes(acceptance, variance, doubt, profile.sizes_array, profile.ms_array, profile.max_size,
+                             draft_ms)
 
 
 @numba.njit(cache=True)
-def best_prefix_nodes(acceptance: np.ndarray, sizes: np.ndarray, ms: np.ndarray, max_size: int,
-                      draft_ms: float) -> np.ndarray:
+def best_prefix_nodes(acceptance: np.ndarray, variance: np.ndarray, doubt: float, sizes: np.ndarray, ms: np.ndarray,
+                      max_size: int, draft_ms: float) -> np.ndarray:
     """``choose_nodes`` compiled: the profile as its ``[k]`` float64 sizes and milliseconds.
 
     Args:
         acceptance: ``[n]`` float64 per node (root first), each at most its parent's.
+        variance: ``[n]`` float64 the variance of each node's estimate.
+        doubt: standard deviations taken off the expected tokens.
         sizes: ``[k]`` float64 tree sizes measured.
         ms: ``[k]`` float64 their costs.
         max_size: the most nodes considered.
@@ -61,17 +71,17 @@ def best_prefix_nodes(acceptance: np.ndarray, sizes: np.ndarray, ms: np.ndarray,
         ``[m + 1]`` int64 node indices to keep, increasing, root first.
     """
     order = np.argsort(-acceptance[1:], kind="mergesort")[: max_size - 1] + 1  # [m] parents (smaller index, >= acceptance) come first
-    best, best_rate, expected = 0, 1.0 / np.interp(1.0, sizes, ms), 1.0
+    best, best_rate, expected, spread = 0, 1.0 / np.interp(1.0, sizes, ms), 1.0, 0.0
     for m in range(order.size):
         expected += acceptance[order[m]]
-        rate = expected / (np.interp(m + 2.0, sizes, ms) + draft_ms)
+        spread += variance[order[m]]
+        rate = (expected - doubt * np.sqrt(spread)) / (np.interp(m + 2.0, sizes, ms) + draft_ms)
         if rate > best_rate:
             best, best_rate = m + 1, rate
     keep = np.empty(best + 1, dtype=np.int64)
     keep[0] = 0
     keep[1:] = np.sort(order[:best])
     return keep
-
 
 
 def best_nodes(acceptance: np.ndarray, count: int) -> np.ndarray:
@@ -95,11 +105,13 @@ class TreeSizer:
     decoding setting, the reliability table); ``begin`` hands each request a ``RequestSizer``
     with its own exploration state.
 
-    Nodes are chosen by a sceptical acceptance (``DOUBT`` standard errors below the calibrated
-    one): where a cell of the calibration has seen few verified nodes, a tree must promise
-    clearly more than plain decoding, because the nodes that look best are the ones whose
-    estimates are most often too high, and on hardware where each extra node costs nearly a
-    plain step, a tree that only breaks even on paper loses in fact.
+    Trees are chosen sceptically: a tree's expected tokens are taken ``DOUBT`` standard
+    deviations low, from the variances of its nodes' estimates (wide where a calibration cell
+    has seen few verified nodes). A tree must then promise clearly more than plain decoding,
+    because the nodes that look best are the ones whose estimates are most often too high, and
+    on hardware where each extra node costs nearly a plain step, a tree that only breaks even on
+    paper loses in fact; where nodes are nearly free, many uncertain nodes still pay, since the
+    doubt grows with the square root of their number.
 
     Once plain decoding wins a step, a request drafts only now and then: every
     ``look_every`` steps, so that looking costs at most ``LOOK_SHARE`` of a plain streak (every
@@ -273,8 +285,8 @@ class RequestSizer:
             self.skip()
             setting.learn_saving(0.0)
             return tree
-        acceptance = self.calibrator.estimate(tree)  # [n]
-        keep = choose_nodes(self.calibrator.estimate(tree, DOUBT), shared.profile, setting.draft_ms)
+        acceptance, variance = self.calibrator.estimate_with_variance(tree)  # [n] each
+        keep = choose_nodes(acceptance, shared.profile, setting.draft_ms, variance, DOUBT)
         streak = 0 if keep.size > 1 else self.since_tree + 1
         self._exploring = keep.size == 1 and self.since_tree >= setting.wait and tree.size > 1
         if self._exploring:
