@@ -59,3 +59,29 @@ def test_cli_prediction_file(tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", "hi", "--prediction", str(tmp_path / "no.txt")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "prediction file" in missing.stderr
+
+
+def test_a_weak_prediction_match_leaves_room_for_the_shared_drafters_strong_one() -> None:
+    from adaspec.drafters import make_drafter
+    from adaspec.drafters.base import DraftRequest
+    from adaspec.drafters.prediction import with_prediction
+    from adaspec.tree import Source
+
+    copied = list(range(100, 140))  # a passage of the prompt the output is copying
+    prompt = np.array([1, 2, 3] + copied, dtype=np.int64)
+    output = np.array(copied[:12], dtype=np.int64)  # 12 tokens into the copy: a strong context match
+    # the prediction holds the output's last token (111), then something else: a one-token match
+    prediction = PredictionDrafter(np.array([7, 111] + [9] * 10, dtype=np.int64), prompt.size)
+    suffix = make_drafter("suffix", 1000)
+    merged = with_prediction(suffix, prediction)
+    context = np.concatenate((prompt, output))
+    state = merged.begin(DraftRequest(prompt))
+    assert prediction.propose(context, 8).size == 8  # alone, the weak match would fill the budget
+    tree = merged.propose(context, 8, state)
+    assert tree.size == 8
+    chain = tree.first_chain()
+    assert chain.tokens[1:].tolist()[:6] == copied[12:18]  # the copy continues in the tree
+    assert set(tree.sources[1:].tolist()) == {int(Source.CONTEXT)}  # no room went to the prediction's weak guess
+    strong = PredictionDrafter(np.array(copied, dtype=np.int64), prompt.size)  # a prediction that matches as well
+    tree = with_prediction(suffix, strong).propose(context, 8, merged.begin(DraftRequest(prompt)))
+    assert tree.first_chain().tokens[1:7].tolist() == copied[12:18]

@@ -60,15 +60,20 @@ class HybridDrafter(Drafter):
         parts: the drafters, highest priority first.
         shares: per drafter, the largest fraction of the budget it may fill (the last
             drafter usually takes 1.0, i.e. whatever is left).
+        by_score: instead of filling the budget in priority order, let every part draft with
+            the whole budget and keep the ``budget`` nodes with the highest scores (each with
+            its ancestors): a part whose match is weak then leaves the room to one whose match
+            is strong, whichever comes first. The shares are not used.
     """
 
     name = "hybrid"
 
-    def __init__(self, parts: Sequence[Drafter], shares: Sequence[float]) -> None:
+    def __init__(self, parts: Sequence[Drafter], shares: Sequence[float], by_score: bool = False) -> None:
         if len(parts) != len(shares) or not parts:
             raise ValueError(f"need one share per drafter, got {len(parts)} drafters and {len(shares)} shares")
         self.parts = list(parts)
         self.shares = list(shares)
+        self.by_score = by_score
         self.feedback_width = max(p.feedback_width for p in self.parts)
 
     @property
@@ -108,6 +113,8 @@ class HybridDrafter(Drafter):
             One tree holding each part's nodes, duplicates merged, until the budget is spent.
         """
         states = state or [None] * len(self.parts)
+        if self.by_score:
+            return self._propose_by_score(context, budget, states)
         builder = TreeBuilder(int(context[-1]), budget)
         for part, share, part_state in zip(self.parts, self.shares, states):
             if builder.full:
@@ -116,6 +123,21 @@ class HybridDrafter(Drafter):
             limit = min(budget, used + max(1, round(share * (budget - 1))))
             graft(builder, part.propose(context, limit - used + 1, part_state), limit)
         return builder.build()
+
+    def _propose_by_score(self, context: np.ndarray, budget: int, states: list[Any]) -> DraftTree:
+        """Every part's tree at the whole budget, merged, cut to the ``budget`` best-scored nodes."""
+        builder = TreeBuilder(int(context[-1]), budget * len(self.parts))
+        for part, part_state in zip(self.parts, states):
+            graft(builder, part.propose(context, budget, part_state), budget * len(self.parts))
+        merged = builder.build()
+        if merged.size <= budget:
+            return merged
+        scores = merged.scores if merged.scores is not None else np.zeros(merged.size)  # [n]
+        rank = scores.copy()  # [n] a node ranks no higher than its parent, so ancestors are kept first
+        for node in range(1, merged.size):  # parents come before their children
+            rank[node] = min(rank[node], rank[merged.parents[node]])
+        best = np.argsort(-rank[1:], kind="stable")[: budget - 1] + 1  # [budget - 1]
+        return merged.subtree(np.sort(np.concatenate(([0], best))).astype(np.int64))
 
     def observe(self, step: StepFeedback, state: list[Any] | None = None) -> None:
         """Every part learns from the same step (each reads only the top-K it asked for).

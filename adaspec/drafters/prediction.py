@@ -22,7 +22,8 @@ from adaspec.drafters.suffix_index import SuffixIndex
 from adaspec.drafters.suffix_tree import SuffixTreeBuilder
 from adaspec.tree import DraftTree, Source
 
-# a prediction is trusted at once: drafts run as deep as the budget, whatever the match length
+# a prediction drafts as deep as the budget, whatever the match length: its scores (higher for longer
+# matches) decide, beside the shared drafter's, which nodes are kept (``with_prediction``)
 PREDICTION_DRAFTS = SuffixConfig(history_tokens=0, max_depth=256, depth_per_match=64.0)
 
 
@@ -140,8 +141,10 @@ def _next(where: dict[tuple[int, ...], list[int]], gram: tuple[int, ...], start:
 def with_prediction(drafter: Drafter, prediction: PredictionDrafter) -> HybridDrafter:
     """One request's drafter: its prediction first, then the shared drafter in the room left.
 
-    Neither part's share is capped: the prediction may fill the whole budget (it is trusted at
-    once), and the shared drafter fills whatever it leaves.
+    Both draft with the whole budget and the nodes with the highest scores are kept: a long
+    match in the prediction may fill the whole budget, and where the prediction matches weakly
+    (after an edit, before the output has re-aligned with it) a stronger match of the shared
+    drafter, in the prompt or earlier outputs, is not crowded out.
 
     Args:
         drafter: the session's shared drafter.
@@ -150,4 +153,4 @@ def with_prediction(drafter: Drafter, prediction: PredictionDrafter) -> HybridDr
     Returns:
         The merged drafter (learning and ending reach the shared one as before).
     """
-    return HybridDrafter([prediction, drafter], shares=[1.0, 1.0])
+    return HybridDrafter([prediction, drafter], shares=[1.0, 1.0], by_score=True)
