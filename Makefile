@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test test-slow serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test test-slow serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-cold-cost bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
 
 setup: $(VENV)/.installed
 
@@ -122,6 +122,8 @@ bench-llamacpp: llamacpp llamacpp-default-kernels
 # what a new user sees (fresh process per prompt, cold drafter), and a chat's second turn
 bench-first-run: llamacpp
 	$(PY) benchmarks/first_run.py --out benchmarks/first-run
+bench-cold-cost: llamacpp
+	$(PY) benchmarks/cold_cost.py --out benchmarks/cold-cost
 bench-second-turn: llamacpp
 	$(PY) benchmarks/second_turn.py --out benchmarks/second-turn
 
