@@ -4,8 +4,9 @@ On free text the default drafter finds few matches, so a request should cost wha
 (``--drafter none``) costs. This runs the frozen free-form prompts (``first-run/
 free-form-prompts.json``, 128 new tokens, greedy) through each runtime, one process per runtime,
 three arms per prompt and repetition: plain, the default (a fresh generator each time: a cold
-drafter and a cold calibration), and plain again, in an order that rotates, so drift on a noisy
-machine falls on every arm alike. A pair's figure is the default's decode time per token over the
+drafter and a cold calibration, warmed like every arm by one 8-token request, as ``--compare``
+does, so that a new context's first decodes are not timed), and plain again, in an order that
+rotates, so drift on a noisy machine falls on every arm alike. A pair's figure is the default's decode time per token over the
 mean of the two plain runs'; plain's second run over its first is the noise floor. Beside it, the
 per-step profile: where a token's time goes (forward, drafter, sizer, emitting text, the rest).
 

@@ -77,20 +77,36 @@ def bench_categories(folder: str, wanted: str = "") -> str:
 
 
 def bench_vs_peer(folder: str, peer: str, wanted: str = "") -> str:
-    """Each method against a peer run in its own process, per category: the method's speedup over
-    plain decoding divided by the peer's, and the geometric mean over categories; the peer's own
-    speedup over adaspec's plain decoding (the same kernels, so ideally 1.00x) is the noise floor."""
+    """Each method against a peer run in its own process, per category.
+
+    A cell is the method's speedup over plain decoding divided by the peer's (both over the same
+    plain runs); the last column is the geometric mean over the categories both have. The last
+    row is the peer's own speedup over adaspec's plain decoding: on the same kernels ideally
+    1.00x, so its spread is the noise floor.
+
+    Args:
+        folder: the ``adaspec bench`` results folder.
+        peer: the peer's method name (e.g. ``llama.cpp-generate``).
+        wanted: the methods to show, comma-separated (empty: all but the peer).
+
+    Returns:
+        The markdown table.
+    """
     summary = results(folder)["summary"]
     methods = [m for m in pick(list(summary), wanted) if m != peer]
     categories = [c for c in summary[peer] if c != "overall"]
     lines = ["| method | " + " | ".join(categories) + " | geometric mean |", "|---|" + "---|" * (len(categories) + 1)]
+
+    def row(label: str, ratios: list[float | None]) -> str:
+        known = [r for r in ratios if r is not None]
+        mean = math.exp(sum(map(math.log, known)) / len(known)) if known else None
+        cells = ["–" if r is None else f"{r:.2f}x" for r in ratios + [mean]]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     for method in methods:
-        ratios = [summary[method][c]["speedup"] / summary[peer][c]["speedup"] for c in categories]
-        lines.append(f"| {method} / {peer} | " + " | ".join(f"{r:.2f}x" for r in ratios)
-                     + f" | {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x |")
-    floor = [summary[peer][c]["speedup"] for c in categories]
-    lines.append(f"| noise floor: {peer} / none | " + " | ".join(f"{r:.2f}x" for r in floor)
-                 + f" | {math.exp(sum(map(math.log, floor)) / len(floor)):.2f}x |")
+        lines.append(row(f"{method} / {peer}", [summary[method][c]["speedup"] / summary[peer][c]["speedup"]
+                                                if c in summary[method] else None for c in categories]))
+    lines.append(row(f"noise floor: {peer} / none", [summary[peer][c]["speedup"] for c in categories]))
     return "\n".join(lines)
 
 
