@@ -29,7 +29,7 @@ class RequestDrafting:
 
     Attributes:
         drafter: what drafts for it: the session's drafter, or with a prediction, the prediction
-            merged in front of it.
+            and the session's drafter merged by score.
         state: what that drafter's ``begin`` returned for it.
         sizer: its tree sizer (None with a fixed budget).
         prediction: the client's predicted output, when one was given.
@@ -117,11 +117,11 @@ class Session:
             started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
             tree = drafting.drafter.propose(context, budget, drafting.state)
             check_tree_contract(tree, pending, budget, self.vocab_size, drafting.drafter.name)
+            drafting_ms = 1000.0 * (time.thread_time() - started)
+            sizing = time.perf_counter()
             if chain_only and not tree.is_chain:  # the chain expected to accept the most (the drafter's first, without a sizer)
                 tree = tree.best_chain(None if sizer is None else sizer.calibrator.estimate(tree))
             if sizer is not None:
-                drafting_ms = 1000.0 * (time.thread_time() - started)
-                sizing = time.perf_counter()
                 tree = sizer.size(tree, drafting_ms)
                 drafting.sizer_s += time.perf_counter() - sizing
         return tree

@@ -217,6 +217,11 @@ def test_auto_budget_is_lossless_and_uses_the_given_profile(model, tmp_path) -> 
         expected = plain.generate(prompt, max_new_tokens=40)
         got = auto.generate(prompt, max_new_tokens=40)
         assert got.token_ids == expected.token_ids
+        # the sizer's time is part of drafting's; emitting text is timed on its own; nothing is counted twice
+        assert 0 < got.stats.sizer_s <= got.stats.draft_s and expected.stats.sizer_s == 0
+        assert got.stats.emit_s > 0 and expected.stats.emit_s > 0
+        decode_s = got.stats.total_s - got.stats.prefill_s
+        assert got.stats.draft_s + got.stats.verify_s + got.stats.emit_s + got.stats.other_s == pytest.approx(decode_s)
     assert all(s.calibrator.proposed.sum() > 0 for s in auto.sizer.calibrators.values())
     with pytest.raises(AdaspecError, match="budget"):
         Generator(model, budget="big")

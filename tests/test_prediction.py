@@ -82,6 +82,35 @@ def test_a_weak_prediction_match_leaves_room_for_the_shared_drafters_strong_one(
     chain = tree.first_chain()
     assert chain.tokens[1:].tolist()[:6] == copied[12:18]  # the copy continues in the tree
     assert set(tree.sources[1:].tolist()) == {int(Source.CONTEXT)}  # no room went to the prediction's weak guess
-    strong = PredictionDrafter(np.array(copied, dtype=np.int64), prompt.size)  # a prediction that matches as well
+    # an output that began with two tokens the prompt lacks, then copied: the prediction holds them
+    # all, so its match (14 tokens) is longer than the prompt's (12) and its nodes win
+    context = np.concatenate((prompt, [50, 51], output))
+    strong = PredictionDrafter(np.array([50, 51] + copied, dtype=np.int64), prompt.size)
     tree = with_prediction(suffix, strong).propose(context, 8, merged.begin(DraftRequest(prompt)))
     assert tree.first_chain().tokens[1:7].tolist() == copied[12:18]
+    assert set(tree.sources[1:].tolist()) == {int(Source.PREDICTION)}
+
+
+def test_merging_by_score_keeps_the_best_nodes_with_their_ancestors() -> None:
+    from adaspec.drafters.base import Drafter
+    from adaspec.drafters.hybrid import HybridDrafter
+    from adaspec.tree import DraftTree
+
+    class Fixed(Drafter):
+        name = "fixed"
+
+        def __init__(self, tokens: list[int], parents: list[int], scores: list[float]) -> None:
+            self.tree = DraftTree(np.array(tokens), np.array(parents), np.array(scores))
+
+        def propose(self, context: np.ndarray, budget: int, state: None = None) -> DraftTree:
+            return self.tree
+
+    # a weak first node with a confident child, and a stronger chain of the second part
+    weak = Fixed([5, 10, 11], [-1, 0, 1], [1.0, 0.2, 0.9])
+    strong = Fixed([5, 20, 21], [-1, 0, 1], [1.0, 0.5, 0.45])
+    merged = HybridDrafter([weak, strong], shares=[1.0, 1.0], by_score=True)
+    context = np.array([1, 2, 5], dtype=np.int64)
+    assert merged.propose(context, 3).tokens.tolist() == [5, 20, 21]  # the child ranks no higher than its parent
+    four = merged.propose(context, 4)
+    assert four.tokens.tolist() == [5, 10, 20, 21] and four.parents.tolist() == [-1, 0, 0, 2]
+    assert merged.propose(context, 8).size == 5  # room for all: the merged trie whole

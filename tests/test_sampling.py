@@ -497,7 +497,7 @@ def test_sampled_text_equals_plain_sampling_with_the_same_seed(model, plain_samp
     assert mean_accepted(results) > SEEDED_MAT_FLOORS[drafter]
 
 
-DEFAULT_SEEDED_MAT_FLOOR = 1.22  # measured 1.276
+DEFAULT_SEEDED_MAT_FLOOR = 1.19  # measured 1.239 (1.276 before trees were chosen sceptically); 80% of the excess over 1
 
 
 @pytest.mark.slow

@@ -139,7 +139,8 @@ class HFBackend:
         if not self.lean:
             compact(self.cache, start, keep)
             return
-        self.cache.keep(start, keep)
+        # increasing indices from 0: the first k nodes exactly when the last is k - 1 (a plain step's root)
+        self.cache.keep(start, keep, in_place=k == 0 or int(accepted[-1]) == k - 1)
         self._mask[..., start : start + k] = 0.0  # now committed: every later row sees them
         self._mask[..., start + k : start + self._tree_size] = self._mask_fill
         self._tree_size = 0

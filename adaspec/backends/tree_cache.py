@@ -134,14 +134,16 @@ class TreeKVCache(Cache):
             for layer in self.layers:
                 layer.reserve(max(capacity, 2 * current))
 
-    def keep(self, start: int, keep: torch.Tensor) -> None:
+    def keep(self, start: int, keep: torch.Tensor, in_place: bool = False) -> None:
         """Keeps a tree's accepted nodes (see ``TreeKVLayer.keep``) in every layer.
 
-        Where they are the tree's first nodes (a plain step's root, or a path along them) they are
-        in place already: only the lengths change, and no layer copies anything.
+        Args:
+            start: positions before the tree.
+            keep: ``[k]`` int64 tree-node indices, increasing.
+            in_place: the nodes are the tree's first k (a plain step's root, or a path along
+                them): only the lengths change, and no layer copies anything.
         """
         k = int(keep.numel())
-        in_place = bool(torch.equal(keep, torch.arange(k, device=keep.device)))
         for layer in self.layers:
             if in_place:
                 layer.length = start + k

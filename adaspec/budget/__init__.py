@@ -8,8 +8,10 @@ forward-pass time it costs. Three parts:
 * ``calibration``: maps a drafter's node scores to the probability that the node is
   accepted, learned online from what the verifier accepted (per depth and score bin).
 * ``chooser``: takes nodes in decreasing calibrated acceptance (DySpec's greedy expansion)
-  and keeps the prefix that maximises expected tokens per millisecond; when no prefix
-  beats the root alone, the step is plain decoding.
+  and keeps the prefix that maximises expected tokens per millisecond, its expected tokens
+  taken one standard deviation low (sceptical while the calibration is cold); when no prefix
+  beats the root alone, the step is plain decoding. Explorations and looks for a match in
+  a plain streak are priced by the cost curve and the drafter's measured time.
 """
 
 from adaspec.budget.calibration import AcceptanceCalibrator, Reliability

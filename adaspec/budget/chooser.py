@@ -155,7 +155,7 @@ class TreeSizer:
         self.plain_ms = float(profile.cost(np.array([1]))[0])  # one plain step, in milliseconds
         # what an exploration costs beyond a plain step, as a share of one
         extra = float(profile.cost(np.array([explore_nodes]))[0]) / self.plain_ms - 1.0
-        self.shortest_wait = max(explore_every, math.ceil(max(extra, 0.0) / EXPLORE_SHARE))
+        self.shortest_wait = max(explore_every, math.ceil(max(extra, 0.0) / EXPLORE_SHARE - 1e-9))
         self.explore_max = max(explore_max, self.shortest_wait)
 
     def warm_up(self) -> None:
@@ -258,8 +258,12 @@ class RequestSizer:
         return self.since_tree == 0 or looking or paying or self.since_tree >= setting.wait
 
     def look_every(self) -> int:
-        """Steps between looks for a match in a plain streak: so many that looking costs at most
-        ``LOOK_SHARE`` of the streak's time (1 while drafting's cost is not yet known)."""
+        """Steps between looks for a match in a plain streak.
+
+        Returns:
+            So many that looking costs at most ``LOOK_SHARE`` of the streak's time (1 while
+            drafting's cost is not yet known, or where it is that cheap).
+        """
         return max(1, math.ceil(self.setting.draft_ms / (LOOK_SHARE * self.shared.plain_ms)))
 
     def skip(self) -> None:

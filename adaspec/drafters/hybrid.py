@@ -2,8 +2,10 @@
 
 Drafters are asked in priority order; each one's tree is grafted onto the merged trie in
 its own node order (best first), shared prefixes are counted once, and each drafter may
-use at most its share of the budget, with what it leaves passed on to the next. Every
-drafter sees the same feedback, so each keeps learning.
+use at most its share of the budget, with what it leaves passed on to the next. Or, merged
+by score, every drafter drafts with the whole budget and the best-scored nodes are kept (a
+request's prediction and the shared drafter). Every drafter sees the same feedback, so each
+keeps learning.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class HybridDrafter(Drafter):
         return [part.begin(request) for part in self.parts]
 
     def propose(self, context: np.ndarray, budget: int, state: list[Any] | None = None) -> DraftTree:
-        """The parts' trees merged in priority order.
+        """The parts' trees merged in priority order (or by score, with ``by_score``).
 
         Args:
             context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
@@ -125,7 +127,17 @@ class HybridDrafter(Drafter):
         return builder.build()
 
     def _propose_by_score(self, context: np.ndarray, budget: int, states: list[Any]) -> DraftTree:
-        """Every part's tree at the whole budget, merged, cut to the ``budget`` best-scored nodes."""
+        """Every part's tree at the whole budget, merged, cut to the ``budget`` best-scored nodes.
+
+        Args:
+            context: ``[L]`` int64, all tokens so far; ``context[-1]`` is the root.
+            budget: the most nodes, root included.
+            states: the parts' states.
+
+        Returns:
+            The merged tree: each kept node ranks no higher than its parent (a node's rank is the
+            lowest score on its path), so every kept node's parent is kept.
+        """
         builder = TreeBuilder(int(context[-1]), budget * len(self.parts))
         for part, part_state in zip(self.parts, states):
             graft(builder, part.propose(context, budget, part_state), budget * len(self.parts))

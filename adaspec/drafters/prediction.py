@@ -3,8 +3,8 @@ the output is known in advance (a file being edited, a document being rewritten)
 follows the output's last tokens in the prediction is drafted, as deep as the budget allows.
 
 The prediction only drafts: every token is still the model's own, so the output is unchanged.
-A prediction belongs to one request, so this drafter is made per request and merged in front of
-the shared drafter (``with_prediction``).
+A prediction belongs to one request, so this drafter is made per request and merged with the
+shared drafter by score (``with_prediction``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def _next(where: dict[tuple[int, ...], list[int]], gram: tuple[int, ...], start:
 
 
 def with_prediction(drafter: Drafter, prediction: PredictionDrafter) -> HybridDrafter:
-    """One request's drafter: its prediction first, then the shared drafter in the room left.
+    """One request's drafter: its prediction and the shared drafter, merged by score.
 
     Both draft with the whole budget and the nodes with the highest scores are kept: a long
     match in the prediction may fill the whole budget, and where the prediction matches weakly
