@@ -263,6 +263,24 @@ class DraftTree:
                                  None if self.scores is None else self.scores[path],
                                  None if self.sources is None else self.sources[path])
 
+    def best_nodes(self, weights: np.ndarray, count: int) -> np.ndarray:
+        """The root and the ``count - 1`` nodes of highest weight, each with its ancestors: a node
+        ranks no higher than its parent (its rank is the lowest weight on its path), and ties go
+        to the lower index, so a parent is always taken before its children.
+
+        Args:
+            weights: ``[n]`` float64 per node, e.g. scores or calibrated acceptance.
+            count: how many nodes to keep, root included.
+
+        Returns:
+            ``[min(count, n)]`` int64 node indices, increasing, root first (for ``subtree``).
+        """
+        rank = np.asarray(weights, dtype=np.float64).copy()  # [n]
+        for node in range(1, self.size):  # parents come before their children
+            rank[node] = min(rank[node], rank[self.parents[node]])
+        best = np.argsort(-rank[1:], kind="stable")[: count - 1] + 1  # [<= count - 1]
+        return np.sort(np.concatenate(([0], best))).astype(np.int64)
+
     def subtree(self, keep: np.ndarray) -> DraftTree:
         """The nodes ``keep``, re-indexed.
 

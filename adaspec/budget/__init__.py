@@ -15,7 +15,7 @@ forward-pass time it costs. Three parts:
 """
 
 from adaspec.budget.calibration import AcceptanceCalibrator, Reliability
-from adaspec.budget.chooser import RequestSizer, TreeSizer, best_nodes, choose_nodes
+from adaspec.budget.chooser import RequestSizer, TreeSizer, choose_nodes
 from adaspec.budget.profile import (
     PROFILE_SIZES,
     LatencyProfile,
@@ -25,6 +25,6 @@ from adaspec.budget.profile import (
 )
 
 __all__ = [
-    "PROFILE_SIZES", "AcceptanceCalibrator", "LatencyProfile", "Reliability", "RequestSizer", "TreeSizer", "best_nodes",
+    "PROFILE_SIZES", "AcceptanceCalibrator", "LatencyProfile", "Reliability", "RequestSizer", "TreeSizer",
     "choose_nodes", "default_profile_path", "load_or_measure_profile", "measure_profile",
 ]

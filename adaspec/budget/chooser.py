@@ -84,20 +84,6 @@ def best_prefix_nodes(acceptance: np.ndarray, variance: np.ndarray, doubt: float
     return keep
 
 
-def best_nodes(acceptance: np.ndarray, count: int) -> np.ndarray:
-    """The root and the ``count - 1`` likeliest other nodes.
-
-    Args:
-        acceptance: ``[n]`` float64 estimated acceptance per node, root first.
-        count: how many nodes to keep, root included.
-
-    Returns:
-        ``[min(count, n)]`` int64 node indices, increasing.
-    """
-    order = np.argsort(-acceptance[1:], kind="stable") + 1  # [n-1] parents come first (see choose_nodes)
-    return np.sort(np.concatenate(([0], order[: count - 1]))).astype(np.int64)
-
-
 class TreeSizer:
     """Sizes every step's tree for ``budget="auto"``: calibrate, choose, and explore.
 
@@ -294,7 +280,7 @@ class RequestSizer:
         streak = 0 if keep.size > 1 else self.since_tree + 1
         self._exploring = keep.size == 1 and self.since_tree >= setting.wait and tree.size > 1
         if self._exploring:
-            keep = best_nodes(acceptance, shared.explore_nodes)
+            keep = tree.best_nodes(acceptance, shared.explore_nodes)
             streak = 0
             shared.explorations += 1
         self.since_tree = streak

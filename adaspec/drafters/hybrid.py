@@ -145,11 +145,7 @@ class HybridDrafter(Drafter):
         if merged.size <= budget:
             return merged
         scores = merged.scores if merged.scores is not None else np.zeros(merged.size)  # [n]
-        rank = scores.copy()  # [n] a node ranks no higher than its parent, so ancestors are kept first
-        for node in range(1, merged.size):  # parents come before their children
-            rank[node] = min(rank[node], rank[merged.parents[node]])
-        best = np.argsort(-rank[1:], kind="stable")[: budget - 1] + 1  # [budget - 1]
-        return merged.subtree(np.sort(np.concatenate(([0], best))).astype(np.int64))
+        return merged.subtree(merged.best_nodes(scores, budget))
 
     def observe(self, step: StepFeedback, state: list[Any] | None = None) -> None:
         """Every part learns from the same step (each reads only the top-K it asked for).
