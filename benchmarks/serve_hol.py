@@ -17,38 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
 
-from adaspec.bench.server_process import free_port
+from adaspec.bench.server_process import start_server
 
 PROMPTS = ["Explain how a hash table works.", "Write a short story about a lighthouse keeper.",
            "List ten tips for writing clear code.", "Describe the water cycle step by step."]
-
-
-def start(code: Path, options: list[str]) -> tuple[subprocess.Popen, str]:
-    """``adaspec serve`` from the checkout at ``code``; returns the process and its URL once healthy."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "adaspec.cli", "serve", "--port", str(port), "--no-state",
-                                *options], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("the server did not start")
 
 
 def read_stream(url: str, prompt: str, tokens: int, arrivals: list[float]) -> None:
@@ -115,7 +95,7 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another run's results folder, added to the table (e.g. the code before the fix)")
     args = parser.parse_args()
-    process, url = start(args.code.resolve(), args.extra.split())
+    process, url = start_server(args.extra.split(), timeout=600, code=args.code.resolve(), stderr=subprocess.DEVNULL)
     try:
         one_round(url, 8, hostile=False)  # warm-up
         rounds = [one_round(url, args.tokens, hostile) for _ in range(args.rounds) for hostile in (False, True)]

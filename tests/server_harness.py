@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -13,17 +12,22 @@ import httpx2 as httpx
 import uvicorn
 
 from adaspec import Generator, LoadedModel
+from adaspec.bench.server_process import free_port
 from adaspec.serve import OpenAIServer, build_server
 from adaspec.state_store import open_state
 
 MODEL_NAME = "smollm2-test"
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+PROMPTS = [  # greedy answers equal plain decoding's at any concurrency on these (test_server)
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List the planets of the solar system in order.",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about autumn leaves.",
+    "What is the capital of France? Answer in one sentence.",
+    "Give three tips for writing clear code.",
+    "Translate 'good morning' into Spanish, French and German.",
+    "Write a SQL query that counts the rows of a table named users.",
+]
+TOKENS = 32  # new tokens per answer
 
 
 @contextmanager

@@ -17,20 +17,8 @@ import pytest
 from adaspec import Generation, Generator
 from adaspec.drafters import make_drafter
 from adaspec.state_store import DrafterStateStore
-from conftest import mean_accepted
-from server_harness import MODEL_NAME, live_server, metric
+from server_harness import MODEL_NAME, PROMPTS, TOKENS, live_server, metric
 
-PROMPTS = [
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "List the planets of the solar system in order.",
-    "Explain in two sentences why the sky is blue.",
-    "Write a haiku about autumn leaves.",
-    "What is the capital of France? Answer in one sentence.",
-    "Give three tips for writing clear code.",
-    "Translate 'good morning' into Spanish, French and German.",
-    "Write a SQL query that counts the rows of a table named users.",
-]
-TOKENS = 32
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # OpenAI's names for a Generation's finish
 
 

@@ -18,24 +18,13 @@ import pytest
 
 from adaspec import Generator
 from adaspec.serve import ApiKeys
-from server_harness import live_server
+from server_harness import PROMPTS, TOKENS, live_server
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("ADASPEC_SLOW") != "1", reason="the slow tier: set ADASPEC_SLOW=1")]
 
 KEYS = ("sk-soak-one", "sk-soak-two", "sk-soak-three")
 HOSTILE_KEY = "sk-soak-hostile"  # a scope of its own: what it caches bounds no honest scope's cached_tokens
-PROMPTS = [  # greedy answers equal plain decoding's at any concurrency on these (test_server)
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "List the planets of the solar system in order.",
-    "Explain in two sentences why the sky is blue.",
-    "Write a haiku about autumn leaves.",
-    "What is the capital of France? Answer in one sentence.",
-    "Give three tips for writing clear code.",
-    "Translate 'good morning' into Spanish, French and German.",
-    "Write a SQL query that counts the rows of a table named users.",
-]
-TOKENS = 32
 SECONDS = 150  # the load's duration
 MOST_HONEST = 60  # requests per honest client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,22 +19,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(extra: list[str], timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+def start_server(extra: list[str], timeout: float = 300.0, code: Path | None = None,
+                 stderr: int | None = subprocess.PIPE) -> tuple[subprocess.Popen, str]:
     """Starts ``adaspec serve`` in a fresh process (cold drafter, ``--no-state``) on 127.0.0.1.
 
     Args:
-        extra: more command-line options.
+        extra: more command-line options (after ``--served-model-name bench``, so they may replace it).
         timeout: seconds to wait for ``/health``.
+        code: a checkout whose adaspec the server runs (e.g. the code before a change), or None
+            for this process's own.
+        stderr: where the server's stderr goes (``subprocess.PIPE``: kept for the error message).
 
     Returns:
         The process and its base URL, once it answers.
 
     Raises:
-        RuntimeError: when it does not start in time (its stderr is included).
+        RuntimeError: when it does not start in time (its stderr is included when piped).
     """
     port = free_port()
+    env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
     process = subprocess.Popen([sys.executable, "-m", "adaspec.cli", "serve", "--port", str(port), "--no-state",
-                                "--served-model-name", "bench", *extra], stderr=subprocess.PIPE, text=True)
+                                "--served-model-name", "bench", *extra], cwd=code, env=env, stderr=stderr, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
