@@ -6,7 +6,10 @@ speedup is the noise floor. Overall: the geometric
 mean of the categories' speedups. From vLLM's own counters: acceptance (accepted / drafted tokens;
 steps with an empty draft are not in it) and tokens per step (generated tokens over engine steps
 that emitted any: the inter-token intervals plus each turn's first token). Outputs: how many jobs'
-tokens equal vLLM plain's at the same batch size.
+tokens equal vLLM plain's at the same batch size. The verdict: per batch size, each method's
+worst category against the noise floor (plain-b's largest deviation from 1.0x over the categories,
+either way), and each method over vLLM's n-gram on the repeating workload; also written alone
+to ``summary.md`` for the docs.
 
 Usage: ``python benchmarks/vllm_report.py benchmarks/vllm`` (rewrites the two files).
 """
@@ -21,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = "plain"
+NOISE = "plain-b"  # a second vLLM plain: what plain against plain varies
+PEER = "ngram"  # vLLM's own model-free proposer
+REPEATING = ("stdlib-edit", "stdlib-edit-predicted", "revise", "quote", "agent")
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, float]]:
@@ -74,6 +80,44 @@ def method_totals(table: dict, batch: int, method: str) -> dict[str, float]:
     return total
 
 
+def verdict(table: dict, methods: list[str], categories: list[str]) -> list[str]:
+    """The summary table: per batch size and method, the geomean speedup over vLLM plain, the worst
+    category and whether it is within noise of plain (at or above the floor: plain-b's largest
+    deviation from 1.0x over the categories, either way), and the geomean over vLLM's n-gram on
+    the existing and on the repeating categories.
+
+    Args:
+        table: ``summarise``'s cells.
+        methods: the methods, in order.
+        categories: the categories, in order.
+
+    Returns:
+        Markdown lines.
+    """
+    lines = ["| batch | method | geomean vs plain | worst category | not slower than plain, beyond noise? "
+             "| existing vs ngram | repeating vs ngram |", "|---|---|---|---|---|---|---|"]
+    repeating = [c for c in categories if c in REPEATING]
+    existing = [c for c in categories if c not in REPEATING]
+    for batch in sorted({b for b, _, _ in table}):
+        rows = speedups(table, batch, methods, categories)
+        noise = rows.get(NOISE, {})
+        floor = math.exp(-max((abs(math.log(v)) for v in noise.values()), default=0.0))
+        for method in methods:
+            if method == BASELINE or not rows[method]:
+                continue
+            worst = min(rows[method], key=rows[method].get)
+            versus = []
+            for group in (existing, repeating):
+                ratios = [rows[method][c] / rows[PEER][c] for c in group
+                          if method not in (PEER, NOISE) and c in rows[method] and c in rows.get(PEER, {})]
+                versus.append(f"{geomean(ratios):.2f}x" if ratios else "–")
+            within = "(the noise floor)" if method == NOISE else (
+                f"{'yes' if rows[method][worst] >= floor else 'no'} (floor {floor:.2f}x)" if noise else "–")
+            lines.append(f"| {batch} | {method} | {geomean(list(rows[method].values())):.2f}x | "
+                         f"{rows[method][worst]:.2f}x ({worst}) | {within} | {versus[0]} | {versus[1]} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results page."""
     runs = results["runs"]
@@ -94,6 +138,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for method, why in results.get("unavailable", {}).items():
         lines += [f"Not measured: `{method}` ({why}).", ""]
+    lines += ["## Summary", "", *verdict(table, methods, categories), ""]
     for batch in sorted({r["batch"] for r in runs}):
         rows = speedups(table, batch, methods, categories)
         lines += [f"## Batch {batch}: speedup over vLLM plain (tokens/s ratio)", "",
@@ -145,9 +190,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write_report(out: Path) -> None:
-    """Rewrites ``results.md`` and ``speedup.png`` in ``out`` from its ``results.json``."""
+    """Rewrites ``results.md``, ``summary.md`` and ``speedup.png`` in ``out`` from its ``results.json``."""
     results = json.loads((out / "results.json").read_text())
     (out / "results.md").write_text(markdown(results))
+    table = summarise(results["runs"])
+    methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
+    categories = list(dict.fromkeys(r["category"] for r in results["runs"]))
+    (out / "summary.md").write_text("\n".join(verdict(table, methods, categories)) + "\n")
     plot(results, out / "speedup.png")
 
 
