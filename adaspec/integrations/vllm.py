@@ -43,7 +43,7 @@ from adaspec.tree import DraftTree
 logger = logging.getLogger(__name__)
 
 TREE_NODES_PER_TOKEN = 4  # tree nodes the drafter may use per chain token (later matches extend the chain)
-MAX_TREE_NODES = 64
+MAX_DRAFTED_NODES = 64  # the largest tree asked of the drafter, from which a row's chain is cut (not a verification limit: vLLM verifies chains)
 
 
 def installed_vllm_version() -> str:
@@ -151,7 +151,7 @@ class AdaspecProposer:
         made-up request's output is its last token alone: a history entry nothing can continue."""
         context = np.tile(np.arange(1, 9, dtype=np.int64) % self.vocab_size, 4)  # [32]
         state = self.drafter.begin(DraftRequest(context[:16]))
-        self.drafter.propose(context, min(MAX_TREE_NODES, TREE_NODES_PER_TOKEN * self.cap + 1), state)
+        self.drafter.propose(context, min(MAX_DRAFTED_NODES, TREE_NODES_PER_TOKEN * self.cap + 1), state)
         self.drafter.end(state, context[-1:].copy())
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
@@ -260,7 +260,7 @@ class AdaspecProposer:
         if room < 1:
             return None
         request: RequestDraft = state.payload
-        budget = min(MAX_TREE_NODES, TREE_NODES_PER_TOKEN * room + 1)
+        budget = min(MAX_DRAFTED_NODES, TREE_NODES_PER_TOKEN * room + 1)
         chain = self.drafter.propose(state.context, budget, request.drafter_state).first_chain()
         if chain.size < 2 or int(chain.tokens.max()) >= self.vocab_size:
             return None
