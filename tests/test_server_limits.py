@@ -6,7 +6,7 @@ loop; and ``max_tokens`` and tiny temperatures mean what OpenAI and vLLM users e
 from __future__ import annotations
 
 import json
-import threading
+from typing import Iterator
 
 import httpx2 as httpx
 import pytest
@@ -16,24 +16,25 @@ from adaspec.drafters.prediction import PredictionDrafter, aligned_tokens
 from adaspec.sampling import SamplingParams
 from adaspec.serve import OpenAIServer, Scheduler, ServerMetrics
 from server_harness import live_app, live_server
+from thread_spy import threads_calling
 
 PROMPT = "Write a short poem about the sea."
 
 
 @pytest.fixture
-def spy(model, monkeypatch) -> list[str]:
-    """The names of the threads that called the tokenizer (encoding or templating), in order."""
-    calls: list[str] = []
-    cls = type(model.tokenizer)
-    for name in ("__call__", "apply_chat_template", "encode"):
-        original = getattr(cls, name)
+def calls(model) -> Iterator[dict[str, list[str]]]:
+    """The names of the threads that called the tokenizer (encoding or templating) and a
+    prediction's accounting, in order."""
+    tokenizer = type(model.tokenizer)
+    with threads_calling({"tokenizer": [tokenizer.__call__, tokenizer.apply_chat_template, tokenizer.encode],
+                          "accounting": [PredictionDrafter.accounting]}) as names:
+        yield names
 
-        def recorded(self, *args, _original=original, **kwargs):
-            calls.append(threading.current_thread().name)
-            return _original(self, *args, **kwargs)
 
-        monkeypatch.setattr(cls, name, recorded)
-    return calls
+@pytest.fixture
+def spy(calls) -> list[str]:
+    """The names of the threads that called the tokenizer, in order."""
+    return calls["tokenizer"]
 
 
 @pytest.fixture
@@ -82,15 +83,7 @@ def test_a_prompt_too_long_in_bytes_to_fit_is_refused_before_tokenizing(model, s
         assert spy == []
 
 
-def test_tokenizing_and_accounting_run_off_the_scheduler_and_the_event_loop(model, spy, monkeypatch) -> None:
-    accounted: list[str] = []
-    original = PredictionDrafter.accounting
-
-    def recorded(self, output):
-        accounted.append(threading.current_thread().name)
-        return original(self, output)
-
-    monkeypatch.setattr(PredictionDrafter, "accounting", recorded)
+def test_tokenizing_and_accounting_run_off_the_scheduler_and_the_event_loop(model, spy, calls) -> None:
     with live_server(model, drafter="lookup", state_dir=None, batch=False) as (url, _):
         chat = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8, "temperature": 0,
                 "prediction": {"type": "content", "content": "The sea is wide and deep."}}
@@ -98,6 +91,7 @@ def test_tokenizing_and_accounting_run_off_the_scheduler_and_the_event_loop(mode
         plain = {"prompt": PROMPT, "max_tokens": 4}
         assert httpx.post(f"{url}/v1/completions", json=plain, timeout=60).status_code == 200
     assert spy and all(name.startswith("adaspec-prepare") for name in spy), spy
+    accounted = calls["accounting"]
     assert accounted and all(name.startswith("adaspec-finish") for name in accounted), accounted
 
 
