@@ -112,7 +112,7 @@ def verdict(table: dict, methods: list[str], categories: list[str]) -> list[str]
                           if method not in (PEER, NOISE) and c in rows[method] and c in rows.get(PEER, {})]
                 versus.append(f"{geomean(ratios):.2f}x" if ratios else "–")
             within = "(the noise floor)" if method == NOISE else (
-                f"{'yes' if rows[method][worst] >= floor else 'no'} (floor {floor:.2f}x)" if noise else "–")
+                f"{'yes' if rows[method][worst] >= floor else 'no'} (floor {floor:.3f}x)" if noise else "–")
             lines.append(f"| {batch} | {method} | {geomean(list(rows[method].values())):.2f}x | "
                          f"{rows[method][worst]:.2f}x ({worst}) | {within} | {versus[0]} | {versus[1]} |")
     return lines
@@ -140,6 +140,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Not measured: `{method}` ({why}).", ""]
     lines += ["## Summary", "", *verdict(table, methods, categories), ""]
     for batch in sorted({r["batch"] for r in runs}):
+        methods = list(dict.fromkeys(r["method"] for r in runs if r["batch"] == batch))  # those that ran (so far)
         rows = speedups(table, batch, methods, categories)
         lines += [f"## Batch {batch}: speedup over vLLM plain (tokens/s ratio)", "",
                   "| method | " + " | ".join(categories) + " | geomean |",
