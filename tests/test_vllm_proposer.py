@@ -14,8 +14,7 @@ import pytest
 
 import adaspec.integrations.vllm as vllm_proposer
 from adaspec.errors import AdaspecError
-from adaspec.drafters import DraftRequest
-from adaspec.integrations.vllm import AdaspecProposer, capped_depth, engine_args
+from adaspec.integrations.vllm import AdaspecProposer, engine_args
 from adaspec.integrations.vllm_config import read_settings
 from adaspec.integrations.vllm_rows import RowTracker
 from adaspec.integrations.vllm_sizing import PRIOR_TOKEN_SHARE, ChainSizer, StepCost
@@ -228,34 +227,6 @@ def test_auto_budget_returns_no_draft_where_nothing_matches(monkeypatch) -> None
     engine.submit(SimRequest("fresh", tokens[:100], 150, output=tokens[100:250]))
     engine.run()
     assert proposer.stats.drafted == 0
-
-
-def test_drafts_are_as_deep_as_a_chain_vllm_takes() -> None:
-    assert capped_depth("suffix", 8) == "suffix:max_depth=8"
-    assert capped_depth("suffix:ways=4", 8) == "suffix:ways=4,max_depth=8"
-    assert capped_depth("suffix:max_depth=20", 8) == "suffix:max_depth=20"  # the user's own setting stays
-    assert capped_depth("none", 8) == "none"  # no such option
-
-
-def test_an_edit_seen_before_is_drafted_from_the_history(monkeypatch) -> None:
-    """The prompt holds a text; an earlier request's output was that text with two changes. Past
-    the first change, the history's match is longer than the prompt's, so at the second change
-    the proposer's drafter has the history's continuation in its tree (its depth is capped at the
-    chain vLLM takes, so the prompt's match no longer fills the tree) and the chain it keeps (the
-    likeliest by calibrated acceptance) follows the edit, where the drafter's first chain follows
-    the prompt."""
-    proposer = make_proposer(monkeypatch)
-    tokens = np.random.default_rng(5).permutation(np.arange(1, VOCAB))  # no token twice
-    original, instruction = tokens[:60], tokens[100:110]  # [60], [10]
-    edited = original.copy()  # [60]
-    edited[20], edited[40] = tokens[60], tokens[61]
-    prompt = np.concatenate([instruction, original])  # [70]
-    drafter = proposer.drafter
-    earlier = drafter.begin(DraftRequest(prompt))
-    drafter.end(earlier, edited.copy())
-    tree = drafter.propose(np.concatenate([prompt, edited[:40]]), 33, drafter.begin(DraftRequest(prompt)))
-    assert tree.first_chain().tokens[1] == original[40]
-    assert tree.best_chain(proposer.sizer.calibrator.estimate(tree)).tokens[1] == edited[40]
 
 
 def test_engine_args_and_settings() -> None:

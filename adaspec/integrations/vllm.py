@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from adaspec.drafters import DRAFTER_CONFIGS, make_drafter
+from adaspec.drafters import make_drafter
 from adaspec.drafters.base import Drafter, DraftRequest, StepFeedback
 from adaspec.integrations.vllm_config import (DEFAULT_DRAFTER, PROPOSER, VLLM_VERSION, ProposerSettings,
                                               check_vllm_version, engine_args, read_settings)
@@ -44,27 +44,6 @@ logger = logging.getLogger(__name__)
 
 TREE_NODES_PER_TOKEN = 4  # tree nodes the drafter may use per chain token (later matches extend the chain)
 MAX_DRAFTED_NODES = 64  # the largest tree asked of the drafter, from which a row's chain is cut (not a verification limit: vLLM verifies chains)
-
-
-def capped_depth(spec: str, cap: int) -> str:
-    """A drafter spec whose deepest draft node is ``cap`` tokens down, unless the spec sets one.
-
-    vLLM verifies one chain of at most ``cap`` tokens a row, so deeper nodes only crowd the tree:
-    with the default depth, one match in the request's own text fills it, and a continuation
-    from the history (an edit seen before, which the request now repeats) never gets a node.
-
-    Args:
-        spec: the drafter spec (already checked).
-        cap: the longest chain returned.
-
-    Returns:
-        The spec, with ``max_depth=cap`` added where the drafter has that option and it is unset.
-    """
-    name, _, options = spec.partition(":")
-    config = DRAFTER_CONFIGS.get(name)
-    if config is None or "max_depth" not in {f.name for f in fields(config)} or "max_depth=" in options:
-        return spec
-    return f"{name}:{options},max_depth={cap}" if options else f"{name}:max_depth={cap}"
 
 
 def installed_vllm_version() -> str:
@@ -157,7 +136,7 @@ class AdaspecProposer:
         self.cap = self.k if self.settings.budget == "auto" else int(self.settings.budget)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.vocab_size = int(vllm_config.model_config.get_vocab_size())
-        self.drafter: Drafter = make_drafter(capped_depth(self.settings.drafter, self.cap), self.vocab_size)
+        self.drafter: Drafter = make_drafter(self.settings.drafter, self.vocab_size)
         self.sizer: ChainSizer | None = ChainSizer() if self.settings.budget == "auto" else None
         self.tracker = RowTracker(new_payload=self._begin)
         self.stats = ProposerStats()
@@ -282,11 +261,7 @@ class AdaspecProposer:
             return None
         request: RequestDraft = state.payload
         budget = min(MAX_DRAFTED_NODES, TREE_NODES_PER_TOKEN * room + 1)
-        tree = self.drafter.propose(state.context, budget, request.drafter_state)
-        # the chain expected to accept the most, as on adaspec's chain-only backends: where the
-        # request's own text and the history continue differently, the calibrated acceptance
-        # (longer matches score higher) picks between them; fixed chains take the drafter's first
-        chain = tree.best_chain(None if self.sizer is None else self.sizer.calibrator.estimate(tree))
+        chain = self.drafter.propose(state.context, budget, request.drafter_state).first_chain()
         if chain.size < 2 or int(chain.tokens.max()) >= self.vocab_size:
             return None
         return chain.prefix(room + 1)
