@@ -6,12 +6,12 @@ speedup is the noise floor. Overall: the geometric
 mean of the categories' speedups. From vLLM's own counters: acceptance (accepted / drafted tokens;
 steps with an empty draft are not in it) and tokens per step (generated tokens over engine steps
 that emitted any: the inter-token intervals plus each turn's first token). Outputs: how many jobs'
-tokens equal vLLM plain's at the same batch size. The verdict: per batch size, each method's
+tokens equal vLLM plain's at the same batch size. The summary: per batch size, each method's
 worst category against the noise floor (plain-b's largest deviation from 1.0x over the categories,
-either way), and each method over vLLM's n-gram on the repeating workload; also written alone
-to ``summary.md`` for the docs.
+either way), and each method over vLLM's n-gram on the existing and on the repeating categories;
+also written alone to ``summary.md`` for the docs.
 
-Usage: ``python benchmarks/vllm_report.py benchmarks/vllm`` (rewrites the two files).
+Usage: ``python benchmarks/vllm_report.py benchmarks/vllm`` (rewrites the three files).
 """
 
 from __future__ import annotations
@@ -118,11 +118,17 @@ def verdict(table: dict, methods: list[str], categories: list[str]) -> list[str]
     return lines
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The results page."""
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """``verdict`` over every method and category of a results file, in the order they ran."""
+    runs = results["runs"]
+    return verdict(summarise(runs), list(dict.fromkeys(r["method"] for r in runs)),
+                   list(dict.fromkeys(r["category"] for r in runs)))
+
+
+def markdown(results: dict[str, Any], summary: list[str]) -> str:
+    """The results page, with ``summary`` (``summary_table``'s lines) at its head."""
     runs = results["runs"]
     table = summarise(runs)
-    methods = list(dict.fromkeys(r["method"] for r in runs))
     categories = list(dict.fromkeys(r["category"] for r in runs))
     settings = results["settings"]
     lines = [
@@ -138,7 +144,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for method, why in results.get("unavailable", {}).items():
         lines += [f"Not measured: `{method}` ({why}).", ""]
-    lines += ["## Summary", "", *verdict(table, methods, categories), ""]
+    lines += ["## Summary", "", *summary, ""]
     for batch in sorted({r["batch"] for r in runs}):
         methods = list(dict.fromkeys(r["method"] for r in runs if r["batch"] == batch))  # those that ran (so far)
         rows = speedups(table, batch, methods, categories)
@@ -193,11 +199,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def write_report(out: Path) -> None:
     """Rewrites ``results.md``, ``summary.md`` and ``speedup.png`` in ``out`` from its ``results.json``."""
     results = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(markdown(results))
-    table = summarise(results["runs"])
-    methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
-    categories = list(dict.fromkeys(r["category"] for r in results["runs"]))
-    (out / "summary.md").write_text("\n".join(verdict(table, methods, categories)) + "\n")
+    summary = summary_table(results)
+    (out / "results.md").write_text(markdown(results, summary))
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
     plot(results, out / "speedup.png")
 
 
