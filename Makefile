@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write a Python function that checks whether a string is a palindrome, with a docstring and three tests.
 
-.PHONY: setup demo test test-slow serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-cold-cost bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen clean
+.PHONY: setup demo test test-slow serve bench-serve vllm vllm-arctic test-vllm bench-vllm llamacpp llamacpp-default-kernels demo-llamacpp bench bench-full bench-llamacpp bench-llamacpp-fast bench-llamacpp-qwen bench-first-run bench-cold-cost bench-second-turn bench-llamacpp-builds bench-llamacpp-configs speed docs qwen bench-qwen bench-qwen-edits clean
 
 setup: $(VENV)/.installed
 
@@ -160,6 +160,15 @@ qwen: setup
 bench-qwen: qwen
 	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 1 --new-tokens 64 --budget 8 \
 		--methods none,lookup,aded,hybrid,hybrid@auto,hf-prompt-lookup --out benchmarks/qwen-limit1
+
+# Qwen2.5-Coder-0.5B on transformers: the same stdlib edits without, then with, the original as a
+# prediction, each in a process of its own (so the history of one cannot draft the other)
+QWEN_HF_METHODS ?= none,hybrid:copy=suffix@auto,hf-prompt-lookup
+bench-qwen-edits: qwen
+	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 2 --new-tokens 200 --methods $(QWEN_HF_METHODS) \
+		--categories stdlib-edit --out benchmarks/qwen-edits --resume
+	$(VENV)/bin/adaspec bench --model qwen2.5-coder-0.5b --limit 2 --new-tokens 200 --methods $(QWEN_HF_METHODS) \
+		--categories stdlib-edit-predicted --out benchmarks/qwen-predicted --resume
 
 clean:
 	rm -rf $(VENV) .venv-vllm *.egg-info .pytest_cache .hypothesis

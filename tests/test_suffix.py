@@ -51,6 +51,34 @@ def test_matches_are_real_and_as_long_as_any(sequences, query) -> None:
         assert ends.size == 0
 
 
+def test_a_full_index_finds_its_oldest_tokens_as_well_as_its_newest() -> None:
+    """A ring filled to capacity with text whose windows are all distinct (as in a long prompt or
+    prediction) still finds every position's window: the table holds every window its cells end.
+    Sized at two slots per cell, it kept only the newest ones and found 60 of these 142."""
+    rng = np.random.default_rng(5)
+    text = rng.permutation(50_000)[:1000]  # [1000] distinct tokens
+    index = SuffixIndex(text.size + 4)  # as tight as a prediction's index
+    index.add_sequence(text)
+    for end in range(8, text.size - 1, 7):
+        ends, lengths = index.matches(text[end - 7 : end + 1])
+        assert ends.tolist() == [end] and lengths.tolist() == [8]
+
+
+def test_a_histories_table_bounds_its_memory_and_reaches_its_recent_tokens() -> None:
+    """A history keeps two table slots per cell (``HISTORY_SLOTS_PER_CELL``): its recent tokens
+    are all found, and it holds a fraction of a full table's memory."""
+    from adaspec.drafters.suffix import HISTORY_SLOTS_PER_CELL
+
+    rng = np.random.default_rng(6)
+    text = rng.permutation(50_000)[:4000]  # [4000] distinct tokens
+    history, full = SuffixIndex(4096, slots_per_cell=HISTORY_SLOTS_PER_CELL), SuffixIndex(4096)
+    for index in (history, full):
+        index.add_sequence(text)
+    assert history.nbytes < full.nbytes / 3  # 8,192 slots against 32,768
+    for end in range(text.size - 400, text.size - 1, 7):  # the newest tenth
+        assert history.matches(text[end - 7 : end + 1])[0].tolist() == [end]
+
+
 def test_continuations_stop_at_a_sequences_end_and_old_tokens_are_overwritten() -> None:
     index = SuffixIndex(16, ways=2)
     index.add_sequence(np.array([1, 2, 3, 4]))
@@ -60,7 +88,7 @@ def test_continuations_stop_at_a_sequences_end_and_old_tokens_are_overwritten() 
     for _ in range(5):
         index.add_sequence(np.array([7, 8, 7]))  # 20 more cells: [1, 2, 3, 4] is overwritten
     assert index.matches(np.array([1, 2]))[0].size == 0
-    assert index.size == 15 and index.nbytes < 4096
+    assert index.size == 15 and index.nbytes < 8192  # 16 cells and 128 table slots, whatever was added
 
 
 # a look-up over 1,000,000 indexed tokens against one over 10,000: the ratio of the fastest of 7 timings

@@ -27,6 +27,9 @@ from adaspec.tree import DraftTree, Source
 
 MAX_HISTORY_TOKENS = 1 << 24  # the most tokens one scope's history may keep
 FIRST_HISTORY_CELLS = 1 << 12  # a new scope's history starts this small and doubles as it fills
+# a history's window table holds about two windows per cell (of the ~5 distinct ones a cell ends), which
+# bounds a full history's memory; its look-ups then reach its most recent tokens only (SuffixIndex)
+HISTORY_SLOTS_PER_CELL = 2
 
 
 @dataclass
@@ -112,7 +115,8 @@ class SuffixDrafter(Drafter):
         if self.config.history_tokens == 0:
             return None
         index = self.histories.pop(scope, None) or SuffixIndex(self.config.history_tokens + 1, self.config.ways,
-                                                               initial=FIRST_HISTORY_CELLS)
+                                                               initial=FIRST_HISTORY_CELLS,
+                                                               slots_per_cell=HISTORY_SLOTS_PER_CELL)
         self.histories[scope] = index
         while len(self.histories) > self.config.scopes:
             self.histories.popitem(last=False)

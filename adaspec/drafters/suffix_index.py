@@ -25,6 +25,10 @@ ANCHORS = np.array([64, 32, 16, 8, 4, 2, 1], dtype=np.int64)  # window lengths h
 _BASE = np.uint64(0x100000001B3)  # the polynomial hash's multiplier (FNV's 64-bit prime)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 PROBES = 8  # table slots tried per hash before the stalest is replaced
+# table slots per ring cell: one per anchor window a cell ends, so that a full ring's windows all fit
+# (lengths 1 and 2 mostly repeat and share slots, leaving the table about 3/4 full at most); with
+# fewer, the stalest windows are replaced before their cells are, and older matches are lost
+SLOTS_PER_CELL = int(ANCHORS.size)
 
 
 @numba.njit(cache=True)
@@ -216,16 +220,22 @@ class SuffixIndex:
         capacity: the most cells (tokens kept, plus the seam); older tokens are then overwritten; at least 4.
         ways: match positions kept per window.
         initial: cells allocated at first (default: ``capacity``, all at once).
+        slots_per_cell: window-table slots per cell (``SLOTS_PER_CELL``: every window kept); fewer
+            bound the memory of a large index, at the price of its oldest windows (a look-up then
+            reaches only its more recent tokens).
 
     Raises:
         ValueError: for a capacity below 4 or ways below 1.
     """
 
-    def __init__(self, capacity: int, ways: int = 4, initial: int | None = None) -> None:
-        if capacity < 4 or ways < 1:
-            raise ValueError(f"a suffix index needs capacity >= 4 and ways >= 1, got {capacity}, {ways}")
+    def __init__(self, capacity: int, ways: int = 4, initial: int | None = None,
+                 slots_per_cell: int = SLOTS_PER_CELL) -> None:
+        if capacity < 4 or ways < 1 or slots_per_cell < 1:
+            raise ValueError(f"a suffix index needs capacity >= 4, ways >= 1 and slots_per_cell >= 1, got "
+                             f"{capacity}, {ways}, {slots_per_cell}")
         self.max_capacity = int(capacity)
         self.ways_kept = int(ways)
+        self.slots_per_cell = int(slots_per_cell)
         self.powers = np.array([_power(int(k)) for k in ANCHORS], dtype=np.uint64)  # [A]
         self._allocate(min(self.max_capacity, max(4, int(initial or capacity))))
 
@@ -235,7 +245,7 @@ class SuffixIndex:
         self.tokens = np.full(self.capacity, SEPARATOR, dtype=np.int32)  # [C]
         self.prefix = np.zeros(self.capacity, dtype=np.uint64)  # [C]
         self.run = np.zeros(self.capacity, dtype=np.int64)  # [C]
-        slots = 1 << int(np.ceil(np.log2(2 * self.capacity)))  # about two slots per token: short probes
+        slots = 1 << int(np.ceil(np.log2(self.slots_per_cell * self.capacity)))
         self.keys = np.zeros(slots, dtype=np.int64)  # [S]
         self.ways = np.full((slots, self.ways_kept), -1, dtype=np.int64)  # [S, W]
         self.newest = np.full(slots, -1, dtype=np.int64)  # [S]
