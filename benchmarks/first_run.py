@@ -6,7 +6,9 @@ project wrote and froze before tuning the cold start (``first-run/free-form-prom
 Each run is one process per prompt and runtime, as a user would type it; its speedup is the one
 ``--compare`` prints (the same process decodes plainly, then speculatively). Every prompt runs
 ``--reps`` times (runtimes and prompts interleaved within each repetition); a prompt's figure is
-the mean of its runs, and the report gives each prompt's spread beside it. Run it alone:
+the mean of its runs, and the report gives each prompt's spread beside it. Beside every run, the
+same ``--compare`` with ``--drafter none`` times plain decoding against itself in the same order:
+its figures are the measurement's own noise floor (order effects and the shared machine). Run it alone:
 
     .venv/bin/python benchmarks/first_run.py --out benchmarks/first-run
 """
@@ -43,11 +45,15 @@ def prompts(count: int) -> list[tuple[str, str, str]]:
     return chosen
 
 
-def per_prompt(rows: list[dict]) -> list[dict]:
-    """Each (prompt, runtime)'s runs folded into one figure: the mean speedup, and its spread."""
+DEFAULT, FLOOR = "default", "plain-vs-plain"  # the arms: the runtime's defaults, and --drafter none
+
+
+def per_prompt(rows: list[dict], arm: str = DEFAULT) -> list[dict]:
+    """Each (prompt, runtime)'s runs of one arm folded into one figure: the mean speedup, and its spread."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["prompt"], row["backend"]), []).append(row)
+        if row.get("arm", DEFAULT) == arm:
+            groups.setdefault((row["prompt"], row["backend"]), []).append(row)
     return [{"prompt": prompt, "backend": backend, "set": runs[0].get("set", ""), "drafter": runs[0]["drafter"],
              "runs": len(runs), "speedup": statistics.mean(r["speedup"] for r in runs),
              "low": min(r["speedup"] for r in runs), "high": max(r["speedup"] for r in runs),
@@ -59,20 +65,25 @@ def per_prompt(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict], backends: list[str]) -> str:
     """The summary table: per runtime and prompt set, the median over prompts of each prompt's mean
-    speedup, the worst and best prompt, and the widest spread of one prompt's runs."""
+    speedup, the worst and best prompt, and the widest spread of one prompt's runs; then, per
+    runtime, the same figures for plain decoding against itself (the noise floor), where measured."""
     lines = ["| runtime (default drafter) | prompts | runs each | plain tok/s | adaspec tok/s | median speedup | worst - best "
              "prompt | widest spread of one prompt | median MAT | outputs identical |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    figures = per_prompt(rows)
+    figures, floors = per_prompt(rows), per_prompt(rows, FLOOR)
     for backend in backends:
         mine = [f for f in figures if f["backend"] == backend]
         if not mine:
             continue
-        for label, group in [("all", mine)] + sorted({f["set"]: [g for g in mine if g["set"] == f["set"]]
-                                                       for f in mine}.items()):
+        floor = [f for f in floors if f["backend"] == backend]
+        groups = [("all", mine)] + sorted({f["set"]: [g for g in mine if g["set"] == f["set"]] for f in mine}.items())
+        for label, group in groups + ([(FLOOR, floor)] if floor else []):
             speedups = [f["speedup"] for f in group]
             widest = max(group, key=lambda f: f["high"] - f["low"])
-            name = f"{backend} ({group[-1]['drafter']})" + ("" if label == "all" else f", {label}")
+            if label == FLOOR:
+                name = f"{backend}: plain vs plain, the noise floor"
+            else:
+                name = f"{backend} ({group[-1]['drafter']})" + ("" if label == "all" else f", {label}")
             lines.append(
                 f"| {name} | {len(group)} | {min(f['runs'] for f in group)} | "
                 f"{statistics.median(f['baseline_tokens_per_s'] for f in group):.1f} | "
@@ -106,10 +117,10 @@ def plot(rows: list[dict], backends: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def run_once(label: str, text: str, backend: str) -> dict:
-    """One fresh ``adaspec generate --compare --json --no-state`` process."""
+def run_once(label: str, text: str, backend: str, extra: list[str]) -> dict:
+    """One fresh ``adaspec generate --compare --json --no-state`` process (``extra``: more options)."""
     run = subprocess.run([sys.executable, "-m", "adaspec.cli", "generate", text, "--backend", backend,
-                          "--max-new-tokens", str(TOKENS), "--compare", "--json", "--no-state"],
+                          "--max-new-tokens", str(TOKENS), "--compare", "--json", "--no-state", *extra],
                          capture_output=True, text=True, timeout=1200)
     if run.returncode != 0:
         raise SystemExit(f"{label} on {backend}: {run.stderr.strip()}")
@@ -122,6 +133,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per prompt set")
     parser.add_argument("--reps", type=int, default=3, help="fresh-process runs per prompt and runtime")
     parser.add_argument("--backends", default="hf,llama.cpp")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the plain-vs-plain runs that measure the noise floor (halves the time)")
     parser.add_argument("--retable", action="store_true", help="rewrite OUT/table.md from OUT/results.json and stop")
     args = parser.parse_args()
     backends = args.backends.split(",")
@@ -132,17 +145,19 @@ def main() -> None:
         return
     rows = []
     chosen = prompts(args.prompts)
-    progress = tqdm(total=args.reps * len(chosen) * len(backends), unit="run")
+    progress = tqdm(total=args.reps * len(chosen) * len(backends) * (2 if args.floor else 1), unit="run")
+    arms = [DEFAULT] + ([FLOOR] if args.floor else [])
     for rep in range(args.reps):
         for index, (prompt_set, label, text) in enumerate(chosen):
             for backend in backends if (index + rep) % 2 == 0 else backends[::-1]:
-                progress.set_description(f"{label} on {backend}")
-                out = run_once(label, text, backend)
-                progress.update()
-                rows.append({"set": prompt_set, "prompt": label, "backend": backend, "rep": rep,
-                             "drafter": out["drafter"], "speedup": out["speedup"], "mat": out["mat"],
-                             "tokens_per_s": out["tokens_per_s"], "baseline_tokens_per_s": out["baseline_tokens_per_s"],
-                             "identical": out["identical"]})
+                for arm in arms if (index + rep) % 2 == 0 else arms[::-1]:  # each arm goes first as often
+                    progress.set_description(f"{label} on {backend} ({arm})")
+                    out = run_once(label, text, backend, ["--drafter", "none"] if arm == FLOOR else [])
+                    progress.update()
+                    rows.append({"set": prompt_set, "prompt": label, "backend": backend, "rep": rep, "arm": arm,
+                                 "drafter": out["drafter"], "speedup": out["speedup"], "mat": out["mat"],
+                                 "tokens_per_s": out["tokens_per_s"],
+                                 "baseline_tokens_per_s": out["baseline_tokens_per_s"], "identical": out["identical"]})
     progress.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"tokens": TOKENS, "reps": args.reps, "machine": machine_description(),

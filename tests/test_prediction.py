@@ -114,3 +114,18 @@ def test_merging_by_score_keeps_the_best_nodes_with_their_ancestors() -> None:
     four = merged.propose(context, 4)
     assert four.tokens.tolist() == [5, 10, 20, 21] and four.parents.tolist() == [-1, 0, 0, 2]
     assert merged.propose(context, 8).size == 5  # room for all: the merged trie whole
+
+
+def test_a_long_prediction_drafts_from_its_start() -> None:
+    """An output that begins like a 600-token prediction is drafted from it at once: the
+    prediction's index finds its oldest windows too (sized at two table slots per token, it
+    held only its newest windows, and drafted nothing here)."""
+    rng = np.random.default_rng(7)
+    predicted = rng.permutation(40_000)[:600] + 10  # [600] distinct tokens
+    prompt = np.array([1, 2, 3], dtype=np.int64)
+    drafter = PredictionDrafter(predicted, prompt.size)
+    for start in (5, 100, 300, 590):
+        context = np.concatenate((prompt, predicted[:start]))  # the output so far agrees with the prediction
+        tree = drafter.propose(context, 9)
+        expected = predicted[start : start + 8]
+        assert tree.first_chain().tokens[1 : 1 + expected.size].tolist() == expected.tolist()
