@@ -28,7 +28,8 @@ from adaspec.tree import DraftTree, Source
 MAX_HISTORY_TOKENS = 1 << 24  # the most tokens one scope's history may keep
 FIRST_HISTORY_CELLS = 1 << 12  # a new scope's history starts this small and doubles as it fills
 # a history's window table holds about two windows per cell (of the ~5 distinct ones a cell ends), which
-# bounds a full history's memory; its look-ups then reach its most recent tokens only (SuffixIndex)
+# bounds a full history's memory; its look-ups then find its newer half whole and its oldest tokens in
+# part (docs/drafters.md, "History scopes")
 HISTORY_SLOTS_PER_CELL = 2
 
 

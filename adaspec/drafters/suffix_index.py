@@ -225,7 +225,7 @@ class SuffixIndex:
             reaches only its more recent tokens).
 
     Raises:
-        ValueError: for a capacity below 4 or ways below 1.
+        ValueError: for a capacity below 4, or ways or slots_per_cell below 1.
     """
 
     def __init__(self, capacity: int, ways: int = 4, initial: int | None = None,
