@@ -145,8 +145,8 @@ def main() -> None:
         return
     rows = []
     chosen = prompts(args.prompts)
-    progress = tqdm(total=args.reps * len(chosen) * len(backends) * (2 if args.floor else 1), unit="run")
     arms = [DEFAULT] + ([FLOOR] if args.floor else [])
+    progress = tqdm(total=args.reps * len(chosen) * len(backends) * len(arms), unit="run")
     for rep in range(args.reps):
         for index, (prompt_set, label, text) in enumerate(chosen):
             for backend in backends if (index + rep) % 2 == 0 else backends[::-1]:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from adaspec import Generator
 from adaspec.drafters import make_drafter
 from adaspec.drafters.base import DraftRequest
+from adaspec.drafters.suffix import HISTORY_SLOTS_PER_CELL
 from adaspec.drafters.suffix_index import SEPARATOR, SuffixIndex
 from adaspec.tree import Source
 
@@ -67,8 +68,6 @@ def test_a_full_index_finds_its_oldest_tokens_as_well_as_its_newest() -> None:
 def test_a_histories_table_bounds_its_memory_and_reaches_its_recent_tokens() -> None:
     """A history keeps two table slots per cell (``HISTORY_SLOTS_PER_CELL``): its recent tokens
     are all found, and it holds a fraction of a full table's memory."""
-    from adaspec.drafters.suffix import HISTORY_SLOTS_PER_CELL
-
     rng = np.random.default_rng(6)
     text = rng.permutation(50_000)[:4000]  # [4000] distinct tokens
     history, full = SuffixIndex(4096, slots_per_cell=HISTORY_SLOTS_PER_CELL), SuffixIndex(4096)
