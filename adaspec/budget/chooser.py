@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable
@@ -177,12 +178,13 @@ class SettingState:
     Attributes:
         calibrator: their acceptance calibration.
         wait: plain steps between explorations now.
-        draft_times: the drafter's last few times per drafting step, in milliseconds.
+        draft_times: the last few looks' costs, in milliseconds: the drafter's time and the
+            sizer's own choice, in the drafting thread's CPU time.
         saving_ms: what a drafting step has saved lately, on average over drafting steps
             (those whose tree was cut to its root save 0): the time of the plain steps its
             accepted tokens replaced, less what verifying the tree cost beyond a plain step,
             in milliseconds; None before the first.
-        draft_ms: what drafting costs a step (``record_draft``).
+        draft_ms: what a look (drafting and sizing) costs a step (``record_draft``).
     """
 
     calibrator: AcceptanceCalibrator
@@ -192,12 +194,12 @@ class SettingState:
     draft_ms: float = 0.0
 
     def record_draft(self, ms: float) -> None:
-        """Adds one drafting time and updates ``draft_ms``: what drafting costs a step, the median
+        """Adds one look's time and updates ``draft_ms``: what a look costs a step, the median
         of the recent times (a first call that loads compiled code cannot dominate it), 0 until
         ``MIN_DRAFT_SAMPLES`` are known.
 
         Args:
-            ms: the drafter's time this step, in milliseconds.
+            ms: this step's look (drafter and sizer), in milliseconds.
         """
         self.draft_times.append(ms)
         if len(self.draft_times) >= MIN_DRAFT_SAMPLES:
@@ -264,16 +266,18 @@ class RequestSizer:
 
         Args:
             tree: the drafter's whole tree.
-            draft_ms: what drafting it took, in milliseconds.
+            draft_ms: what drafting it took, in milliseconds; the sizer adds its own time to it
+                before recording what this look cost.
 
         Returns:
             A subtree of ``tree`` (possibly its root alone).
         """
         shared, setting = self.shared, self.setting
-        setting.record_draft(draft_ms)
+        started = time.thread_time()  # a look costs the drafter and this choice: both are recorded
         if tree.size == 1:  # nothing drafted: a plain step, whose saving (0) is all there is to learn
             self.skip()
             setting.learn_saving(0.0)
+            setting.record_draft(draft_ms + 1000.0 * (time.thread_time() - started))
             return tree
         acceptance, variance = self.calibrator.estimate_with_variance(tree)  # [n] each
         keep = choose_nodes(acceptance, shared.profile, setting.draft_ms, variance, DOUBT)
@@ -286,7 +290,9 @@ class RequestSizer:
         self.since_tree = streak
         shared.plain_steps += keep.size == 1
         self._predicted = acceptance[keep]
-        return tree.subtree(keep)
+        chosen = tree.subtree(keep)
+        setting.record_draft(draft_ms + 1000.0 * (time.thread_time() - started))
+        return chosen
 
     def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Learns from the verification of the tree ``size`` returned.
