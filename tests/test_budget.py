@@ -61,6 +61,19 @@ def test_profile_interpolates_between_measured_sizes_and_keeps_kernel_dips() -> 
         LatencyProfile((2, 4), (1.0, 2.0))
 
 
+def test_the_ceiling_is_the_best_fully_accepted_chain_and_no_sized_tree_beats_it() -> None:
+    # SmolLM2 on llama.cpp's exact kernels on a 2-core AVX2 CPU (benchmarks/llamacpp-categories)
+    exact_cpu = LatencyProfile((1, 2, 4, 8, 16, 32, 64), (7.9, 15.2, 23.7, 43.8, 82.9, 164.4, 371.9))
+    assert exact_cpu.speedup_if_all_accepted()[:3].tolist() == pytest.approx([1.0, 2 * 7.9 / 15.2, 4 * 7.9 / 23.7])
+    assert exact_cpu.ceiling() == (pytest.approx(32 * 7.9 / 164.4), 32)  # 1.54x at best, whatever is drafted
+    assert GPU.ceiling() == (pytest.approx(64 * 10.0 / 14.0), 64)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # a chain the chooser keeps (any size, costs between measured sizes interpolated), even accepted whole, never beats it
+        acceptance = np.cumprod(np.concatenate([[1.0], rng.uniform(0.5, 1.0, 63)]))  # [64] each at most its parent's
+        keep = choose_nodes(acceptance, exact_cpu)
+        assert keep.size / exact_cpu.cost(np.array([keep.size]))[0] * exact_cpu.ms[0] <= exact_cpu.ceiling()[0] + 1e-9
+
+
 def test_profile_file_round_trip_makes_the_choice_deterministic(tmp_path) -> None:
     CPU.save(tmp_path / "cpu.json")
     loaded = LatencyProfile.load(tmp_path / "cpu.json")

@@ -95,10 +95,27 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
                      for p, o, n in zip(table["predicted"], table["observed"], table["nodes"])]
             lines.append(f"| {method} | {fmt(table['calibration_error'], '{:.3f}')} | " + " | ".join(cells) + " |")
     if profile is not None:
-        lines += ["", f"Verify cost by tree size ({profile.key}):", "",
-                  "| nodes | " + " | ".join(str(n) for n in profile.sizes) + " |", "|---|" + "---|" * len(profile.sizes),
-                  "| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |"]
+        lines += ["", f"Verify cost by tree size ({profile.key}):", "", *profile_rows(profile)]
     return "\n".join(lines) + "\n"
+
+
+def profile_rows(profile) -> list[str]:
+    """The verify cost curve as a markdown table, with what each size gains at best, and the
+    ceiling that puts on any drafter (``LatencyProfile.ceiling``).
+
+    Args:
+        profile: a ``budget.LatencyProfile``.
+
+    Returns:
+        The table's lines, then a blank line and the ceiling's sentence.
+    """
+    best, size = profile.ceiling()
+    return ["| nodes | " + " | ".join(str(n) for n in profile.sizes) + " |", "|---|" + "---|" * len(profile.sizes),
+            "| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |",
+            "| × one node | " + " | ".join(f"{m / profile.ms[0]:.2f}" for m in profile.ms) + " |",
+            "| speedup if every node is accepted | " + " | ".join(f"{x:.2f}x" for x in profile.speedup_if_all_accepted()) + " |",
+            "", f"Ceiling on this cost curve: {best:.2f}x plain decoding (a {size}-node chain, every node accepted); "
+                "no drafter gains more here."]
 
 
 def plot(summary: dict, out_dir: Path, title: str) -> list[Path]:

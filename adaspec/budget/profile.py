@@ -45,6 +45,28 @@ class LatencyProfile:
         """The largest size measured (the most nodes the chooser will consider)."""
         return self.sizes[-1]
 
+    def speedup_if_all_accepted(self) -> np.ndarray:
+        """What a chain of each measured size gains when every node is accepted: ``n`` nodes give
+        ``n`` tokens (their ``n - 1`` drafts and the model's next) for one forward of ``n`` rows,
+        against ``n`` plain steps. No tree of ``n`` nodes accepts more than its deepest chain, so
+        no drafter gains more at that size.
+
+        Returns:
+            ``[k]`` float64 speedups over plain decoding, one per measured size (1.0 at size 1).
+        """
+        return self.sizes_array * self.ms_array[0] / self.ms_array
+
+    def ceiling(self) -> tuple[float, int]:
+        """The most speculation can gain on this cost curve, drafting time aside: the best
+        ``speedup_if_all_accepted``, and the size that reaches it.
+
+        Returns:
+            (speedup over plain decoding, tree size in nodes).
+        """
+        speedups = self.speedup_if_all_accepted()  # [k]
+        best = int(np.argmax(speedups))
+        return float(speedups[best]), self.sizes[best]
+
     def cost(self, sizes: np.ndarray) -> np.ndarray:
         """The time of one tree forward, linear between measured sizes.
 

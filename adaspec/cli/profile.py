@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adaspec.bench.report import write_profile_plot
+from adaspec.bench.report import profile_rows, write_profile_plot
 from adaspec.budget import PROFILE_SIZES, default_profile_path, load_or_measure_profile, measure_profile
 from adaspec.cli.options import add_model_options, load_for
 
@@ -31,10 +31,7 @@ def run_profile(args: argparse.Namespace) -> int:
         measure_profile(backend, sizes).save(path)
     profile = load_or_measure_profile(backend, path)
     print(f"verify cost by tree size · {profile.key} · {path}")
-    print("| nodes | " + " | ".join(str(s) for s in profile.sizes) + " |")
-    print("|---|" + "---|" * len(profile.sizes))
-    print("| ms | " + " | ".join(f"{m:.1f}" for m in profile.ms) + " |")
-    print("| × one node | " + " | ".join(f"{m / profile.ms[0]:.2f}" for m in profile.ms) + " |")
+    print("\n".join(profile_rows(profile)))
     if args.plot is not None:
         write_profile_plot(profile, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
