@@ -170,7 +170,7 @@ def test_a_plain_streak_looks_for_matches_as_often_as_half_a_percent_of_its_time
 
 def test_the_shortest_wait_between_explorations_is_priced_by_the_cost_curve() -> None:
     exact_cpu = LatencyProfile((1, 2, 4), (8.0, 15.4, 24.0))  # a second row costs 0.93 of a plain step
-    assert TreeSizer(exact_cpu).shortest_wait == math.ceil(0.925 / EXPLORE_SHARE - 1e-9)  # explorations 1% of the time
+    assert TreeSizer(exact_cpu).shortest_wait == math.ceil(0.925 / EXPLORE_SHARE - 1e-9)  # explorations 0.5% of the time
     assert TreeSizer(GPU).shortest_wait == 16  # a second row is nearly free: the given shortest wait
     assert TreeSizer(exact_cpu, explore_max=32).explore_max == TreeSizer(exact_cpu).shortest_wait
 

@@ -18,7 +18,7 @@ from adaspec.budget.profile import LatencyProfile
 from adaspec.tree import DraftTree
 
 LOOK_SHARE = 0.005  # in a plain streak, the drafter looks for a match at most this share of the time
-EXPLORE_SHARE = 0.01  # explorations cost at most this share of a plain streak's time
+EXPLORE_SHARE = 0.005  # explorations cost at most this share of a plain streak's time (with LOOK_SHARE: 1% in all)
 DOUBT = 1.0  # standard deviations a tree's expected tokens are lowered by when choosing (sceptical until evidence)
 DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
 MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
