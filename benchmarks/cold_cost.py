@@ -149,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/cold-cost"))
     parser.add_argument("--backends", default="llama.cpp,hf", help="runtimes, comma-separated")
-    parser.add_argument("--reps", default="llama.cpp=8,hf=2", help="repetitions per runtime (runtime=count,...)")
+    parser.add_argument("--reps", default="llama.cpp=16,hf=2", help="repetitions per runtime (runtime=count,...)")
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "REPS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--retable", action="store_true", help="only rebuild the tables and plot from results.json")
     args = parser.parse_args()
