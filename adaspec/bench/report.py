@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from adaspec.bench.metrics import RunRecord
+
+if TYPE_CHECKING:
+    from adaspec.budget import LatencyProfile
 
 
 def fmt(value: float | None, pattern: str) -> str:
@@ -99,12 +102,12 @@ def markdown(summary: dict, meta: dict, calibration: dict | None = None, profile
     return "\n".join(lines) + "\n"
 
 
-def profile_rows(profile) -> list[str]:
+def profile_rows(profile: LatencyProfile) -> list[str]:
     """The verify cost curve as a markdown table, with what each size gains at best, and the
     ceiling that puts on any drafter (``LatencyProfile.ceiling``).
 
     Args:
-        profile: a ``budget.LatencyProfile``.
+        profile: the verify cost curve.
 
     Returns:
         The table's lines, then a blank line and the ceiling's sentence.

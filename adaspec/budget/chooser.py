@@ -8,7 +8,7 @@ import statistics
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numba
 import numpy as np
@@ -21,7 +21,7 @@ LOOK_SHARE = 0.005  # in a plain streak, the drafter looks for a match at most t
 EXPLORE_SHARE = 0.005  # explorations cost at most this share of a plain streak's time (with LOOK_SHARE: 1% in all)
 DOUBT = 1.0  # standard deviations a tree's expected tokens are lowered by when choosing (sceptical until evidence)
 DRAFT_SAMPLES = 16  # recent drafting times kept per decoding setting
-MIN_DRAFT_SAMPLES = 3  # before this many, drafting counts as free (so it runs, and is measured)
+MIN_DRAFT_SAMPLES = 3  # before this many looks are recorded, a look counts as free (so it runs, and is measured)
 GAIN_MEMORY = 16  # drafting steps after which an old step's saving weighs 1/e
 
 
@@ -31,7 +31,7 @@ def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: floa
 
     Expected tokens of a step that verifies m draft nodes are 1 (the root's next token)
     plus their acceptance probabilities; its cost is ``profile.cost(m + 1)`` plus, for m > 0,
-    ``draft_ms``: what drafting costs a step, which plain decoding saves (a request decoding
+    ``draft_ms``: what a look (drafting and sizing) costs a step, which plain decoding saves (a request decoding
     plainly skips the drafter until its next exploration). The m with the most expected
     tokens per millisecond wins; m = 0 is plain decoding. With a ``doubt``, the expected
     tokens are taken ``doubt`` standard deviations low, the deviation of their sum from the
@@ -41,7 +41,7 @@ def choose_nodes(acceptance: np.ndarray, profile: LatencyProfile, draft_ms: floa
     Args:
         acceptance: ``[n]`` float64 per node (root first), each at most its parent's.
         profile: the verify cost curve.
-        draft_ms: the drafter's measured time per step.
+        draft_ms: a look's measured cost per step (drafter and sizer).
         variance: ``[n]`` float64 the variance of each node's estimate (None: all certain).
         doubt: standard deviations taken off the expected tokens.
 
@@ -66,7 +66,7 @@ def best_prefix_nodes(acceptance: np.ndarray, variance: np.ndarray, doubt: float
         sizes: ``[k]`` float64 tree sizes measured.
         ms: ``[k]`` float64 their costs.
         max_size: the most nodes considered.
-        draft_ms: the drafter's measured time per step.
+        draft_ms: a look's measured cost per step (drafter and sizer).
 
     Returns:
         ``[m + 1]`` int64 node indices to keep, increasing, root first.
@@ -126,11 +126,15 @@ class TreeSizer:
         explore_nodes: nodes verified by an exploring step, root included (default: the root
             and the likeliest guess, so an exploration costs one extra row of a forward).
         max_settings: decoding settings whose calibration is kept (least recently used out).
+        clock: seconds of the calling thread's CPU time, which prices a look (the runtime's own
+            threads spinning after a forward do not count); a test may pass a fake one.
     """
 
     def __init__(self, profile: LatencyProfile, explore_every: int = 16, explore_max: int = 256,
-                 explore_nodes: int = 2, max_settings: int = 32) -> None:
+                 explore_nodes: int = 2, max_settings: int = 32,
+                 clock: Callable[[], float] = time.thread_time) -> None:
         self.profile = profile
+        self.clock = clock
         self.explore_every = explore_every
         self.explore_max = explore_max
         self.explore_nodes = explore_nodes
@@ -235,8 +239,8 @@ class RequestSizer:
         """Whether this step should draft at all.
 
         Always after a step that verified a tree; every ``look_every`` steps of a plain streak
-        (every step where drafting costs under ``LOOK_SHARE`` of a plain step); every step while
-        drafting steps have lately saved more than drafting costs (text where matches come and
+        (every step where a look costs under ``LOOK_SHARE`` of a plain step); every step while
+        drafting steps have lately saved more than a look costs (text where matches come and
         go: the steps that find one pay for those that do not); and when the streak's wait for
         its next exploration is over.
         """
@@ -250,7 +254,7 @@ class RequestSizer:
 
         Returns:
             So many that looking costs at most ``LOOK_SHARE`` of the streak's time (1 while
-            drafting's cost is not yet known, or where it is that cheap).
+            a look's cost is not yet known, or where it is that cheap).
         """
         return max(1, math.ceil(self.setting.draft_ms / (LOOK_SHARE * self.shared.plain_ms)))
 
@@ -266,18 +270,25 @@ class RequestSizer:
 
         Args:
             tree: the drafter's whole tree.
-            draft_ms: what drafting it took, in milliseconds; the sizer adds its own time to it
-                before recording what this look cost.
+            draft_ms: what drafting it took, in milliseconds (``Session.propose`` counts the
+                drafter, the tree's contract check and the chain cut); the sizer adds its own
+                time and records the sum as this look's cost.
 
         Returns:
             A subtree of ``tree`` (possibly its root alone).
         """
+        started = self.shared.clock()
+        try:
+            return self._choose(tree)
+        finally:  # a look costs the drafting and this choice: both are recorded, for later looks
+            self.setting.record_draft(draft_ms + 1000.0 * (self.shared.clock() - started))
+
+    def _choose(self, tree: DraftTree) -> DraftTree:
+        """``size``'s choice, priced with the looks recorded before this one."""
         shared, setting = self.shared, self.setting
-        started = time.thread_time()  # a look costs the drafter and this choice: both are recorded
         if tree.size == 1:  # nothing drafted: a plain step, whose saving (0) is all there is to learn
             self.skip()
             setting.learn_saving(0.0)
-            setting.record_draft(draft_ms + 1000.0 * (time.thread_time() - started))
             return tree
         acceptance, variance = self.calibrator.estimate_with_variance(tree)  # [n] each
         keep = choose_nodes(acceptance, shared.profile, setting.draft_ms, variance, DOUBT)
@@ -290,9 +301,7 @@ class RequestSizer:
         self.since_tree = streak
         shared.plain_steps += keep.size == 1
         self._predicted = acceptance[keep]
-        chosen = tree.subtree(keep)
-        setting.record_draft(draft_ms + 1000.0 * (time.thread_time() - started))
-        return chosen
+        return tree.subtree(keep)
 
     def update(self, tree: DraftTree, accepted: np.ndarray) -> None:
         """Learns from the verification of the tree ``size`` returned.
