@@ -114,14 +114,14 @@ class Session:
                 if sizer is not None:
                     sizer.skip()
                 return DraftTree.root_only(pending)
-            started = time.thread_time()  # this thread's CPU time: the runtime's own threads spinning after a forward do not count
+            started = 0.0 if sizer is None else sizer.shared.clock()  # the sizer's clock prices the whole look
             tree = drafting.drafter.propose(context, budget, drafting.state)
             check_tree_contract(tree, pending, budget, self.vocab_size, drafting.drafter.name)
             sizing = time.perf_counter()
             if chain_only and not tree.is_chain:  # the chain expected to accept the most (the drafter's first, without a sizer)
                 tree = tree.best_chain(None if sizer is None else sizer.calibrator.estimate(tree))
             if sizer is not None:  # the sizer adds its own time to what this look cost
-                tree = sizer.size(tree, 1000.0 * (time.thread_time() - started))
+                tree = sizer.size(tree, 1000.0 * (sizer.shared.clock() - started))
                 drafting.sizer_s += time.perf_counter() - sizing
         return tree
 
